@@ -1,0 +1,10 @@
+"""Attention variants on one shared core; `build(name, **options)` is the public entry point."""
+from synth_jax.attention.core import Attention
+from synth_jax.attention.core import combine_biases
+from synth_jax.attention.core import combine_masks
+from synth_jax.attention.core import make_attention_mask
+from synth_jax.attention.core import make_causal_mask
+from synth_jax.attention.registry import axis_rules
+from synth_jax.attention.registry import build
+from synth_jax.attention.registry import is_position_dependent
+from synth_jax.attention.registry import names

@@ -1,0 +1,279 @@
+"""The one attention core every variant shares: scores -> masks -> normalize -> mix.
+
+A variant subclasses `Attention` and says only how its logits are made:
+
+  * `key_features(inputs_kv)` -> per-key tensors the logits need (`[batch, k_len, heads, dim]`),
+    or None. The core caches them during autoregressive decoding, next to the values.
+  * `attention_logits(inputs_q, key_features, query_offset, key_length)` -> logits
+    `[batch | 1, heads, q_len, key_length]`. Batch-independent variants (random synthesizers)
+    return a leading 1 so the batch never multiplies their cost.
+
+The core owns everything else: the value and output projections (T5X names `value`, `out`),
+masks and biases, the softmax (always float32), attention dropout, the decode cache, and
+length checks. `attention_probabilities` may be overridden whole (the mixture does).
+"""
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from synth_jax import layers
+
+Array = jax.Array
+# Large but finite: exp(NEG_INF - max) is exactly 0 in float32, and a fully masked row
+# (a padding query) stays finite instead of turning into NaN.
+NEG_INF = -1e10
+
+# The cache and the frozen collection names. Frozen variables (fixed random maps, orthogonal
+# W_Q/W_K) live outside 'params', so they get no gradient and no optimizer state by construction.
+CACHE = 'cache'
+FROZEN = 'frozen'
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisRule:
+  """How a logical parameter axis is sharded and how Adafactor factors it.
+
+  mesh_axis: mesh axis name (`'model'`, `'data'`) or None for replicated.
+  factor: 'row' | 'column' | 'batch' (a stack of independent matrices) | 'none' (never factored).
+  """
+  mesh_axis: Optional[str]
+  factor: str
+
+
+# Axes of the parameters the core itself creates (T5X names and conventions).
+AXIS_RULES = {
+    'embed': AxisRule(None, 'row'),
+    'joined_kv': AxisRule('model', 'column'),
+    'heads': AxisRule('model', 'batch'),
+    'kv': AxisRule(None, 'column'),
+}
+
+
+# ----------------------------------------------------------------------------- masks and biases
+def make_attention_mask(query_input: Array, key_input: Array, pairwise_fn=jnp.multiply,
+                        dtype=jnp.float32) -> Array:
+  """Pairwise mask `[batch, 1, q_len, k_len]` from `[batch, q_len]` and `[batch, k_len]`.
+
+  With the default `pairwise_fn` and non-padding indicators (e.g. `tokens > 0`) this is the padding
+  mask; with `jnp.equal` on segment ids it is the packing mask.
+  """
+  mask = pairwise_fn(query_input[:, :, None], key_input[:, None, :])
+  return mask[:, None].astype(dtype)
+
+
+def make_causal_mask(x: Array, dtype=jnp.float32) -> Array:
+  """Causal mask `[batch, 1, len, len]` for `[batch, len]` inputs: query i sees keys j <= i."""
+  positions = jnp.broadcast_to(jnp.arange(x.shape[-1]), x.shape)
+  return make_attention_mask(positions, positions, jnp.greater_equal, dtype)
+
+
+def combine_masks(*masks: Optional[Array], dtype=jnp.float32) -> Optional[Array]:
+  """Logical AND of the given masks (None entries ignored); None if all are None."""
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  ranks = {m.ndim for m in masks}
+  if len(ranks) != 1:
+    raise ValueError(f'masks must share a rank, got shapes {[m.shape for m in masks]}')
+  combined = masks[0] > 0
+  for m in masks[1:]:
+    combined = jnp.logical_and(combined, m > 0)
+  return combined.astype(dtype)
+
+
+def combine_biases(*biases: Optional[Array]) -> Optional[Array]:
+  """Sum of the given biases (None entries ignored); None if all are None."""
+  biases = [b for b in biases if b is not None]
+  if not biases:
+    return None
+  total = biases[0]
+  for b in biases[1:]:
+    total = total + b
+  return total
+
+
+def normalize(logits: Array, mask: Optional[Array], bias: Optional[Array]) -> Array:
+  """Softmax over keys of `logits + bias`, masked entries forced to probability 0 (float32).
+
+  logits: `[batch | 1, heads, q_len, k_len]`; mask, bias: broadcastable to it.
+  """
+  logits = logits.astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask > 0, logits, NEG_INF)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def mix(probabilities: Array, value: Array) -> Array:
+  """`[batch | 1, heads, q, k]` x `[batch, k, heads, head_dim]` -> `[batch, q, heads, head_dim]`."""
+  return jnp.einsum('bhqk,bkhd->bqhd', probabilities.astype(value.dtype), value)
+
+
+def decode_step_mask_and_bias(mask: Optional[Array], bias: Optional[Array], step: Array,
+                              cache_length: int):
+  """Mask and bias for one decoding step at position `step` over a cache of `cache_length`.
+
+  Keys after `step` are not generated yet and are masked. A full `[.., len, len]` bias (the
+  T5 relative-position bias of the whole target) is sliced to its row `step`.
+  """
+  visible = (jnp.arange(cache_length) <= step)[None, None, None, :]
+  mask = combine_masks(mask, visible)
+  if bias is not None and bias.shape[-2] > 1:
+    bias = jax.lax.dynamic_slice_in_dim(bias, step, 1, axis=-2)
+  return mask, bias
+
+
+def length_error(variant: str, what: str, length: int, maximum: int) -> ValueError:
+  return ValueError(
+      f'{variant} attention: {what} length {length} exceeds its {what}-length maximum {maximum}. '
+      f'Synthesizer score maps have a fixed size: raise `max_{what}_length` (in the network, gin '
+      f'`T5Config.max_encoder_length` for encoder/cross keys, `T5Config.max_decoder_length` for '
+      f'decoder queries and keys) to at least {length}, or shorten `TASK_FEATURE_LENGTHS`.')
+
+
+# ----------------------------------------------------------------------------- the shared module
+class Attention(nn.Module):
+  """Multi-head attention with pluggable logits; T5X's call signature.
+
+  Attributes:
+    num_heads: number of heads.
+    head_dim: per-head dimension of values (and of keys/queries where a variant has them).
+    max_query_length, max_key_length: the largest query/key lengths a synthesizer's score map
+      covers (encoder 512 / decoder 114 for T5 span corruption). Unused by vanilla attention.
+    dtype: activation dtype (e.g. bfloat16); parameters stay float32, softmax runs in float32.
+    dropout_rate: dropout on attention probabilities (broadcast over queries, as T5).
+    kernel_init: initializer of the value/out (and, where present, key) kernels.
+  """
+  num_heads: int = 8
+  head_dim: int = 64
+  max_query_length: int = 512
+  max_key_length: int = 512
+  dtype: Any = jnp.float32
+  dropout_rate: float = 0.0
+  kernel_init: Any = default_kernel_init
+
+  # Variant name for messages; set by subclasses.
+  variant_name = 'attention'
+  # Whether logits depend on absolute query positions (then the variant cannot be
+  # cross-attention in incremental decoding, which does not know the target position).
+  position_dependent = False
+
+  # -- hooks a variant implements --------------------------------------------------------------
+  def key_features(self, inputs_kv: Array) -> Optional[Any]:
+    """Per-key tensors the logits need (`[batch, k_len, ...]` leaves), cached when decoding."""
+    return None
+
+  def attention_logits(self, inputs_q: Array, key_features: Optional[Any],
+                       query_offset: Array, key_length: int) -> Array:
+    """Logits `[batch | 1, heads, q_len, key_length]` before masks, bias and softmax.
+
+    Query i of `inputs_q` sits at absolute position `query_offset + i` (the offset is 0, or the
+    decode step); `key_features` covers `key_length` keys.
+    """
+    raise NotImplementedError
+
+  # -- shared machinery -------------------------------------------------------------------------
+  def projection(self, name: str, features, kernel_init=None) -> layers.DenseGeneral:
+    """A T5X-style `[embed] -> [heads, dim]` projection (kernel axes `('embed', 'joined_kv')`)."""
+    return layers.DenseGeneral(
+        features=features, kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
+        kernel_init=kernel_init or self.kernel_init, name=name)
+
+  def check_lengths(self, query_positions_max: int, key_length: int):
+    if query_positions_max > self.max_query_length:
+      raise length_error(self.variant_name, 'query', query_positions_max, self.max_query_length)
+    if key_length > self.max_key_length:
+      raise length_error(self.variant_name, 'key', key_length, self.max_key_length)
+
+  def cached(self, name: str, new: Any, step: Optional[Array], decode: bool) -> Any:
+    """Writes `new` (leaves `[batch, 1, ...]`) at position `step` of cache `name`; returns the cache.
+
+    On the cache-initializing call (`decode` and no cache yet) the cache is created with the shape
+    of the full-length `new` and `new` is returned unchanged.
+    """
+    if not decode or new is None:
+      return new
+    cache = self.variable(CACHE, name, lambda: jax.tree.map(jnp.zeros_like, new))
+    if step is None:
+      return new
+    updated = jax.tree.map(
+        lambda c, n: jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), step, axis=1),
+        cache.value, new)
+    cache.value = updated
+    return updated
+
+  def attention_probabilities(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
+                              bias: Optional[Array], step: Optional[Array], key_length: int,
+                              decode: bool) -> Array:
+    """Probabilities `[batch | 1, heads, q_len, key_length]`.
+
+    `step` is the decode position (None outside single-step decoding) and `key_length` the number
+    of keys: `inputs_kv`'s length, or the cache length when decoding.
+    """
+    features = self.cached('cached_key', self.key_features(inputs_kv), step, decode)
+    if step is None:
+      query_offset = jnp.array(0, jnp.int32)
+      self.check_lengths(inputs_q.shape[1], key_length)
+    else:
+      query_offset = step
+      self.check_lengths(key_length, key_length)
+      mask, bias = decode_step_mask_and_bias(mask, bias, step, key_length)
+    logits = self.attention_logits(inputs_q, features, query_offset, key_length)
+    return normalize(logits, mask, bias)
+
+  def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic) -> Array:
+    """Mixes `value` `[batch, k_len, heads, head_dim]` -> `[batch, q_len, heads, head_dim]`."""
+    probabilities = self.attention_probabilities(
+        inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode)
+    if not deterministic and self.dropout_rate > 0:
+      probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+          probabilities, deterministic=False)
+    return mix(probabilities, value)
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
+               bias: Optional[Array] = None, *, decode: bool = False, deterministic: bool = True,
+               probabilities_only: bool = False) -> Array:
+    """Attention of `inputs_q` `[batch, q_len, embed]` over `inputs_kv` `[batch, k_len, embed]`.
+
+    Args:
+      mask: `[batch, 1 | heads, q_len, k_len]`, nonzero where attending is allowed.
+      bias: `[1 | batch, heads, q_len, k_len]` added to the logits (T5 relative positions).
+      decode: autoregressive decoding. The first call (no cache yet) takes the full-length
+        inputs and creates the cache; later calls take one position `[batch, 1, embed]`.
+      deterministic: disables dropout.
+      probabilities_only: return the attention probabilities `[batch | 1, heads, q_len, k_len]`
+        instead of the output (how a mixture reads its members).
+
+    Returns:
+      `[batch, q_len, embed]`.
+    """
+    step, key_length = None, inputs_kv.shape[1]
+    if decode:
+      initialized = self.has_variable(CACHE, 'cache_index')
+      index = self.variable(CACHE, 'cache_index', lambda: jnp.array(0, jnp.int32))
+      # Its shape carries the cache length, which single-step inputs no longer show.
+      key_positions = self.variable(CACHE, 'key_positions', jnp.arange, key_length)
+      if initialized:
+        if inputs_q.shape[1] != 1:
+          raise ValueError('decode=True steps take one position at a time: inputs_q must be '
+                           f'[batch, 1, embed], got {inputs_q.shape}')
+        step, key_length = index.value, key_positions.value.shape[0]
+        index.value = step + 1
+    if probabilities_only:
+      return self.attention_probabilities(
+          inputs_q, inputs_kv, mask, bias, step, key_length, decode)
+
+    value = self.projection('value', (self.num_heads, self.head_dim))(inputs_kv)
+    value = self.cached('cached_value', value, step, decode)
+    mixed = self.attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic)
+    out = layers.DenseGeneral(
+        features=inputs_q.shape[-1], axis=(-2, -1), kernel_axes=('joined_kv', 'embed'),
+        dtype=self.dtype, kernel_init=self.kernel_init, name='out')
+    return out(mixed)

@@ -1,0 +1,67 @@
+"""Dense Synthesizer (Tay et al. 2021, Sec. 3.1): each token predicts its own attention row.
+
+B_i = W2 relu(W1 x_i) in R^{max_key_length} per head, sliced to the key length, so
+logits[b, h, i, j] = sum_d W2[h, d, j] relu(x_i W1)[h, d]. Like T5's dense layers it has no bias.
+
+The factorized form (Sec. 3.3) predicts two short vectors A_i in R^a and B_i in R^b with
+a * b = max_key_length and combines them as an outer product, logit j = p*a + r -> A_i[r] B_i[p]:
+H_A tiles A b times, H_B repeats each entry of B a times, and C = H_A(A) * H_B(B).
+"""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from synth_jax.attention import core
+
+AXIS_RULES = {
+    'synth_key_length': core.AxisRule(None, 'column'),
+    'synth_factor': core.AxisRule(None, 'column'),
+}
+
+
+class DenseSynthesizer(core.Attention):
+  """Dense Synthesizer; `W1: [embed, heads*head_dim]`, `W2: [heads, head_dim, max_key_length]`."""
+  variant_name = 'dense'
+
+  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
+    hidden = jax.nn.relu(self.projection('dense_1', (self.num_heads, self.head_dim))(inputs_q))
+    w2 = self.param(
+        'dense_2',
+        nn.with_logical_partitioning(self.kernel_init, ('heads', 'kv', 'synth_key_length')),
+        (self.num_heads, self.head_dim, self.max_key_length), jnp.float32)
+    return jnp.einsum('bqhd,hdk->bhqk', hidden, w2[:, :, :key_length].astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def default_factor(length: int) -> int:
+  """The largest divisor of `length` that is at most sqrt(length): 512 -> 16 (16 x 32)."""
+  return max(d for d in range(1, math.isqrt(length) + 1) if length % d == 0)
+
+
+class FactorizedDenseSynthesizer(core.Attention):
+  """Factorized Dense Synthesizer; `A: [embed, heads*a]`, `B: [embed, heads*b]`, a*b = max_key.
+
+  Attributes:
+    factor: a; None picks the largest divisor of max_key_length that is <= its square root.
+  """
+  factor: int | None = None
+
+  variant_name = 'factorized_dense'
+
+  def factors(self) -> tuple[int, int]:
+    a = self.factor or default_factor(self.max_key_length)
+    if self.max_key_length % a:
+      raise ValueError(
+          f'factorized_dense attention: factor a={a} does not divide max_key_length='
+          f'{self.max_key_length}; pick a divisor for `factor` (a * b must equal max_key_length).')
+    return a, self.max_key_length // a
+
+  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
+    a, b = self.factors()
+    factor_a = self.projection('factor_a', (self.num_heads, a))(inputs_q)  # [batch, q, heads, a]
+    factor_b = self.projection('factor_b', (self.num_heads, b))(inputs_q)  # [batch, q, heads, b]
+    outer = jnp.einsum('bqhr,bqhp->bhqpr', factor_a, factor_b, preferred_element_type=jnp.float32)
+    batch, heads, q_len = outer.shape[:3]
+    return outer.reshape(batch, heads, q_len, a * b)[..., :key_length]

@@ -1,0 +1,73 @@
+"""Random Synthesizer (Tay et al. 2021, Sec. 3.2): input-independent attention maps.
+
+Y_h = softmax(R_h) G_h(X), with R_h a learned (or frozen) matrix per head, shared by every
+example. `R` covers the maximum query and key lengths and is sliced to the actual lengths, so
+query i attends with row i of R whatever the input: logits[1, h, i, j] = R[h, i, j].
+
+The factorized form (Sec. 3.3) is R_h = R1_h R2_h^T with R1_h: [max_query, k], R2_h: [max_key, k].
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from synth_jax.attention import core
+
+AXIS_RULES = {
+    'synth_query_length': core.AxisRule(None, 'row'),
+    'synth_key_length': core.AxisRule(None, 'column'),
+    'synth_rank': core.AxisRule(None, 'none'),
+}
+
+
+class RandomSynthesizer(core.Attention):
+  """Random Synthesizer; `R: [heads, max_query_length, max_key_length]`.
+
+  Attributes:
+    trainable: False freezes R at its random init (the paper's "fixed" variant). A frozen R lives
+      in the 'frozen' collection, so it has no gradient and no optimizer state.
+    init_stddev: standard deviation of R's normal initializer.
+  """
+  trainable: bool = True
+  init_stddev: float = 1.0
+
+  variant_name = 'random'
+  position_dependent = True
+
+  def score_map(self):
+    """`R: [heads, max_query_length, max_key_length]` (float32)."""
+    shape = (self.num_heads, self.max_query_length, self.max_key_length)
+    init = nn.with_logical_partitioning(
+        nn.initializers.normal(self.init_stddev),
+        ('heads', 'synth_query_length', 'synth_key_length'))
+    if self.trainable:
+      return self.param('random_logits', init, shape, jnp.float32)
+    return self.variable(
+        core.FROZEN, 'random_logits', lambda: init(self.make_rng('params'), shape, jnp.float32)
+    ).value
+
+  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
+    rows = jax.lax.dynamic_slice_in_dim(self.score_map(), query_offset, inputs_q.shape[1], axis=1)
+    return rows[None, :, :, :key_length]
+
+
+class FactorizedRandomSynthesizer(core.Attention):
+  """Factorized Random Synthesizer: `R_h = R1_h R2_h^T` of rank `rank` (Sec. 3.3)."""
+  rank: int = 8
+  init_stddev: float = 1.0
+
+  variant_name = 'factorized_random'
+  position_dependent = True
+
+  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
+    # Each factor's entries get stddev s / rank^(1/4) so R1 R2^T has stddev s like the dense R.
+    init = nn.initializers.normal(self.init_stddev * self.rank ** -0.25)
+    query_factor = self.param(
+        'query_factor',
+        nn.with_logical_partitioning(init, ('heads', 'synth_query_length', 'synth_rank')),
+        (self.num_heads, self.max_query_length, self.rank), jnp.float32)
+    key_factor = self.param(
+        'key_factor',
+        nn.with_logical_partitioning(init, ('heads', 'synth_key_length', 'synth_rank')),
+        (self.num_heads, self.max_key_length, self.rank), jnp.float32)
+    rows = jax.lax.dynamic_slice_in_dim(query_factor, query_offset, inputs_q.shape[1], axis=1)
+    return jnp.einsum('hqr,hkr->hqk', rows, key_factor[:, :key_length])[None]

@@ -1,0 +1,13 @@
+"""Test setup: CPU only, with the host platform split into 4 fake devices.
+
+These variables must be set before jax is imported anywhere, so they live at the
+top of the root conftest, which pytest imports before any test module.
+"""
+import os
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+_flag = "--xla_force_host_platform_device_count=4"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
