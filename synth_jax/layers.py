@@ -45,3 +45,167 @@ class DenseGeneral(nn.Module):
     kernel = jnp.reshape(kernel.astype(self.dtype), in_shape + features)
     contract = (axis, tuple(range(len(axis))))
     return jax.lax.dot_general(inputs.astype(self.dtype), kernel, (contract, ((), ())))
+
+
+default_embed_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', out_axis=0)
+
+
+class Embed(nn.Module):
+  """A token embedding table `[vocab, embed]` (T5X name `embedding`, axes `('vocab', 'embed')`).
+
+  Attributes:
+    num_embeddings: vocabulary size.
+    features: embedding width.
+    dtype: dtype of the looked-up vectors; the table is stored in float32.
+    attend_dtype: dtype of `attend` (tied output logits); None means `dtype`. T5 uses float32
+      for the logits' numerical stability.
+    embedding_init: initializer of the table.
+  """
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+  attend_dtype: jnp.dtype | None = None
+  embedding_init: Initializer = default_embed_init
+
+  def setup(self):
+    self.embedding = self.param(
+        'embedding', nn.with_logical_partitioning(self.embedding_init, ('vocab', 'embed')),
+        (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """Integer ids `[batch, length]` (any shape) -> vectors `[batch, length, features]`."""
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ValueError(f'Embed takes integer token ids, got dtype {inputs.dtype}.')
+    output = jnp.take(self.embedding.astype(self.dtype), inputs, axis=0)
+    if output.ndim == 3:
+      output = nn.with_logical_constraint(output, ('batch', 'length', 'embed'))
+    return output
+
+  def attend(self, query: jax.Array) -> jax.Array:
+    """Tied logits: `[..., features]` x `[vocab, features]^T` -> `[..., vocab]`."""
+    dtype = self.attend_dtype or self.dtype
+    return jnp.dot(query.astype(dtype), self.embedding.astype(dtype).T)
+
+
+class LayerNorm(nn.Module):
+  """T5 layer norm: RMS normalization over the last axis, no centering and no bias.
+
+  y = x / sqrt(mean(x^2) + epsilon) * scale, computed in float32 and cast to `dtype`.
+  """
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  scale_init: Initializer = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[..., embed]` -> `[..., embed]`."""
+    x = x.astype(jnp.float32)
+    mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    y = (x * jax.lax.rsqrt(mean_square + self.epsilon)).astype(self.dtype)
+    scale = self.param('scale', nn.with_logical_partitioning(self.scale_init, ('embed',)),
+                       (x.shape[-1],), jnp.float32)
+    return y * scale.astype(self.dtype)
+
+
+def activation_function(name: str | Callable) -> Callable:
+  """'linear' -> identity; any other string -> the `flax.linen` function of that name."""
+  if callable(name):
+    return name
+  if name == 'linear':
+    return lambda x: x
+  fn = getattr(nn, name, None)
+  if not callable(fn):
+    raise ValueError(f'unknown MLP activation {name!r}: use "linear" or a flax.linen function '
+                     f'name such as "gelu" or "relu" (gin `T5Config.mlp_activations`).')
+  return fn
+
+
+class MlpBlock(nn.Module):
+  """T5 feed-forward block; ('gelu', 'linear') is T5 v1.1's gated GELU.
+
+  h = prod_i act_i(x W_i) (kernels `wi_0`, `wi_1`, ...; a single activation names it `wi`),
+  then dropout on h and `wo`. Kernels `('embed', 'mlp')` and `('mlp', 'embed')`.
+
+  Attributes:
+    intermediate_dim: the hidden width (T5 `d_ff`).
+    activations: one activation per input projection; their outputs are multiplied.
+    intermediate_dropout_rate: dropout on the hidden activations (broadcast over length).
+    dtype: activation dtype.
+  """
+  intermediate_dim: int = 2048
+  activations: Sequence[Union[str, Callable]] = ('gelu', 'linear')
+  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+  intermediate_dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, deterministic: bool = True) -> jax.Array:
+    """`[batch, length, embed]` -> `[batch, length, embed]`."""
+    hidden = None
+    for i, act in enumerate(self.activations):
+      name = 'wi' if len(self.activations) == 1 else f'wi_{i}'
+      h = DenseGeneral(self.intermediate_dim, kernel_axes=('embed', 'mlp'), dtype=self.dtype,
+                       kernel_init=self.kernel_init, name=name)(inputs)
+      h = activation_function(act)(h)
+      hidden = h if hidden is None else hidden * h
+    hidden = nn.Dropout(self.intermediate_dropout_rate, broadcast_dims=(-2,))(
+        hidden, deterministic=deterministic)
+    hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
+    return DenseGeneral(inputs.shape[-1], kernel_axes=('mlp', 'embed'), dtype=self.dtype,
+                        kernel_init=self.kernel_init, name='wo')(hidden)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool = True,
+                             num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+  """T5's bucket of `relative_position = key_position - query_position` (int32 array).
+
+  Half the buckets (all of them when not bidirectional) hold exact distances 0..max_exact-1;
+  the rest grow logarithmically up to `max_distance`, beyond which distances share the last
+  bucket. Bidirectional: keys after the query use buckets offset by num_buckets // 2.
+  Unidirectional (causal decoder): keys after the query all fall in bucket 0.
+  Computed in NumPy: lengths are static, so the buckets are program constants. The float32
+  arithmetic is T5's (Mesh TF / T5X), so boundary distances land in the same buckets.
+  """
+  bucket = np.zeros_like(relative_position, dtype=np.int32)
+  distance = -np.asarray(relative_position, np.int32)  # how far back the key is
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (distance < 0).astype(np.int32) * num_buckets
+    distance = np.abs(distance)
+  else:
+    distance = np.maximum(distance, 0)
+  max_exact = num_buckets // 2
+  with np.errstate(divide='ignore'):
+    log_ratio = (np.log(distance.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+                 / np.log(max_distance / max_exact))
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(np.int32)
+  large = np.minimum(large, num_buckets - 1)
+  return bucket + np.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBiases(nn.Module):
+  """T5 relative position attention bias: one learned scalar per (head, distance bucket).
+
+  Attributes:
+    num_heads: attention heads; each has its own bias per bucket.
+    num_buckets, max_distance: T5's bucketing (32 buckets, distances >= 128 share one).
+    dtype: output dtype.
+    embedding_init: initializer of `rel_embedding` `[heads, num_buckets]`.
+  """
+  num_heads: int
+  num_buckets: int = 32
+  max_distance: int = 128
+  dtype: jnp.dtype = jnp.float32
+  embedding_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int, bidirectional: bool = True) -> jax.Array:
+    """The bias `[1, heads, q_len, k_len]` (bidirectional for the encoder, causal for the decoder)."""
+    relative_position = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]  # [q_len, k_len]
+    buckets = relative_position_bucket(relative_position, bidirectional, self.num_buckets,
+                                       self.max_distance)
+    table = self.param(
+        'rel_embedding',
+        nn.with_logical_partitioning(self.embedding_init, ('heads', 'relpos_buckets')),
+        (self.num_heads, self.num_buckets), jnp.float32)
+    return jnp.take(table.astype(self.dtype), jnp.asarray(buckets), axis=1)[None]

@@ -4,9 +4,10 @@ A variant subclasses `Attention` and says only how its logits are made:
 
   * `key_features(inputs_kv)` -> per-key tensors the logits need (`[batch, k_len, heads, dim]`),
     or None. The core caches them during autoregressive decoding, next to the values.
-  * `attention_logits(inputs_q, key_features, query_offset, key_length)` -> logits
-    `[batch | 1, heads, q_len, key_length]`. Batch-independent variants (random synthesizers)
-    return a leading 1 so the batch never multiplies their cost.
+  * `attention_logits(inputs_q, key_features, positions)` -> logits
+    `[batch | 1, heads, q_len, k_len]`. Batch-independent variants (random synthesizers)
+    return a leading 1 so the batch never multiplies their cost; `positions` says where queries
+    and keys sit (see `Positions`), which only position-dependent variants read.
 
 The core owns everything else: the value and output projections (T5X names `value`, `out`),
 masks and biases, the softmax (always float32), attention dropout, the decode cache, and
@@ -137,13 +138,57 @@ def length_error(variant: str, what: str, length: int, maximum: int) -> ValueErr
       f'decoder queries and keys) to at least {length}, or shorten `TASK_FEATURE_LENGTHS`.')
 
 
+# ----------------------------------------------------------------------------- positions
+@dataclasses.dataclass(frozen=True)
+class Positions:
+  """Absolute positions of queries and keys, for position-dependent logits.
+
+  Attributes:
+    offset: scalar; query i sits at `offset + i` (0, or the step when decoding).
+    key_length: number of keys; key j sits at j.
+    segment: optional `[batch, len]` positions of each token within its packed segment
+      (self-attention over packed examples); it overrides both of the above so a packed example
+      sees the same positions as the example alone.
+  """
+  offset: Array
+  key_length: int
+  segment: Optional[Array] = None
+
+  def index_table(self, table: Array, q_len: int) -> Array:
+    """`table[h, query position, key position]` -> `[batch | 1, heads, q_len, k_len]`."""
+    if self.segment is None:
+      rows = jax.lax.dynamic_slice_in_dim(table, self.offset, q_len, axis=1)
+      return rows[None, :, :, :self.key_length]
+    gathered = table[:, self.segment[:, :, None], self.segment[:, None, :]]  # [h, b, q, k]
+    return jnp.moveaxis(gathered, 0, 1)
+
+  def query_rows(self, table: Array, q_len: int) -> Array:
+    """`table[h, query position, :]` -> `[batch | 1, heads, q_len, dim]`."""
+    if self.segment is None:
+      return jax.lax.dynamic_slice_in_dim(table, self.offset, q_len, axis=1)[None]
+    return jnp.moveaxis(table[:, self.segment], 0, 1)
+
+  def key_columns(self, scores: Array) -> Array:
+    """Scores over all key positions `[batch, heads, q_len, max_key]` -> those of the keys."""
+    if self.segment is None:
+      return scores[..., :self.key_length]
+    return jnp.take_along_axis(scores, self.segment[:, None, None, :], axis=-1)
+
+  def key_rows(self, table: Array) -> Array:
+    """`table[h, key position, :]` -> `[batch | 1, heads, k_len, dim]`."""
+    if self.segment is None:
+      return table[None, :, :self.key_length]
+    return jnp.moveaxis(table[:, self.segment], 0, 1)
+
+
 # ----------------------------------------------------------------------------- the shared module
 class Attention(nn.Module):
   """Multi-head attention with pluggable logits; T5X's call signature.
 
   Attributes:
     num_heads: number of heads.
-    head_dim: per-head dimension of values (and of keys/queries where a variant has them).
+    head_dim: per-head dimension of values (and of keys/queries where a variant has them);
+      None means embed // num_heads, which must then divide exactly.
     max_query_length, max_key_length: the largest query/key lengths a synthesizer's score map
       covers (encoder 512 / decoder 114 for T5 span corruption). Unused by vanilla attention.
     dtype: activation dtype (e.g. bfloat16); parameters stay float32, softmax runs in float32.
@@ -151,7 +196,7 @@ class Attention(nn.Module):
     kernel_init: initializer of the value/out (and, where present, key) kernels.
   """
   num_heads: int = 8
-  head_dim: int = 64
+  head_dim: Optional[int] = None
   max_query_length: int = 512
   max_key_length: int = 512
   dtype: Any = jnp.float32
@@ -170,15 +215,22 @@ class Attention(nn.Module):
     return None
 
   def attention_logits(self, inputs_q: Array, key_features: Optional[Any],
-                       query_offset: Array, key_length: int) -> Array:
-    """Logits `[batch | 1, heads, q_len, key_length]` before masks, bias and softmax.
-
-    Query i of `inputs_q` sits at absolute position `query_offset + i` (the offset is 0, or the
-    decode step); `key_features` covers `key_length` keys.
-    """
+                       positions: Positions) -> Array:
+    """Logits `[batch | 1, heads, q_len, k_len]` before masks, bias and softmax."""
     raise NotImplementedError
 
   # -- shared machinery -------------------------------------------------------------------------
+  def head_size(self, embed: int) -> int:
+    """The per-head dimension for inputs of width `embed`."""
+    if self.head_dim is not None:
+      return self.head_dim
+    if embed % self.num_heads:
+      raise ValueError(
+          f'{self.variant_name} attention: embed dim {embed} is not divisible by num_heads='
+          f'{self.num_heads}; set `head_dim` explicitly (gin `T5Config.head_dim`) or choose '
+          f'num_heads dividing {embed}.')
+    return embed // self.num_heads
+
   def projection(self, name: str, features, kernel_init=None) -> layers.DenseGeneral:
     """A T5X-style `[embed] -> [heads, dim]` projection (kernel axes `('embed', 'joined_kv')`)."""
     return layers.DenseGeneral(
@@ -210,7 +262,7 @@ class Attention(nn.Module):
 
   def attention_probabilities(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
                               bias: Optional[Array], step: Optional[Array], key_length: int,
-                              decode: bool) -> Array:
+                              decode: bool, segment_positions: Optional[Array] = None) -> Array:
     """Probabilities `[batch | 1, heads, q_len, key_length]`.
 
     `step` is the decode position (None outside single-step decoding) and `key_length` the number
@@ -218,19 +270,20 @@ class Attention(nn.Module):
     """
     features = self.cached('cached_key', self.key_features(inputs_kv), step, decode)
     if step is None:
-      query_offset = jnp.array(0, jnp.int32)
+      positions = Positions(jnp.array(0, jnp.int32), key_length, segment_positions)
       self.check_lengths(inputs_q.shape[1], key_length)
     else:
-      query_offset = step
+      positions = Positions(step, key_length)
       self.check_lengths(key_length, key_length)
       mask, bias = decode_step_mask_and_bias(mask, bias, step, key_length)
-    logits = self.attention_logits(inputs_q, features, query_offset, key_length)
+    logits = self.attention_logits(inputs_q, features, positions)
     return normalize(logits, mask, bias)
 
-  def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic) -> Array:
+  def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
+             segment_positions=None) -> Array:
     """Mixes `value` `[batch, k_len, heads, head_dim]` -> `[batch, q_len, heads, head_dim]`."""
     probabilities = self.attention_probabilities(
-        inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode)
+        inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
     if not deterministic and self.dropout_rate > 0:
       probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
           probabilities, deterministic=False)
@@ -239,6 +292,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
                bias: Optional[Array] = None, *, decode: bool = False, deterministic: bool = True,
+               segment_positions: Optional[Array] = None,
                probabilities_only: bool = False) -> Array:
     """Attention of `inputs_q` `[batch, q_len, embed]` over `inputs_kv` `[batch, k_len, embed]`.
 
@@ -248,6 +302,8 @@ class Attention(nn.Module):
       decode: autoregressive decoding. The first call (no cache yet) takes the full-length
         inputs and creates the cache; later calls take one position `[batch, 1, embed]`.
       deterministic: disables dropout.
+      segment_positions: `[batch, len]` position of each token within its packed segment, for
+        self-attention over packed examples (read by position-dependent variants only).
       probabilities_only: return the attention probabilities `[batch | 1, heads, q_len, k_len]`
         instead of the output (how a mixture reads its members).
 
@@ -268,11 +324,13 @@ class Attention(nn.Module):
         index.value = step + 1
     if probabilities_only:
       return self.attention_probabilities(
-          inputs_q, inputs_kv, mask, bias, step, key_length, decode)
+          inputs_q, inputs_kv, mask, bias, step, key_length, decode, segment_positions)
 
-    value = self.projection('value', (self.num_heads, self.head_dim))(inputs_kv)
+    value = self.projection('value', (self.num_heads, self.head_size(inputs_kv.shape[-1])))(
+        inputs_kv)
     value = self.cached('cached_value', value, step, decode)
-    mixed = self.attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic)
+    mixed = self.attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
+                        segment_positions)
     out = layers.DenseGeneral(
         features=inputs_q.shape[-1], axis=(-2, -1), kernel_axes=('joined_kv', 'embed'),
         dtype=self.dtype, kernel_init=self.kernel_init, name='out')

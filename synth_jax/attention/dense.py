@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from synth_jax.attention import core
 
 AXIS_RULES = {
+    'synth_hidden': core.AxisRule(None, 'row'),
     'synth_key_length': core.AxisRule(None, 'column'),
     'synth_factor': core.AxisRule(None, 'column'),
 }
@@ -25,14 +26,17 @@ class DenseSynthesizer(core.Attention):
   """Dense Synthesizer; `W1: [embed, heads*head_dim]`, `W2: [heads, head_dim, max_key_length]`."""
   variant_name = 'dense'
 
-  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
-    hidden = jax.nn.relu(self.projection('dense_1', (self.num_heads, self.head_dim))(inputs_q))
+  def attention_logits(self, inputs_q, key_features, positions):
+    head_dim = self.head_size(inputs_q.shape[-1])
+    hidden = jax.nn.relu(self.projection('dense_1', (self.num_heads, head_dim))(inputs_q))
     w2 = self.param(
         'dense_2',
-        nn.with_logical_partitioning(self.kernel_init, ('heads', 'kv', 'synth_key_length')),
-        (self.num_heads, self.head_dim, self.max_key_length), jnp.float32)
-    return jnp.einsum('bqhd,hdk->bhqk', hidden, w2[:, :, :key_length].astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+        nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', batch_axis=(0,)),
+            ('heads', 'synth_hidden', 'synth_key_length')),
+        (self.num_heads, head_dim, self.max_key_length), jnp.float32)
+    scores = jnp.einsum('bqhd,hdk->bhqk', hidden, w2.astype(self.dtype))
+    return positions.key_columns(scores)
 
 
 def default_factor(length: int) -> int:
@@ -58,10 +62,10 @@ class FactorizedDenseSynthesizer(core.Attention):
           f'{self.max_key_length}; pick a divisor for `factor` (a * b must equal max_key_length).')
     return a, self.max_key_length // a
 
-  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
+  def attention_logits(self, inputs_q, key_features, positions):
     a, b = self.factors()
     factor_a = self.projection('factor_a', (self.num_heads, a))(inputs_q)  # [batch, q, heads, a]
     factor_b = self.projection('factor_b', (self.num_heads, b))(inputs_q)  # [batch, q, heads, b]
-    outer = jnp.einsum('bqhr,bqhp->bhqpr', factor_a, factor_b, preferred_element_type=jnp.float32)
+    outer = jnp.einsum('bqhr,bqhp->bhqpr', factor_a, factor_b)
     batch, heads, q_len = outer.shape[:3]
-    return outer.reshape(batch, heads, q_len, a * b)[..., :key_length]
+    return positions.key_columns(outer.reshape(batch, heads, q_len, a * b))

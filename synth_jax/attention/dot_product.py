@@ -31,21 +31,23 @@ class DotProductAttention(core.Attention):
 
   def key_features(self, inputs_kv):
     """Keys `[batch, k_len, heads, head_dim]`."""
-    return self.projection('key', (self.num_heads, self.head_dim))(inputs_kv)
+    return self.projection('key', (self.num_heads, self.head_size(inputs_kv.shape[-1])))(inputs_kv)
 
   def queries(self, inputs_q):
     """Queries `[batch, q_len, heads, head_dim]`, scale 1/sqrt(head_dim) folded into the init."""
-    query_init = scaled_init(self.kernel_init, self.head_dim ** -0.5)
-    return self.projection('query', (self.num_heads, self.head_dim), query_init)(inputs_q)
+    head_dim = self.head_size(inputs_q.shape[-1])
+    query_init = scaled_init(self.kernel_init, head_dim ** -0.5)
+    return self.projection('query', (self.num_heads, head_dim), query_init)(inputs_q)
 
-  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
+  def attention_logits(self, inputs_q, key_features, positions):
     return jnp.einsum('bqhd,bkhd->bhqk', self.queries(inputs_q), key_features,
                       preferred_element_type=jnp.float32)
 
   def check_lengths(self, query_length, key_length):
     """Dot-product attention has no maximum length."""
 
-  def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic):
+  def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
+             segment_positions=None):
     if self.fused is None or (not deterministic and self.dropout_rate > 0):
       return super().attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic)
     keys = self.cached('cached_key', self.key_features(inputs_kv), step, decode)

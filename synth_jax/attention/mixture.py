@@ -39,10 +39,12 @@ class MixtureAttention(core.Attention):
                    (len(self.members),), jnp.float32)
     return jax.nn.softmax(w)
 
-  def attention_probabilities(self, inputs_q, inputs_kv, mask, bias, step, key_length, decode):
+  def attention_probabilities(self, inputs_q, inputs_kv, mask, bias, step, key_length, decode,
+                              segment_positions=None):
     weights = self.mixture_weights()
     total = 0.0
     for weight, member in zip(weights, self.member_modules()):
       total = total + weight * member(
-          inputs_q, inputs_kv, mask, bias, decode=decode, probabilities_only=True)
+          inputs_q, inputs_kv, mask, bias, decode=decode, segment_positions=segment_positions,
+          probabilities_only=True)
     return total

@@ -31,7 +31,7 @@ class OrthogonalAttention(core.Attention):
   variant_name = 'orthogonal'
 
   def frozen_projection(self, name, inputs):
-    shape = (inputs.shape[-1], self.num_heads, self.head_dim)
+    shape = (inputs.shape[-1], self.num_heads, self.head_size(inputs.shape[-1]))
     init = nn.with_logical_partitioning(per_head_orthonormal, ('embed', 'heads', 'kv'))
     kernel = self.variable(core.FROZEN, name, lambda: init(self.make_rng('params'), shape)).value
     return jnp.einsum('ble,ehd->blhd', inputs.astype(self.dtype),
@@ -40,10 +40,10 @@ class OrthogonalAttention(core.Attention):
   def key_features(self, inputs_kv):
     return self.frozen_projection('key', inputs_kv)
 
-  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
+  def attention_logits(self, inputs_q, key_features, positions):
     query = self.frozen_projection('query', inputs_q)
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key_features, preferred_element_type=jnp.float32)
-    return logits * self.head_dim ** -0.5
+    return logits * self.head_size(inputs_q.shape[-1]) ** -0.5
 
   def check_lengths(self, query_length, key_length):
     """Dot-product attention has no maximum length."""

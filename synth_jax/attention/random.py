@@ -7,7 +7,6 @@ query i attends with row i of R whatever the input: logits[1, h, i, j] = R[h, i,
 The factorized form (Sec. 3.3) is R_h = R1_h R2_h^T with R1_h: [max_query, k], R2_h: [max_key, k].
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from synth_jax.attention import core
@@ -45,9 +44,8 @@ class RandomSynthesizer(core.Attention):
         core.FROZEN, 'random_logits', lambda: init(self.make_rng('params'), shape, jnp.float32)
     ).value
 
-  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
-    rows = jax.lax.dynamic_slice_in_dim(self.score_map(), query_offset, inputs_q.shape[1], axis=1)
-    return rows[None, :, :, :key_length]
+  def attention_logits(self, inputs_q, key_features, positions):
+    return positions.index_table(self.score_map(), inputs_q.shape[1])
 
 
 class FactorizedRandomSynthesizer(core.Attention):
@@ -58,7 +56,7 @@ class FactorizedRandomSynthesizer(core.Attention):
   variant_name = 'factorized_random'
   position_dependent = True
 
-  def attention_logits(self, inputs_q, key_features, query_offset, key_length):
+  def attention_logits(self, inputs_q, key_features, positions):
     # Each factor's entries get stddev s / rank^(1/4) so R1 R2^T has stddev s like the dense R.
     init = nn.initializers.normal(self.init_stddev * self.rank ** -0.25)
     query_factor = self.param(
@@ -69,5 +67,5 @@ class FactorizedRandomSynthesizer(core.Attention):
         'key_factor',
         nn.with_logical_partitioning(init, ('heads', 'synth_key_length', 'synth_rank')),
         (self.num_heads, self.max_key_length, self.rank), jnp.float32)
-    rows = jax.lax.dynamic_slice_in_dim(query_factor, query_offset, inputs_q.shape[1], axis=1)
-    return jnp.einsum('hqr,hkr->hqk', rows, key_factor[:, :key_length])[None]
+    return jnp.einsum('bhqr,bhkr->bhqk', positions.query_rows(query_factor, inputs_q.shape[1]),
+                      positions.key_rows(key_factor))

@@ -1,0 +1,365 @@
+"""T5 v1.1 encoder-decoder with the attention type of each location chosen by name.
+
+The stack is T5X's `examples/t5` network: pre-norm residual blocks, gated-GELU MLPs, T5 relative
+position biases, no biases anywhere, float32 logits. With every attention 'vanilla' the parameter
+tree (paths, shapes, logical axes) equals T5X's, so checkpoints map one to one.
+
+What is ours: `T5Config.{encoder,decoder,cross}_attention` name a registry attention type
+(`synth_jax.attention.names()`, or a '+'-mixture) for each location, and `max_{encoder,decoder}_length`
+size the synthesizers' score maps. The relative-position bias is added to self-attention of every
+type (the T5 convention the Synthesizer paper keeps); cross-attention gets none.
+
+Known limit: a position-dependent (random) synthesizer reads absolute positions within the row, so
+with packing its second and later segments see the rows of R at their packed offsets, not from 0.
+"""
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from synth_jax import attention
+from synth_jax import layers
+
+Array = jax.Array
+
+ACTIVATION_AXES = ('batch', 'length', 'embed')
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyperparameters of the whole network (T5X's `T5Config` plus the attention choices).
+
+  Attributes:
+    vocab_size: shared input/output vocabulary size (32128 for T5's SentencePiece vocab).
+    dtype: activation dtype, e.g. 'bfloat16'; parameters and logits stay float32.
+    emb_dim, num_heads, head_dim, mlp_dim: widths (T5 d_model, heads, d_kv, d_ff).
+    num_encoder_layers, num_decoder_layers: depths.
+    mlp_activations: ('gelu', 'linear') is T5 v1.1's gated GELU; ('relu',) is T5 v1.0's MLP.
+    dropout_rate: dropout everywhere T5 has it (0 for v1.1 pretraining, 0.1 for fine-tuning).
+    logits_via_embedding: tie the output projection to the token embedding.
+    encoder_attention, decoder_attention: registry names of encoder / decoder self-attention
+      (gin macro `ATTENTION_TYPE` sets both).
+    cross_attention: registry name of encoder-decoder attention; must be position-free.
+    max_encoder_length, max_decoder_length: the longest inputs / targets the synthesizers'
+      score maps cover (T5 span corruption: 512 / 114).
+  """
+  vocab_size: int
+  dtype: Any = jnp.float32
+  emb_dim: int = 512
+  num_heads: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  head_dim: int = 64
+  mlp_dim: int = 2048
+  mlp_activations: Sequence[str] = ('gelu', 'linear')
+  dropout_rate: float = 0.1
+  logits_via_embedding: bool = False
+  encoder_attention: str = 'vanilla'
+  decoder_attention: str = 'vanilla'
+  cross_attention: str = 'vanilla'
+  max_encoder_length: int = 512
+  max_decoder_length: int = 114
+
+  def __post_init__(self):
+    # Normalized so configs from gin (strings, lists) are hashable flax module attributes.
+    object.__setattr__(self, 'dtype', jnp.dtype(self.dtype))
+    object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+    for field in ('encoder_attention', 'decoder_attention', 'cross_attention'):
+      try:
+        attention.is_position_dependent(getattr(self, field))
+      except ValueError as e:
+        raise ValueError(f'T5Config.{field}: {e}') from None
+    if attention.is_position_dependent(self.cross_attention):
+      position_free = [n for n in attention.names() if not attention.is_position_dependent(n)]
+      raise ValueError(
+          f'T5Config.cross_attention={self.cross_attention!r} depends on absolute query '
+          f'positions, which cross-attention does not know during incremental decoding (each '
+          f'step sees one target token). Choose a position-free type: {", ".join(position_free)}, '
+          f'or a "+"-mixture of them. Random synthesizers remain available as self-attention '
+          f'(`T5Config.encoder_attention` / `T5Config.decoder_attention`, gin `ATTENTION_TYPE`).')
+
+
+def _dropout(cfg: T5Config, x: Array, deterministic: bool, broadcast_length: bool = True) -> Array:
+  """T5's dropout; by default the mask is shared across the length axis (-2)."""
+  broadcast_dims = (-2,) if broadcast_length else ()
+  return nn.Dropout(cfg.dropout_rate, broadcast_dims=broadcast_dims)(
+      x, deterministic=deterministic)
+
+
+def _attention(cfg: T5Config, attention_type: str, max_query_length: int, max_key_length: int,
+               name: str) -> nn.Module:
+  return attention.build(
+      attention_type, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+      max_query_length=max_query_length, max_key_length=max_key_length, dtype=cfg.dtype,
+      dropout_rate=cfg.dropout_rate, name=name)
+
+
+def _mlp(cfg: T5Config) -> layers.MlpBlock:
+  return layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
+                         intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
+
+
+class EncoderLayer(nn.Module):
+  """Pre-norm self-attention block and MLP block, each with a residual connection."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, inputs: Array, encoder_mask: Optional[Array], encoder_bias: Array,
+               deterministic: bool = True) -> Array:
+    """`[batch, length, emb]` -> `[batch, length, emb]`.
+
+    Args:
+      encoder_mask: `[batch, 1, length, length]` padding (and packing) mask.
+      encoder_bias: `[1, heads, length, length]` relative position bias.
+    """
+    cfg = self.config
+    x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
+    x = _attention(cfg, cfg.encoder_attention, cfg.max_encoder_length, cfg.max_encoder_length,
+                   'attention')(x, x, encoder_mask, encoder_bias, deterministic=deterministic)
+    x = _dropout(cfg, x, deterministic) + inputs
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+    y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
+    y = _mlp(cfg)(y, deterministic=deterministic)
+    y = _dropout(cfg, y, deterministic) + x
+    return nn.with_logical_constraint(y, ACTIVATION_AXES)
+
+
+class DecoderLayer(nn.Module):
+  """Causal self-attention, encoder-decoder attention and MLP blocks, each pre-norm + residual."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, inputs: Array, encoded: Array, decoder_mask: Optional[Array],
+               encoder_decoder_mask: Optional[Array], decoder_bias: Array,
+               deterministic: bool = True, decode: bool = False) -> Array:
+    """`[batch, length, emb]` -> `[batch, length, emb]` (length 1 in decode steps).
+
+    Args:
+      encoded: `[batch, enc_length, emb]` encoder output.
+      decoder_mask: `[batch, 1, length, length]` causal/padding/packing mask; None when decoding
+        (the attention cache masks positions not generated yet).
+      encoder_decoder_mask: `[batch, 1, length, enc_length]`.
+      decoder_bias: `[1, heads, length, length]` relative position bias; when decoding, over the
+        whole `max_decode_length` (attention takes the row of the current step).
+      decode: use and update the autoregressive cache of self-attention.
+    """
+    cfg = self.config
+    x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
+    x = _attention(cfg, cfg.decoder_attention, cfg.max_decoder_length, cfg.max_decoder_length,
+                   'self_attention')(x, x, decoder_mask, decoder_bias,
+                                     deterministic=deterministic, decode=decode)
+    x = _dropout(cfg, x, deterministic) + inputs
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+    # Cross-attention keys come whole from the encoder each step, so it is never cached.
+    y = layers.LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
+    y = _attention(cfg, cfg.cross_attention, cfg.max_decoder_length, cfg.max_encoder_length,
+                   'encoder_decoder_attention')(y, encoded, encoder_decoder_mask,
+                                                deterministic=deterministic)
+    y = _dropout(cfg, y, deterministic) + x
+    y = nn.with_logical_constraint(y, ACTIVATION_AXES)
+
+    z = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
+    z = _mlp(cfg)(z, deterministic=deterministic)
+    z = _dropout(cfg, z, deterministic) + y
+    return nn.with_logical_constraint(z, ACTIVATION_AXES)
+
+
+def _relpos_bias(cfg: T5Config) -> layers.RelativePositionBiases:
+  return layers.RelativePositionBiases(num_heads=cfg.num_heads, dtype=cfg.dtype,
+                                       name='relpos_bias')
+
+
+class Encoder(nn.Module):
+  """Token embedding, a stack of encoder layers, final norm."""
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoder_input_tokens: Array, encoder_mask: Optional[Array] = None,
+               deterministic: bool = True) -> Array:
+    """Token ids `[batch, length]` -> encodings `[batch, length, emb]`."""
+    cfg = self.config
+    length = encoder_input_tokens.shape[1]
+    # One bias shared by all layers (T5 learns a single table per stack).
+    encoder_bias = _relpos_bias(cfg)(length, length, bidirectional=True)
+
+    x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
+    x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f'layers_{i}')(x, encoder_mask, encoder_bias, deterministic)
+    x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
+    # T5X drops whole elements here (no broadcast over length).
+    return _dropout(cfg, x, deterministic, broadcast_length=False)
+
+
+class Decoder(nn.Module):
+  """Token embedding, a stack of decoder layers, final norm, float32 logits."""
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded: Array, decoder_input_tokens: Array,
+               decoder_positions: Optional[Array] = None, decoder_mask: Optional[Array] = None,
+               encoder_decoder_mask: Optional[Array] = None, deterministic: bool = True,
+               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+    """Token ids `[batch, length]` -> logits `[batch, length, vocab]` (float32).
+
+    `decoder_positions` is accepted for T5X compatibility and unused: positions enter only through
+    relative position biases (and, for random synthesizers, the row offset inside attention).
+    """
+    del decoder_positions
+    cfg = self.config
+    length = decoder_input_tokens.shape[1]
+    if decode and max_decode_length is None and length == 1:
+      raise ValueError(
+          'Decoding one token per step needs `max_decode_length` (the cache length) so the '
+          'relative position bias covers every step; pass max_decode_length to decode().')
+    bias_length = max_decode_length if decode and max_decode_length else length
+    decoder_bias = _relpos_bias(cfg)(bias_length, bias_length, bidirectional=False)
+
+    y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
+    y = _dropout(cfg, y, deterministic).astype(cfg.dtype)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f'layers_{i}')(
+          y, encoded, decoder_mask, encoder_decoder_mask, decoder_bias,
+          deterministic=deterministic, decode=decode)
+    y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
+    y = _dropout(cfg, y, deterministic)
+
+    if cfg.logits_via_embedding:
+      # Tied weights: rescale so the logits' variance matches an untied projection's init.
+      logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(jnp.float32)
+    else:
+      logits = layers.DenseGeneral(cfg.vocab_size, kernel_axes=('embed', 'vocab'),
+                                   dtype=jnp.float32, name='logits_dense')(y)
+    return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+
+class Transformer(nn.Module):
+  """T5 encoder-decoder; T5X's `encode` / `decode` / `__call__` interface.
+
+  Token id 0 is padding everywhere (masks come from `tokens > 0`), and also the decoder's start
+  token, which is fine because decoder masks come from `decoder_target_tokens`.
+  """
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.shared_embedding = layers.Embed(
+        num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype,
+        attend_dtype=jnp.float32, embedding_init=nn.initializers.normal(stddev=1.0),
+        name='token_embedder')
+    self.encoder = Encoder(config=cfg, shared_embedding=self.shared_embedding)
+    self.decoder = Decoder(config=cfg, shared_embedding=self.shared_embedding)
+
+  def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array] = None,
+             enable_dropout: bool = True) -> Array:
+    """Token ids `[batch, enc_length]` (0 = padding) -> encodings `[batch, enc_length, emb]`.
+
+    `encoder_segment_ids` `[batch, enc_length]` (packing) keep attention within each segment.
+    """
+    if encoder_input_tokens.ndim != 2:
+      raise ValueError(f'encoder_input_tokens must be [batch, length], got '
+                       f'{encoder_input_tokens.shape}')
+    nonpad = encoder_input_tokens > 0
+    encoder_mask = attention.make_attention_mask(nonpad, nonpad, dtype=self.config.dtype)
+    if encoder_segment_ids is not None:
+      encoder_mask = attention.combine_masks(
+          encoder_mask,
+          attention.make_attention_mask(encoder_segment_ids, encoder_segment_ids, jnp.equal,
+                                        dtype=self.config.dtype),
+          dtype=self.config.dtype)
+    return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout)
+
+  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+             decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
+             decoder_segment_ids: Optional[Array] = None,
+             decoder_positions: Optional[Array] = None, enable_dropout: bool = True,
+             decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+    """Decoder logits `[batch, dec_length, vocab]` (float32) given the encodings.
+
+    Args:
+      encoded: `[batch, enc_length, emb]` from `encode`.
+      encoder_input_tokens: `[batch, enc_length]`, only for the padding mask.
+      decoder_input_tokens: `[batch, dec_length]`, the targets shifted right (0 starts a sequence);
+        `[batch, 1]` in decode steps.
+      decoder_target_tokens: `[batch, dec_length]` (0 = padding), only for masks; with
+        `decode=True` only its shape is used.
+      encoder_segment_ids, decoder_segment_ids: packing segment ids; give both or neither.
+      decoder_positions: unused (T5X compatibility).
+      enable_dropout: training mode.
+      decode: autoregressive decoding. The first call, on full-length tokens, creates the
+        self-attention caches (pass `mutable=['cache']`); later calls take one token per step and
+        need `max_decode_length`, the cache length.
+      max_decode_length: the full target length of the cache (decode steps only).
+    """
+    cfg = self.config
+    if (encoder_segment_ids is None) != (decoder_segment_ids is None):
+      raise ValueError('Packed inputs need both encoder_segment_ids and decoder_segment_ids; '
+                       'got only one.')
+    if decode:
+      if encoder_segment_ids is not None:
+        raise ValueError('Decoding does not support packed inputs, but segment ids were passed '
+                         'to Transformer.decode.')
+      # Self-attention masks future steps through its cache; targets are not known yet.
+      decoder_mask = None
+      encoder_decoder_mask = attention.make_attention_mask(
+          jnp.ones_like(decoder_target_tokens), encoder_input_tokens > 0, dtype=cfg.dtype)
+    else:
+      target_nonpad = decoder_target_tokens > 0
+      decoder_mask = attention.combine_masks(
+          attention.make_causal_mask(decoder_target_tokens, dtype=cfg.dtype),
+          attention.make_attention_mask(target_nonpad, target_nonpad, dtype=cfg.dtype),
+          None if decoder_segment_ids is None else attention.make_attention_mask(
+              decoder_segment_ids, decoder_segment_ids, jnp.equal, dtype=cfg.dtype),
+          dtype=cfg.dtype)
+      encoder_decoder_mask = attention.make_attention_mask(
+          target_nonpad, encoder_input_tokens > 0, dtype=cfg.dtype)
+      if encoder_segment_ids is not None:
+        encoder_decoder_mask = attention.combine_masks(
+            encoder_decoder_mask,
+            attention.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal,
+                                          dtype=cfg.dtype),
+            dtype=cfg.dtype)
+    return self.decoder(
+        encoded, decoder_input_tokens, decoder_positions=decoder_positions,
+        decoder_mask=decoder_mask, encoder_decoder_mask=encoder_decoder_mask,
+        deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
+               decoder_segment_ids: Optional[Array] = None,
+               encoder_positions: Optional[Array] = None,
+               decoder_positions: Optional[Array] = None, *, enable_dropout: bool = True,
+               decode: bool = False) -> Array:
+    """Logits `[batch, dec_length, vocab]` (float32) of the whole encoder-decoder.
+
+    Args:
+      encoder_input_tokens: `[batch, enc_length]` (0 = padding).
+      decoder_input_tokens: `[batch, dec_length]`, the targets shifted right; in packed batches
+        each segment starts with 0.
+      decoder_target_tokens: `[batch, dec_length]` (0 = padding).
+      encoder_segment_ids, decoder_segment_ids: `[batch, length]` packing segment ids.
+      encoder_positions, decoder_positions: unused (T5X compatibility; positions are relative).
+      enable_dropout: training mode.
+      decode: with full-length tokens and `mutable=['cache']`, creates the decode caches.
+    """
+    del encoder_positions
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids=encoder_segment_ids,
+                          enable_dropout=enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                       encoder_segment_ids=encoder_segment_ids,
+                       decoder_segment_ids=decoder_segment_ids,
+                       decoder_positions=decoder_positions, enable_dropout=enable_dropout,
+                       decode=decode)
+
+
+# gin binds these public constructors (`synth_jax.network.T5Config.emb_dim = 512`); calling the
+# classes directly never reads gin.
+gin.external_configurable(T5Config, module='synth_jax.network')
+gin.external_configurable(Transformer, module='synth_jax.network')

@@ -1,0 +1,115 @@
+"""Plain NumPy (float64) references of each variant's paper equation, for the tests."""
+import numpy as np
+
+
+def softmax(logits):
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  e = np.exp(shifted)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def kernel3(kernel, heads):
+  """A stored 2-D `[embed, heads*dim]` kernel as `[embed, heads, dim]`."""
+  kernel = np.asarray(kernel, np.float64)
+  return kernel.reshape(kernel.shape[0], heads, -1)
+
+
+def project(x, kernel, heads):
+  """`[b, l, e]` x `[e, heads*dim]` -> `[b, l, heads, dim]`."""
+  return np.einsum('ble,ehd->blhd', x, kernel3(kernel, heads))
+
+
+def probabilities(logits, mask=None, bias=None):
+  """softmax over keys of logits + bias with masked entries excluded."""
+  logits = np.asarray(logits, np.float64)
+  if bias is not None:
+    logits = logits + bias
+  if mask is not None:
+    logits = np.where(np.asarray(mask) > 0, logits, -np.inf)
+  return softmax(logits)
+
+
+def output(params, probs, x_kv, heads):
+  """Y = (P V) W_out with V = x_kv W_V: `[b, q, e]`."""
+  value = project(x_kv, params['value']['kernel'], heads)
+  mixed = np.einsum('bhqk,bkhd->bqhd', probs, value)
+  b, q = mixed.shape[:2]
+  return mixed.reshape(b, q, -1) @ np.asarray(params['out']['kernel'], np.float64)
+
+
+def vanilla_logits(params, x_q, x_kv, heads):
+  q = project(x_q, params['query']['kernel'], heads)
+  k = project(x_kv, params['key']['kernel'], heads)
+  return np.einsum('bqhd,bkhd->bhqk', q, k)
+
+
+def dense_logits(params, x_q, k_len, heads):
+  """B_i = W2 relu(W1 x_i), sliced to k_len."""
+  hidden = np.maximum(project(x_q, params['dense_1']['kernel'], heads), 0.0)
+  w2 = np.asarray(params['dense_2'], np.float64)
+  return np.einsum('bqhd,hdk->bhqk', hidden, w2)[..., :k_len]
+
+
+def factorized_dense_logits(params, x_q, k_len, heads):
+  """C = H_A(A) * H_B(B): A tiled b times, each entry of B repeated a times."""
+  a_vec = project(x_q, params['factor_a']['kernel'], heads)  # [b, q, h, a]
+  b_vec = project(x_q, params['factor_b']['kernel'], heads)  # [b, q, h, b]
+  tiled = np.tile(a_vec, (1, 1, 1, b_vec.shape[-1]))
+  repeated = np.repeat(b_vec, a_vec.shape[-1], axis=-1)
+  return np.transpose(tiled * repeated, (0, 2, 1, 3))[..., :k_len]
+
+
+def random_logits(table, q_len, k_len):
+  return np.asarray(table, np.float64)[None, :, :q_len, :k_len]
+
+
+def factorized_random_logits(params, q_len, k_len):
+  r1 = np.asarray(params['query_factor'], np.float64)[:, :q_len]
+  r2 = np.asarray(params['key_factor'], np.float64)[:, :k_len]
+  return np.einsum('hqr,hkr->hqk', r1, r2)[None]
+
+
+def orthogonal_logits(frozen, x_q, x_kv):
+  wq = np.asarray(frozen['query'], np.float64)
+  wk = np.asarray(frozen['key'], np.float64)
+  q = np.einsum('ble,ehd->blhd', x_q, wq)
+  k = np.einsum('ble,ehd->blhd', x_kv, wk)
+  return np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(wq.shape[-1])
+
+
+def member_probabilities(name, params, frozen, x_q, x_kv, heads, mask, bias):
+  """Attention probabilities of a single (non-mixture) variant."""
+  q_len, k_len = x_q.shape[1], x_kv.shape[1]
+  if name == 'vanilla':
+    logits = vanilla_logits(params, x_q, x_kv, heads)
+  elif name == 'dense':
+    logits = dense_logits(params, x_q, k_len, heads)
+  elif name == 'factorized_dense':
+    logits = factorized_dense_logits(params, x_q, k_len, heads)
+  elif name == 'random':
+    logits = random_logits(params['random_logits'], q_len, k_len)
+  elif name == 'fixed_random':
+    logits = random_logits(frozen['random_logits'], q_len, k_len)
+  elif name == 'factorized_random':
+    logits = factorized_random_logits(params, q_len, k_len)
+  elif name == 'orthogonal':
+    logits = orthogonal_logits(frozen, x_q, x_kv)
+  else:
+    raise ValueError(name)
+  return probabilities(logits, mask, bias)
+
+
+def attention(name, variables, x_q, x_kv, heads, mask=None, bias=None):
+  """The reference output `[b, q, e]` of registry type `name` given its Flax variables."""
+  params = variables['params']
+  frozen = variables.get('frozen', {})
+  x_q, x_kv = np.asarray(x_q, np.float64), np.asarray(x_kv, np.float64)
+  members = name.split('+')
+  if len(members) == 1:
+    probs = member_probabilities(name, params, frozen, x_q, x_kv, heads, mask, bias)
+  else:
+    weights = softmax(np.asarray(params['mixture_logits'], np.float64))
+    probs = sum(w * member_probabilities(m, params.get(m, {}), frozen.get(m, {}), x_q, x_kv, heads, mask,
+                                         bias)
+                for w, m in zip(weights, members))
+  return output(params, probs, x_kv, heads)
