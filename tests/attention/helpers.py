@@ -39,3 +39,40 @@ def numpy_tree(tree):
 def leaf_paths(tree):
   return {'/'.join(str(k.key) for k in path)
           for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def optimizer_step(module, variables, x, optimizer):
+  """One real training step on `sum(out**2)`: gradients w.r.t. 'params' only, as the trainer.
+
+  Returns (new variables, optimizer state).
+  """
+  import optax  # pylint: disable=g-import-not-at-top
+  mask = jnp.tril(jnp.ones((x.shape[1], x.shape[1])))[None, None]
+
+  def loss(params):
+    return jnp.sum(module.apply({**variables, 'params': params}, x, x, mask) ** 2)
+
+  state = optimizer.init(variables['params'])
+  grads = jax.grad(loss)(variables['params'])
+  updates, state = optimizer.update(grads, state, variables['params'])
+  return {**variables, 'params': optax.apply_updates(variables['params'], updates)}, state
+
+
+def assert_frozen_untouched(module, variables, x, frozen_shapes):
+  """A step leaves every frozen array bit-identical and keeps none in the optimizer state."""
+  import optax  # pylint: disable=g-import-not-at-top
+  optimizer = optax.adafactor(learning_rate=0.1)
+  stepped, state = optimizer_step(module, variables, x, optimizer)
+  for path, before in jax.tree_util.tree_flatten_with_path(variables['frozen'])[0]:
+    after = stepped['frozen']
+    for key in path:
+      after = after[key.key]
+    np.testing.assert_array_equal(np.asarray(after), np.asarray(before))
+  # Trainable parameters did move.
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stepped['params'], variables['params'])
+  assert all(jax.tree.leaves(moved))
+  # The optimizer state has no leaf shaped like a frozen array, and no frozen path in 'params'.
+  assert not leaf_paths(variables['frozen']) & leaf_paths(variables['params'])
+  state_shapes = {tuple(np.shape(leaf)) for leaf in jax.tree.leaves(state)}
+  for shape in frozen_shapes:
+    assert shape not in state_shapes, f'optimizer state holds a {shape} array'

@@ -1,0 +1,60 @@
+"""Vanilla T5 attention: T5X parameter layout, folded scale, fused path."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synth_jax.attention import core
+from tests.attention import helpers
+
+
+def test_parameter_paths_and_axes_equal_t5x():
+  module = helpers.build('vanilla')
+  x = helpers.inputs(0)
+  boxed = module.init(jax.random.key(0), x, x)
+  assert set(boxed) == {'params'}
+  specs = nn.get_partition_spec(boxed)['params']
+  for name in ('query', 'key', 'value'):
+    assert specs[name]['kernel'] == jax.sharding.PartitionSpec('embed', 'joined_kv')
+    assert nn.unbox(boxed)['params'][name]['kernel'].shape == (16, 16)
+  assert specs['out']['kernel'] == jax.sharding.PartitionSpec('joined_kv', 'embed')
+
+
+def test_query_init_folds_the_inverse_sqrt_head_dim_scale():
+  module = helpers.build('vanilla', num_heads=4, head_dim=64)
+  x = helpers.inputs(0, embed=256)
+  params = helpers.init(module, x)['params']
+  # variance_scaling(1, fan_in): std 1/sqrt(256) for key; query also divided by sqrt(64).
+  np.testing.assert_allclose(float(jnp.std(params['key']['kernel'])), 1 / 16, rtol=0.05)
+  np.testing.assert_allclose(float(jnp.std(params['query']['kernel'])), 1 / 16 / 8, rtol=0.05)
+
+
+@pytest.mark.parametrize('decode', [False, True])
+def test_fused_jax_attention_path_equals_the_core(decode):
+  x = helpers.inputs(0)
+  mask = core.make_causal_mask(jnp.ones(x.shape[:2]))
+  bias = helpers.random_bias(1, 6, 6)
+  core_module = helpers.build('vanilla')
+  fused_module = helpers.build('vanilla', fused='xla')
+  variables = helpers.init(core_module, x)
+  if not decode:
+    np.testing.assert_allclose(fused_module.apply(variables, x, x, mask, bias),
+                               core_module.apply(variables, x, x, mask, bias), atol=1e-5)
+    return
+  outputs = []
+  for module in (core_module, fused_module):
+    _, state = module.apply(variables, x, x, decode=True, mutable=['cache'])
+    steps = []
+    for i in range(3):
+      out, state = module.apply({**variables, **state}, x[:, i:i + 1], x[:, i:i + 1], None, bias,
+                                decode=True, mutable=['cache'])
+      steps.append(out)
+    outputs.append(jnp.concatenate(steps, axis=1))
+  np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+
+
+def test_lengths_are_unbounded():
+  module = helpers.build('vanilla', max_query_length=2, max_key_length=2)
+  x = helpers.inputs(0, length=9)
+  assert module.apply(helpers.init(module, x), x, x).shape == (2, 9, helpers.EMBED)
