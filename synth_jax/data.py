@@ -1,0 +1,59 @@
+"""seqio data for the trainer: feature-converted, batched, deterministic, resumable.
+
+Batches come from `seqio.EncDecFeatureConverter` (packed for pretraining). The stream is a pure
+function of (task, lengths, batch size, seed), so resuming at step s skips s batches and sees the
+exact batches the interrupted run would have seen.
+"""
+from typing import Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+
+
+def _register_tasks():
+  # Importing the package registers synth-jax's seqio tasks (idempotent).
+  import synth_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
+
+
+class Dataset:
+  """Per-host batches `{feature: np.ndarray[batch, length]}` of one seqio task or mixture."""
+
+  def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+               batch_size: int, seed: int = 0, pack: bool = True):
+    _register_tasks()
+    try:
+      seqio.get_mixture_or_task(mixture_or_task_name)
+    except ValueError as error:
+      raise ValueError(f'unknown MIXTURE_OR_TASK_NAME {mixture_or_task_name!r}: {error}') from error
+    self.name = mixture_or_task_name
+    self.lengths = dict(task_feature_lengths)
+    self.batch_size = batch_size
+    self.seed = seed
+    self.pack = pack
+
+  def _dataset(self, split: str, shuffle: bool, num_epochs):
+    return seqio.get_dataset(
+        self.name, self.lengths, seqio.EncDecFeatureConverter(pack=self.pack),
+        dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=self.seed,
+        shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
+        batch_size=self.batch_size, use_cached=False, verbose=False)
+
+  def example_batch(self) -> dict[str, np.ndarray]:
+    """Zeros with the shapes and dtypes of a train batch (for shape-only initialisation)."""
+    spec = self._dataset('train', shuffle=False, num_epochs=1).element_spec
+    return {k: np.zeros(v.shape, v.dtype.as_numpy_dtype) for k, v in spec.items()}
+
+  def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """An endless, shuffled stream, positioned after `start_step` batches."""
+    dataset = self._dataset('train', shuffle=True, num_epochs=None).skip(start_step)
+    return dataset.as_numpy_iterator()
+
+  def eval_batches(self, split: str, steps: int) -> Iterator[dict[str, np.ndarray]]:
+    """The first `steps` batches of `split`, in order."""
+    return self._dataset(split, shuffle=False, num_epochs=1).take(steps).as_numpy_iterator()
+
+  def eval_examples(self, split: str, count: int):
+    """`count` unbatched, not feature-converted examples of `split` (for decoding and metrics)."""
+    return seqio.get_mixture_or_task(self.name).get_dataset(
+        self.lengths, split=split, shuffle=False, num_epochs=1).take(count).as_numpy_iterator()

@@ -1,0 +1,220 @@
+"""The training loop: seqio data -> sharded jit step -> orbax checkpoints, eval and summaries.
+
+`train()` is what `synth-jax train` runs; gin binds its arguments (T5X macro names in
+`gin/runs/*.gin`: MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS).
+A run resumes from the latest checkpoint in `model_dir`, including the data position, so a killed
+run continues with the same loss sequence. SIGTERM (TPU preemption) saves and exits cleanly.
+"""
+import functools
+import os
+import signal
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+
+from synth_jax import checkpoints
+from synth_jax import data as data_lib
+from synth_jax import network
+from synth_jax import optimizer as optimizer_lib
+from synth_jax import partitioning
+from synth_jax import train_state
+
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, no preemption saves
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Summaries:
+  """TensorBoard scalars under `model_dir/{train,eval}` (a no-op without a model_dir)."""
+
+  def __init__(self, model_dir: Optional[str]):
+    self._writers = {}
+    self._model_dir = model_dir if jax.process_index() == 0 else None
+
+  def write(self, split: str, step: int, scalars: Mapping[str, float]):
+    if not self._model_dir:
+      return
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if split not in self._writers:
+      self._writers[split] = tf.summary.create_file_writer(os.path.join(self._model_dir, split))
+    with self._writers[split].as_default():
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value, step=step)
+    self._writers[split].flush()
+
+
+@gin.configurable(module='synth_jax.train')
+def adafactor_optimizer(plan, learning_rate: Callable, decay_rate: float = 0.8,
+                        clipping_threshold: float = 1.0):
+  """The default optimizer: T5X's Adafactor with rule-driven factoring."""
+  return optimizer_lib.adafactor(learning_rate, plan, decay_rate=decay_rate,
+                                 clipping_threshold=clipping_threshold)
+
+
+def _to_global(batch, sharding):
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def evaluate(eval_fn, state, batches, sharding) -> dict[str, float]:
+  """Token-weighted loss and accuracy over `batches`."""
+  sums = None
+  for batch in batches:
+    out = jax.device_get(eval_fn(state, _to_global(batch, sharding)))
+    sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+  if sums is None:
+    raise ValueError('the eval split yielded no batches; lower BATCH_SIZE or eval_steps.')
+  weight = max(float(sums['weight_sum']), 1.0)
+  return {'loss': float(sums['loss_sum']) / weight, 'accuracy': float(sums['correct_sum']) / weight}
+
+
+@gin.configurable(module='synth_jax.train', denylist=['on_step'])
+def train(*,
+          model_dir: Optional[str],
+          model: network.Transformer = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          learning_rate: Callable = optimizer_lib.rsqrt_schedule(),
+          make_optimizer: Callable = adafactor_optimizer,
+          z_loss: float = 1e-4,
+          label_smoothing: float = 0.0,
+          seed: int = 0,
+          model_parallelism: Optional[int] = None,
+          pack: bool = True,
+          checkpoint_period: int = 1000,
+          keep_checkpoints: Optional[int] = 3,
+          eval_period: int = 1000,
+          eval_steps: int = 20,
+          eval_split: str = 'validation',
+          log_period: int = 50,
+          initial_checkpoint_path: Optional[str] = None,
+          infer_examples: int = 0,
+          on_step: Optional[Callable[[int, dict], None]] = None) -> dict[str, Any]:
+  """Trains (or resumes training of) a T5 model; returns the last train and eval metrics.
+
+  Args:
+    model_dir: checkpoints, TensorBoard events and `config.gin` go here; None runs without them.
+    model: the network, `Transformer(T5Config(...))`; `ATTENTION_TYPE` picks its attention.
+    mixture_or_task_name, task_feature_lengths: the seqio data, e.g. {'inputs': 512,
+      'targets': 114}; batches come from `seqio.EncDecFeatureConverter(pack=pack)`.
+    batch_size: global batch size (split over the mesh's 'data' axis and over hosts).
+    train_steps: the step to stop at (a resumed run continues up to it).
+    learning_rate: schedule `step -> rate` (T5's rsqrt with 10k warmup by default).
+    make_optimizer: `(factor_plan, learning_rate) -> optax transform`.
+    checkpoint_period, keep_checkpoints: save every N steps (and at the end), keep the newest K.
+    initial_checkpoint_path: a checkpoint step directory to start a *new* run from (finetuning);
+      ignored when `model_dir` already has checkpoints.
+    infer_examples: at the end, greedy-decode this many eval examples and print them.
+    on_step: test hook called with (step, metrics) after each step.
+  """
+  mesh = partitioning.create_mesh(model_parallelism)
+  per_host_batch = batch_size // jax.process_count()
+  if batch_size % (jax.process_count() * mesh.shape['data']):
+    raise ValueError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel size '
+                     f'{mesh.shape["data"]} (and the host count {jax.process_count()}).')
+  dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths, per_host_batch,
+                             seed=seed, pack=pack)
+  example = dataset.example_batch()
+  state, shardings, optimizer = train_state.create(
+      model, functools.partial(make_optimizer, learning_rate=learning_rate), example, mesh,
+      jax.random.key(seed))
+  batch_sharding = partitioning.data_sharding(mesh)
+  batch_shardings = {k: batch_sharding for k in example}
+
+  step_fn = jax.jit(
+      functools.partial(train_state.train_step, model, optimizer, z_loss=z_loss,
+                        label_smoothing=label_smoothing),
+      in_shardings=(shardings, batch_shardings, None),
+      out_shardings=(shardings, None), donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(train_state.eval_step, model),
+                    in_shardings=(shardings, batch_shardings))
+
+  manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+  start = 0
+  if manager.latest_step() is not None:
+    state = manager.restore(state, shardings)
+    start = int(state.step)
+    print(f'Resumed from {manager.directory} at step {start}.', flush=True)
+  elif initial_checkpoint_path:
+    state = checkpoints.load_params_into(state, shardings, initial_checkpoint_path)
+    print(f'Initialised parameters from {initial_checkpoint_path}.', flush=True)
+  if model_dir and jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
+      f.write(gin.config_str())
+
+  summaries = Summaries(model_dir)
+  rng = jax.random.key(seed + 1)
+  batches = dataset.train_batches(start_step=start)
+  tokens_per_step = batch_size * sum(task_feature_lengths.values())
+  metrics, eval_metrics, last_time = {}, {}, time.time()
+  with _Preemption() as preemption:
+    for step in range(start + 1, train_steps + 1):
+      state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
+      metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      if not np.isfinite(metrics['loss']):
+        manager.wait()
+        raise NonFiniteLossError(
+            f'loss is {metrics["loss"]} at step {step}; stopping. The last good checkpoint '
+            f'(step {manager.latest_step()}) is kept in {manager.directory}. Lower the learning '
+            'rate or check the data, then rerun to resume from it.')
+      if on_step is not None:
+        on_step(step, metrics)
+      if step % log_period == 0 or step == train_steps:
+        now = time.time()
+        steps_done = log_period if step % log_period == 0 else (step - start) % log_period or 1
+        step_time = (now - last_time) / steps_done
+        last_time = now
+        scalars = {**metrics, 'step_time_s': step_time,
+                   'tokens_per_s': tokens_per_step / step_time,
+                   'learning_rate': float(learning_rate(step - 1))}
+        summaries.write('train', step, scalars)
+        print(f'step {step}/{train_steps}  loss {metrics["loss"]:.4f}  '
+              f'acc {metrics["accuracy"]:.3f}  {tokens_per_step / step_time:,.0f} tok/s  '
+              f'{step_time * 1000:.0f} ms/step', flush=True)
+      if eval_period and (step % eval_period == 0 or step == train_steps) and eval_steps:
+        eval_metrics = evaluate(eval_fn, state, dataset.eval_batches(eval_split, eval_steps),
+                                batch_sharding)
+        summaries.write('eval', step, eval_metrics)
+        print(f'eval  step {step}  loss {eval_metrics["loss"]:.4f}  '
+              f'acc {eval_metrics["accuracy"]:.3f}', flush=True)
+      manager.maybe_save(step, state, force=(step == train_steps or preemption.requested))
+      if preemption.requested:
+        print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
+        break
+  manager.wait()
+  result = {'train': metrics, 'eval': eval_metrics, 'step': int(state.step), 'state': state}
+  if infer_examples:
+    from synth_jax import decoding  # pylint: disable=g-import-not-at-top
+    result['examples'] = decoding.print_examples(
+        model, state.variables(), dataset, eval_split, infer_examples)
+  return result

@@ -1,0 +1,44 @@
+"""A tiny in-memory seqio task and a tiny model, for trainer and decoding tests."""
+import functools
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from synth_jax import network
+
+COPY_TASK = 'synth_jax_test_copy'
+VOCAB = seqio.ByteVocabulary()
+
+
+def _copy_examples(split, shuffle_files, seed=None):
+  del shuffle_files, seed
+  rng = np.random.default_rng(0 if split == 'train' else 1)
+  words = [''.join(rng.choice(list('abcdefgh'), size=rng.integers(2, 6))) for _ in range(256)]
+  texts = [' '.join(words[i:i + 2]) for i in range(0, len(words) - 1)]
+  return tf.data.Dataset.from_tensor_slices({'inputs': texts, 'targets': texts})
+
+
+def register_copy_task():
+  """`synth_jax_test_copy`: targets equal inputs (bytes). Idempotent."""
+  if COPY_TASK in seqio.TaskRegistry.names():
+    return COPY_TASK
+  features = {k: seqio.Feature(VOCAB, add_eos=True) for k in ('inputs', 'targets')}
+  seqio.TaskRegistry.add(
+      COPY_TASK,
+      source=seqio.FunctionDataSource(_copy_examples, splits=('train', 'validation')),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features=features)
+  return COPY_TASK
+
+
+def tiny_model(attention_type='vanilla', dropout_rate=0.0, max_length=16, **overrides):
+  options = dict(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16,
+                 num_encoder_layers=2, num_decoder_layers=2, mlp_dim=64, dropout_rate=dropout_rate,
+                 encoder_attention=attention_type, decoder_attention=attention_type,
+                 max_encoder_length=max_length, max_decoder_length=max_length)
+  options.update(overrides)
+  return network.Transformer(network.T5Config(**options))
+
+
+LENGTHS = {'inputs': 16, 'targets': 16}
