@@ -118,6 +118,7 @@ def train(*,
           log_period: int = 50,
           initial_checkpoint_path: Optional[str] = None,
           infer_examples: int = 0,
+          eval_only: bool = False,
           on_step: Optional[Callable[[int, dict], None]] = None) -> dict[str, Any]:
   """Trains (or resumes training of) a T5 model; returns the last train and eval metrics.
 
@@ -134,6 +135,7 @@ def train(*,
     initial_checkpoint_path: a checkpoint step directory to start a *new* run from (finetuning);
       ignored when `model_dir` already has checkpoints.
     infer_examples: at the end, greedy-decode this many eval examples and print them.
+    eval_only: evaluate the latest checkpoint in `model_dir` (and decode examples); no training.
     on_step: test hook called with (step, metrics) after each step.
   """
   mesh = partitioning.create_mesh(model_parallelism)
@@ -164,6 +166,9 @@ def train(*,
     state = manager.restore(state, shardings)
     start = int(state.step)
     print(f'Resumed from {manager.directory} at step {start}.', flush=True)
+  elif eval_only:
+    raise checkpoints.CheckpointError(
+        f'eval needs a checkpoint, and {manager.directory} has none; train first or set MODEL_DIR.')
   elif initial_checkpoint_path:
     state = checkpoints.load_params_into(state, shardings, initial_checkpoint_path)
     print(f'Initialised parameters from {initial_checkpoint_path}.', flush=True)
@@ -177,6 +182,12 @@ def train(*,
   batches = dataset.train_batches(start_step=start)
   tokens_per_step = batch_size * sum(task_feature_lengths.values())
   metrics, eval_metrics, last_time = {}, {}, time.time()
+  if eval_only:
+    eval_metrics = evaluate(eval_fn, state, dataset.eval_batches(eval_split, eval_steps),
+                            batch_sharding)
+    print(f'eval  step {start}  loss {eval_metrics["loss"]:.4f}  '
+          f'acc {eval_metrics["accuracy"]:.3f}', flush=True)
+    train_steps = start  # skip the loop
   with _Preemption() as preemption:
     for step in range(start + 1, train_steps + 1):
       state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)

@@ -1,0 +1,90 @@
+"""`synth-jax train|eval|params`: T5X-style flags over gin.
+
+  synth-jax train --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  synth-jax train --gin_file=configs/c4_pretrain_base.gin --gin.ATTENTION_TYPE="'random'" ...
+  synth-jax eval  --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  synth-jax params [attention types...]
+
+`--gin_file` may repeat; `--gin.NAME=VALUE` binds a macro or parameter (VALUE is gin syntax, so
+strings keep their quotes). Gin files are looked up in the working directory, then in the
+repository's `configs/` and `gin/` directories.
+"""
+import argparse
+import os
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+import gin
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def search_paths(extra: Sequence[str] = ()) -> list[str]:
+  candidates = [os.getcwd(), *extra, REPO_ROOT, REPO_ROOT / 'configs', REPO_ROOT / 'gin']
+  return [str(p) for p in candidates if os.path.isdir(p)]
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], extra_paths: Sequence[str] = ()):
+  """Parses gin files and `NAME=VALUE` bindings, with the repository's gin dirs searchable."""
+  import synth_jax.train  # pylint: disable=g-import-not-at-top,unused-import  (registers configurables)
+  for path in search_paths(extra_paths):
+    gin.add_config_file_search_path(path)
+  for name in gin_files:
+    if not any(os.path.isfile(os.path.join(p, name)) for p in ['', *search_paths(extra_paths)]):
+      raise SystemExit(f'gin file {name!r} not found in {search_paths(extra_paths)}.')
+  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+
+
+def _split_gin_flags(argv: Sequence[str]):
+  """Pulls `--gin.NAME=VALUE` out of argv (argparse cannot declare dotted flag families)."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith('--gin.'):
+      name, sep, value = arg[len('--gin.'):].partition('=')
+      if not sep:
+        raise SystemExit(f'{arg!r}: write --gin.NAME=VALUE, e.g. --gin.ATTENTION_TYPE="\'random\'"')
+      bindings.append(f'{name} = {value}')
+    else:
+      rest.append(arg)
+  return bindings, rest
+
+
+def main(argv: Optional[Sequence[str]] = None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  bindings, argv = _split_gin_flags(argv)
+  parser = argparse.ArgumentParser(prog='synth-jax', description=__doc__.split('\n')[0])
+  parser.add_argument('command', choices=['train', 'eval', 'params'])
+  parser.add_argument('--gin_file', action='append', default=[])
+  parser.add_argument('--gin_search_paths', action='append', default=[])
+  parser.add_argument('--tfds_data_dir', default=None,
+                      help='TFDS data directory (e.g. gs://bucket/tfds) for C4/GLUE tasks.')
+  parser.add_argument('--multihost', action='store_true',
+                      help='call jax.distributed.initialize() (multi-host TPU slices).')
+  parser.add_argument('types', nargs='*', help='attention types for `params`.')
+  args = parser.parse_args(argv)
+
+  if args.command == 'params':
+    from synth_jax.attention import param_count  # pylint: disable=g-import-not-at-top
+    param_count.main(args.types)
+    return None
+  if args.multihost or _is_multihost_tpu():
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+  if args.tfds_data_dir:
+    import seqio  # pylint: disable=g-import-not-at-top
+    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+  if not args.gin_file:
+    parser.error('give at least one --gin_file (e.g. configs/demo.gin).')
+  parse_gin(args.gin_file, bindings, args.gin_search_paths)
+  from synth_jax import train  # pylint: disable=g-import-not-at-top
+  return train.train(eval_only=(args.command == 'eval'))
+
+
+def _is_multihost_tpu() -> bool:
+  """TPU VM slices list their workers in TPU_WORKER_HOSTNAMES; more than one means multi-host."""
+  return len([h for h in os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
+
+
+if __name__ == '__main__':
+  main()

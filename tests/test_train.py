@@ -1,0 +1,167 @@
+"""The trainer: sharding, learning, resume, checkpoint errors, NaN stops, SIGTERM, frozen params."""
+import functools
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from synth_jax import checkpoints
+from synth_jax import optimizer as optimizer_lib
+from synth_jax import partitioning
+from synth_jax import train
+from synth_jax import train_state
+from synth_jax.attention import core
+from tests import fixtures
+
+TYPES = ('vanilla', 'dense', 'random', 'fixed_random', 'factorized_dense', 'factorized_random',
+         'orthogonal', 'random+vanilla')
+
+
+def run(model_dir, steps, attention_type='vanilla', **kwargs):
+  options = dict(model_dir=model_dir, model=fixtures.tiny_model(attention_type),
+                 mixture_or_task_name=fixtures.register_copy_task(),
+                 task_feature_lengths=fixtures.LENGTHS, batch_size=8, train_steps=steps,
+                 log_period=100, checkpoint_period=3, eval_period=0,
+                 learning_rate=optimizer_lib.rsqrt_schedule(1.0, 100))
+  options.update(kwargs)
+  losses = []
+  result = train.train(on_step=lambda step, m: losses.append((step, m['loss'])), **options)
+  return result, losses
+
+
+def synthetic_batch(batch=8, length=16, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(2, 200, size=(batch, length)).astype(np.int32)
+  tokens[:, -3:] = 0
+  shifted = np.concatenate([np.zeros((batch, 1), np.int32), tokens[:, :-1]], axis=1)
+  return {'encoder_input_tokens': tokens, 'decoder_target_tokens': tokens,
+          'decoder_input_tokens': shifted, 'decoder_loss_weights': (tokens > 0).astype(np.int32)}
+
+
+def make_optimizer(plan):
+  return optimizer_lib.adafactor(optimizer_lib.rsqrt_schedule(1.0, 10), plan)
+
+
+def one_step(model, mesh, batch):
+  state, shardings, optimizer = train_state.create(model, make_optimizer, batch, mesh,
+                                                   jax.random.key(0))
+  step = jax.jit(functools.partial(train_state.train_step, model, optimizer),
+                 in_shardings=(shardings, None, None), out_shardings=(shardings, None))
+  return state, *step(state, batch, jax.random.key(1))
+
+
+def test_sharded_step_on_2x2_mesh_equals_one_device():
+  model = fixtures.tiny_model('random+vanilla', num_heads=4, head_dim=8)
+  batch = synthetic_batch()
+  _, sharded_state, sharded_metrics = one_step(model, partitioning.create_mesh(2), batch)
+  _, single_state, single_metrics = one_step(
+      model, partitioning.create_mesh(1, devices=jax.devices()[:1]), batch)
+  np.testing.assert_allclose(sharded_metrics['loss'], single_metrics['loss'], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5),
+               jax.device_get(sharded_state.params), jax.device_get(single_state.params))
+  kernel = sharded_state.params['encoder']['layers_0']['attention']['value']['kernel']
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, 'model')
+
+
+@pytest.mark.parametrize('attention_type', TYPES)
+def test_loss_decreases_for_every_attention_type(attention_type):
+  model = fixtures.tiny_model(attention_type)
+  batch = synthetic_batch()
+  mesh = partitioning.create_mesh(1, devices=jax.devices()[:1])
+  state, shardings, optimizer = train_state.create(model, make_optimizer, batch, mesh,
+                                                   jax.random.key(0))
+  step = jax.jit(functools.partial(train_state.train_step, model, optimizer))
+  losses = []
+  for _ in range(25):
+    state, metrics = step(state, batch, jax.random.key(1))
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize('attention_type', ['fixed_random', 'orthogonal'])
+def test_train_step_leaves_frozen_variables_bit_identical_without_optimizer_state(attention_type):
+  model = fixtures.tiny_model(attention_type)
+  mesh = partitioning.create_mesh(2)
+  state, new_state, _ = one_step(model, mesh, synthetic_batch())
+  frozen_before = jax.device_get(state.frozen)
+  assert jax.tree.leaves(frozen_before), 'this variant should have frozen variables'
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state.frozen), frozen_before)
+  frozen_paths = {jax.tree_util.keystr(p) for p, _ in
+                  jax.tree_util.tree_flatten_with_path(state.frozen)[0]}
+  opt_paths = {jax.tree_util.keystr(p) for p, _ in
+               jax.tree_util.tree_flatten_with_path(state.opt_state)[0]}
+  assert not any(f in o for f in frozen_paths for o in opt_paths)
+  param_paths = {jax.tree_util.keystr(p) for p, _ in
+                 jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  assert not frozen_paths & param_paths
+
+
+def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
+  _, uninterrupted = run(str(tmp_path / 'a'), 6)
+  _, first = run(str(tmp_path / 'b'), 4)  # "killed" after step 4; last checkpoint: step 3 and 4
+  assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['3', '4']
+  # Simulate a kill between checkpoints: drop the final save so resume starts at step 3.
+  import shutil
+  shutil.rmtree(tmp_path / 'b' / 'checkpoints' / '4')
+  _, resumed = run(str(tmp_path / 'b'), 6)
+  assert [s for s, _ in resumed] == [4, 5, 6]
+  assert first[:3] == uninterrupted[:3]
+  assert resumed == uninterrupted[3:]
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+  run(str(tmp_path), 3)
+  step_dir = tmp_path / 'checkpoints' / '3'
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      if name.endswith('.json') or 'manifest' in name or name == '_METADATA':
+        continue
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  with pytest.raises(checkpoints.CheckpointError, match=r'could not restore.*move .*3 aside'):
+    run(str(tmp_path), 4)
+
+
+def test_missing_initial_checkpoint_gives_a_clear_error(tmp_path):
+  with pytest.raises(checkpoints.CheckpointError, match='INITIAL_CHECKPOINT_PATH .* does not exist'):
+    run(str(tmp_path / 'new'), 1, initial_checkpoint_path=str(tmp_path / 'nope'))
+
+
+def test_eval_only_without_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(checkpoints.CheckpointError, match='eval needs a checkpoint'):
+    run(str(tmp_path), 1, eval_only=True)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  def exploding(step):
+    return jnp.where(step >= 3, jnp.nan, 0.01)
+  with pytest.raises(train.NonFiniteLossError, match=r'at step 5.*last good checkpoint \(step 3\)'):
+    run(str(tmp_path), 8, learning_rate=exploding)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+  def preempt(step, metrics):
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+  result = train.train(
+      model_dir=str(tmp_path), model=fixtures.tiny_model(),
+      mixture_or_task_name=fixtures.register_copy_task(), task_feature_lengths=fixtures.LENGTHS,
+      batch_size=8, train_steps=50, checkpoint_period=100, eval_period=0, on_step=preempt)
+  assert result['step'] == 2
+  assert os.listdir(tmp_path / 'checkpoints') == ['2']
+
+
+def test_training_writes_events_config_and_evaluates(tmp_path):
+  result, losses = run(str(tmp_path), 3, eval_period=3, eval_steps=2, log_period=1)
+  assert set(result['eval']) == {'loss', 'accuracy'}
+  assert np.isfinite(result['eval']['loss'])
+  assert os.listdir(tmp_path / 'train') and os.listdir(tmp_path / 'eval')
+  assert os.path.isfile(tmp_path / 'config.gin')
+  evaluated, _ = run(str(tmp_path), 3, eval_only=True, eval_steps=2)
+  assert evaluated['step'] == 3
+  np.testing.assert_allclose(evaluated['eval']['loss'], result['eval']['loss'], rtol=1e-5)
