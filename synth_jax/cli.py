@@ -1,8 +1,9 @@
-"""`synth-jax train|eval|params`: T5X-style flags over gin.
+"""`synth-jax train|eval|infer|params`: T5X-style flags over gin.
 
   synth-jax train --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
   synth-jax train --gin_file=configs/c4_pretrain_base.gin --gin.ATTENTION_TYPE="'random'" ...
   synth-jax eval  --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  synth-jax infer --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'" --examples=4
   synth-jax params [attention types...]
 
 `--gin_file` may repeat; `--gin.NAME=VALUE` binds a macro or parameter (VALUE is gin syntax, so
@@ -54,7 +55,8 @@ def main(argv: Optional[Sequence[str]] = None):
   argv = list(sys.argv[1:] if argv is None else argv)
   bindings, argv = _split_gin_flags(argv)
   parser = argparse.ArgumentParser(prog='synth-jax', description=__doc__.split('\n')[0])
-  parser.add_argument('command', choices=['train', 'eval', 'params'])
+  parser.add_argument('command', choices=['train', 'eval', 'infer', 'params'])
+  parser.add_argument('--examples', type=int, default=8, help='examples `infer` decodes.')
   parser.add_argument('--gin_file', action='append', default=[])
   parser.add_argument('--gin_search_paths', action='append', default=[])
   parser.add_argument('--tfds_data_dir', default=None,
@@ -78,6 +80,8 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.error('give at least one --gin_file (e.g. configs/demo.gin).')
   parse_gin(args.gin_file, bindings, args.gin_search_paths)
   from synth_jax import train  # pylint: disable=g-import-not-at-top
+  if args.command == 'infer':
+    return train.train(eval_only=True, eval_steps=0, infer_examples=args.examples)
   return train.train(eval_only=(args.command == 'eval'))
 
 

@@ -173,8 +173,9 @@ def train(*,
     state = checkpoints.load_params_into(state, shardings, initial_checkpoint_path)
     print(f'Initialised parameters from {initial_checkpoint_path}.', flush=True)
   if model_dir and jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile writes gs:// too)
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
       f.write(gin.config_str())
 
   summaries = Summaries(model_dir)
@@ -182,7 +183,7 @@ def train(*,
   batches = dataset.train_batches(start_step=start)
   tokens_per_step = batch_size * sum(task_feature_lengths.values())
   metrics, eval_metrics, last_time = {}, {}, time.time()
-  if eval_only:
+  if eval_only and eval_steps:
     eval_metrics = evaluate(eval_fn, state, dataset.eval_batches(eval_split, eval_steps),
                             batch_sharding)
     print(f'eval  step {start}  loss {eval_metrics["loss"]:.4f}  '
