@@ -51,7 +51,8 @@ def _split_gin_flags(argv: Sequence[str]):
   return bindings, rest
 
 
-def main(argv: Optional[Sequence[str]] = None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs a command; returns the process exit status (0)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   bindings, argv = _split_gin_flags(argv)
   parser = argparse.ArgumentParser(prog='synth-jax', description=__doc__.split('\n')[0])
@@ -69,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None):
   if args.command == 'params':
     from synth_jax.attention import param_count  # pylint: disable=g-import-not-at-top
     param_count.main(args.types)
-    return None
+    return 0
   if args.multihost or _is_multihost_tpu():
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
@@ -81,8 +82,10 @@ def main(argv: Optional[Sequence[str]] = None):
   parse_gin(args.gin_file, bindings, args.gin_search_paths)
   from synth_jax import train  # pylint: disable=g-import-not-at-top
   if args.command == 'infer':
-    return train.train(eval_only=True, eval_steps=0, infer_examples=args.examples)
-  return train.train(eval_only=(args.command == 'eval'))
+    train.train(eval_only=True, eval_steps=0, infer_examples=args.examples)
+  else:
+    train.train(eval_only=(args.command == 'eval'))
+  return 0
 
 
 def _is_multihost_tpu() -> bool:
@@ -91,4 +94,4 @@ def _is_multihost_tpu() -> bool:
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

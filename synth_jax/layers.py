@@ -200,7 +200,7 @@ class RelativePositionBiases(nn.Module):
 
   @nn.compact
   def __call__(self, q_len: int, k_len: int, bidirectional: bool = True) -> jax.Array:
-    """The bias `[1, heads, q_len, k_len]` (bidirectional for the encoder, causal for the decoder)."""
+    """Bias `[1, heads, q_len, k_len]`; bidirectional for the encoder, causal for the decoder."""
     relative_position = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]  # [q_len, k_len]
     buckets = relative_position_bucket(relative_position, bidirectional, self.num_buckets,
                                        self.max_distance)

@@ -5,12 +5,12 @@ position biases, no biases anywhere, float32 logits. With every attention 'vanil
 tree (paths, shapes, logical axes) equals T5X's, so checkpoints map one to one.
 
 What is ours: `T5Config.{encoder,decoder,cross}_attention` name a registry attention type
-(`synth_jax.attention.names()`, or a '+'-mixture) for each location, and `max_{encoder,decoder}_length`
-size the synthesizers' score maps. The relative-position bias is added to self-attention of every
-type (the T5 convention the Synthesizer paper keeps); cross-attention gets none.
-
-Known limit: a position-dependent (random) synthesizer reads absolute positions within the row, so
-with packing its second and later segments see the rows of R at their packed offsets, not from 0.
+(`synth_jax.attention.names()`, or a '+'-mixture) for each location, and
+`max_{encoder,decoder}_length` size the synthesizers' score maps. The relative-position bias is
+added to self-attention of every type (the T5 convention the Synthesizer paper keeps);
+cross-attention gets none. With packing, self-attention gets each token's position within its
+segment, so position-dependent synthesizers (random: row i of R is query position i) see a packed
+example exactly as they would see it alone.
 """
 import dataclasses
 from typing import Any, Optional, Sequence
@@ -102,23 +102,36 @@ def _mlp(cfg: T5Config) -> layers.MlpBlock:
                          intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
 
 
+def segment_positions(segment_ids: Array) -> Array:
+  """Position of each token within its packed segment: `[batch, len]` ids -> `[batch, len]`.
+
+  For packed batches that come without `*_positions` (seqio's packing provides them).
+  """
+  index = jnp.broadcast_to(jnp.arange(segment_ids.shape[1]), segment_ids.shape)
+  previous = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+  starts = jnp.where(segment_ids != previous, index, 0)
+  return index - jax.lax.cummax(starts, axis=1)
+
+
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention block and MLP block, each with a residual connection."""
   config: T5Config
 
   @nn.compact
   def __call__(self, inputs: Array, encoder_mask: Optional[Array], encoder_bias: Array,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, positions: Optional[Array] = None) -> Array:
     """`[batch, length, emb]` -> `[batch, length, emb]`.
 
     Args:
       encoder_mask: `[batch, 1, length, length]` padding (and packing) mask.
       encoder_bias: `[1, heads, length, length]` relative position bias.
+      positions: `[batch, length]` positions within packed segments; None when not packed.
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.encoder_attention, cfg.max_encoder_length, cfg.max_encoder_length,
-                   'attention')(x, x, encoder_mask, encoder_bias, deterministic=deterministic)
+                   'attention')(x, x, encoder_mask, encoder_bias, deterministic=deterministic,
+                                segment_positions=positions)
     x = _dropout(cfg, x, deterministic) + inputs
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
 
@@ -135,7 +148,8 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, inputs: Array, encoded: Array, decoder_mask: Optional[Array],
                encoder_decoder_mask: Optional[Array], decoder_bias: Array,
-               deterministic: bool = True, decode: bool = False) -> Array:
+               deterministic: bool = True, decode: bool = False,
+               positions: Optional[Array] = None) -> Array:
     """`[batch, length, emb]` -> `[batch, length, emb]` (length 1 in decode steps).
 
     Args:
@@ -146,12 +160,14 @@ class DecoderLayer(nn.Module):
       decoder_bias: `[1, heads, length, length]` relative position bias; when decoding, over the
         whole `max_decode_length` (attention takes the row of the current step).
       decode: use and update the autoregressive cache of self-attention.
+      positions: `[batch, length]` positions within packed segments; None when not packed.
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.decoder_attention, cfg.max_decoder_length, cfg.max_decoder_length,
                    'self_attention')(x, x, decoder_mask, decoder_bias,
-                                     deterministic=deterministic, decode=decode)
+                                     deterministic=deterministic, decode=decode,
+                                     segment_positions=positions)
     x = _dropout(cfg, x, deterministic) + inputs
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
 
@@ -181,8 +197,11 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, encoder_mask: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
-    """Token ids `[batch, length]` -> encodings `[batch, length, emb]`."""
+               deterministic: bool = True, encoder_positions: Optional[Array] = None) -> Array:
+    """Token ids `[batch, length]` -> encodings `[batch, length, emb]`.
+
+    `encoder_positions` `[batch, length]`: positions within packed segments (None if unpacked).
+    """
     cfg = self.config
     length = encoder_input_tokens.shape[1]
     # One bias shared by all layers (T5 learns a single table per stack).
@@ -191,7 +210,8 @@ class Encoder(nn.Module):
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, encoder_mask, encoder_bias, deterministic)
+      x = EncoderLayer(cfg, name=f'layers_{i}')(x, encoder_mask, encoder_bias, deterministic,
+                                                encoder_positions)
     x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
     # T5X drops whole elements here (no broadcast over length).
     return _dropout(cfg, x, deterministic, broadcast_length=False)
@@ -209,10 +229,8 @@ class Decoder(nn.Module):
                decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
     """Token ids `[batch, length]` -> logits `[batch, length, vocab]` (float32).
 
-    `decoder_positions` is accepted for T5X compatibility and unused: positions enter only through
-    relative position biases (and, for random synthesizers, the row offset inside attention).
+    `decoder_positions` `[batch, length]`: positions within packed segments (None if unpacked).
     """
-    del decoder_positions
     cfg = self.config
     length = decoder_input_tokens.shape[1]
     if decode and max_decode_length is None and length == 1:
@@ -227,7 +245,7 @@ class Decoder(nn.Module):
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f'layers_{i}')(
           y, encoded, decoder_mask, encoder_decoder_mask, decoder_bias,
-          deterministic=deterministic, decode=decode)
+          deterministic=deterministic, decode=decode, positions=decoder_positions)
     y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
 
@@ -258,10 +276,12 @@ class Transformer(nn.Module):
     self.decoder = Decoder(config=cfg, shared_embedding=self.shared_embedding)
 
   def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array] = None,
-             enable_dropout: bool = True) -> Array:
+             enable_dropout: bool = True, encoder_positions: Optional[Array] = None) -> Array:
     """Token ids `[batch, enc_length]` (0 = padding) -> encodings `[batch, enc_length, emb]`.
 
-    `encoder_segment_ids` `[batch, enc_length]` (packing) keep attention within each segment.
+    `encoder_segment_ids` `[batch, enc_length]` (packing) keep attention within each segment;
+    `encoder_positions`, each token's position in its segment, are derived from them if absent.
+    Without segment ids, positions are ignored.
     """
     if encoder_input_tokens.ndim != 2:
       raise ValueError(f'encoder_input_tokens must be [batch, length], got '
@@ -274,7 +294,12 @@ class Transformer(nn.Module):
           attention.make_attention_mask(encoder_segment_ids, encoder_segment_ids, jnp.equal,
                                         dtype=self.config.dtype),
           dtype=self.config.dtype)
-    return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout)
+      if encoder_positions is None:
+        encoder_positions = segment_positions(encoder_segment_ids)
+    else:
+      encoder_positions = None
+    return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout,
+                        encoder_positions=encoder_positions)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
@@ -291,7 +316,8 @@ class Transformer(nn.Module):
       decoder_target_tokens: `[batch, dec_length]` (0 = padding), only for masks; with
         `decode=True` only its shape is used.
       encoder_segment_ids, decoder_segment_ids: packing segment ids; give both or neither.
-      decoder_positions: unused (T5X compatibility).
+      decoder_positions: `[batch, dec_length]` positions within packed segments; derived from
+        `decoder_segment_ids` if absent, ignored without them.
       enable_dropout: training mode.
       decode: autoregressive decoding. The first call, on full-length tokens, creates the
         self-attention caches (pass `mutable=['cache']`); later calls take one token per step and
@@ -326,6 +352,10 @@ class Transformer(nn.Module):
             attention.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal,
                                           dtype=cfg.dtype),
             dtype=cfg.dtype)
+    if decoder_segment_ids is None:
+      decoder_positions = None
+    elif decoder_positions is None:
+      decoder_positions = segment_positions(decoder_segment_ids)
     return self.decoder(
         encoded, decoder_input_tokens, decoder_positions=decoder_positions,
         decoder_mask=decoder_mask, encoder_decoder_mask=encoder_decoder_mask,
@@ -345,13 +375,13 @@ class Transformer(nn.Module):
         each segment starts with 0.
       decoder_target_tokens: `[batch, dec_length]` (0 = padding).
       encoder_segment_ids, decoder_segment_ids: `[batch, length]` packing segment ids.
-      encoder_positions, decoder_positions: unused (T5X compatibility; positions are relative).
+      encoder_positions, decoder_positions: `[batch, length]` positions within packed segments
+        (derived from the segment ids if absent; ignored without them).
       enable_dropout: training mode.
       decode: with full-length tokens and `mutable=['cache']`, creates the decode caches.
     """
-    del encoder_positions
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids=encoder_segment_ids,
-                          enable_dropout=enable_dropout)
+                          enable_dropout=enable_dropout, encoder_positions=encoder_positions)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                        encoder_segment_ids=encoder_segment_ids,
                        decoder_segment_ids=decoder_segment_ids,

@@ -10,6 +10,7 @@ factored estimate on exactly those dims; the rest of the update is optax's Adafa
 from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -129,6 +130,7 @@ def adafactor(learning_rate, plan, decay_rate: float = 0.8, clipping_threshold: 
   return optax.chain(*parts)
 
 
+@gin.configurable(module='synth_jax.optimizer')
 def rsqrt_schedule(base_learning_rate: float = 1.0, warmup_steps: int = 10_000,
                    linear_warmup: bool = False):
   """T5's inverse-square-root schedule: base / sqrt(max(step, warmup_steps)).

@@ -193,7 +193,9 @@ def corrupt_spans(tokens: tf.Tensor, noise_mask: tf.Tensor,
   inputs = _spans_to_sentinels(tokens, noise_mask, first_sentinel)
   targets = _spans_to_sentinels(tokens, tf.logical_not(noise_mask),
                                 first_sentinel)
-  return inputs, targets
+  # Without noise the targets would be one sentinel no input refers to.
+  has_noise = tf.reduce_any(noise_mask)
+  return inputs, targets[:tf.where(has_noise, tf.size(targets), 0)]
 
 
 def split_tokens(dataset: tf.data.Dataset, max_tokens: int,
@@ -223,6 +225,30 @@ def split_tokens(dataset: tf.data.Dataset, max_tokens: int,
   return dataset.map(to_chunks, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
+def concatenate_tokens(dataset: tf.data.Dataset,
+                       documents_per_stream: int = 128,
+                       feature_key: str = 'targets') -> tf.data.Dataset:
+  """Joins each run of `documents_per_stream` documents into one token stream.
+
+  T5 concatenates documents before chunking (no separator), so that nearly
+  every chunk is full length and examples fill the feature lengths without
+  relying on packing.
+
+  Args:
+    dataset: examples with int `[length]` ids under `feature_key`.
+    documents_per_stream: documents per stream (T5: 128).
+    feature_key: the feature to join; other features are dropped.
+
+  Returns:
+    Examples `{feature_key: int [total length]}`, documents in order.
+  """
+  dataset = dataset.map(lambda features: {feature_key: features[feature_key]},
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.ragged_batch(documents_per_stream).map(
+      lambda batch: {feature_key: batch[feature_key].flat_values},
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
 @seqio.map_over_dataset(num_seeds=2)
 def _corrupt_example(features, seeds, first_sentinel, noise_density,
                      mean_noise_span_length, feature_key):
@@ -243,8 +269,8 @@ def span_corruption(
 ) -> tf.data.Dataset:
   """seqio preprocessor: tokenized text -> span-corruption examples.
 
-  Place after `seqio.preprocessors.tokenize` and before
-  `seqio.preprocessors.append_eos_after_trim`. Chunks are sized by
+  Place after `seqio.preprocessors.tokenize` (and `concatenate_tokens`) and
+  before `seqio.preprocessors.append_eos_after_trim`. Chunks are sized by
   `span_corruption_lengths(sequence_length['inputs'])` so that, EOS included,
   inputs never exceed the inputs length and targets need at most the length
   it reports (114 for 512). Noise is drawn from seqio's map seeds, so a
@@ -292,7 +318,7 @@ def span_corruption(
         'mark them; build the vocabulary with more extra_ids or lower the '
         "'inputs' feature length.")
   dataset = split_tokens(dataset, tokens_length, feature_key)
-  return _corrupt_example(  # pylint: disable=unexpected-keyword-arg
+  return _corrupt_example(
       dataset, first_sentinel=first_sentinel, noise_density=noise_density,
       mean_noise_span_length=mean_noise_span_length, feature_key=feature_key)
 
@@ -343,5 +369,6 @@ def merge_inputs_and_targets(inputs: Sequence[int], targets: Sequence[int],
     else:
       raise ValueError(f'sentinel {token} in inputs has no span in targets.')
   if spans:
-    raise ValueError(f'target spans {sorted(spans)} have no sentinel in inputs.')
+    raise ValueError(
+        f'target spans {sorted(spans)} have no sentinel in inputs.')
   return merged

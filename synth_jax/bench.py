@@ -1,0 +1,540 @@
+"""Training-step benchmark of every attention type at T5-base v1.1 shapes (issue 6).
+
+  python -m synth_jax.bench                              # all types, base, batch 128, packed
+  python -m synth_jax.bench --types vanilla --fused cudnn
+  python -m synth_jax.bench --types vanilla,random --seq_sweep --json sweep.json
+  python -m synth_jax.bench --preset tiny --steps 2      # CPU smoke run
+
+One row per attention type (set as encoder and decoder self-attention; cross-attention stays
+vanilla, as in `gin/models/t5_1_1_base.gin`): the median time of a whole training step
+(`train_state.train_step`: forward, backward, Adafactor update) after warmup, tokens/s, the model
+FLOPs of the step counted analytically from the shapes (`model_flops`), MFU against the device's
+bf16 peak, and peak device memory. Batches are synthetic random tokens laid out like
+`seqio.EncDecFeatureConverter`'s output, so nothing here imports seqio or TensorFlow.
+
+Each row runs in its own process by default (`--isolate`), so peak memory is that row's alone and
+an out-of-memory row does not take the others down.
+"""
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import functools
+import glob
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+import numpy as np
+
+from synth_jax.attention import dense
+from synth_jax.attention import random as random_attention
+from synth_jax.attention import registry
+
+DEFAULT_TYPES = tuple(registry.names()) + ('random+vanilla',)
+
+# The model widths of `gin/models/t5_1_1_{base,tiny}.gin`, the feature lengths and batch of T5
+# span-corruption pretraining (tiny: a seconds-long CPU smoke run).
+PRESETS = {
+    'base': dict(
+        model=dict(vocab_size=32128, dtype='bfloat16', emb_dim=768, num_heads=12, head_dim=64,
+                   num_encoder_layers=12, num_decoder_layers=12, mlp_dim=2048),
+        inputs_length=512, targets_length=114, batch_size=128),
+    'tiny': dict(
+        model=dict(vocab_size=512, dtype='float32', emb_dim=32, num_heads=2, head_dim=16,
+                   num_encoder_layers=2, num_decoder_layers=2, mlp_dim=64),
+        inputs_length=32, targets_length=16, batch_size=8),
+}
+
+# Dense bf16 peak TFLOP/s per JAX device, matched in order against the lowercased
+# `device_kind` (so 'h100 pcie' is tried before 'h100'). TPU v2/v3 devices are single cores.
+PEAK_TFLOPS = (
+    ('gh200', 989.0), ('h100 pcie', 756.0), ('h100', 989.0), ('h200', 989.0), ('h800', 989.0),
+    ('b200', 2250.0), ('a100', 312.0), ('l4', 121.0),
+    ('tpu v2', 22.5), ('tpu v3', 61.5), ('tpu v4', 275.0), ('tpu v5 lite', 197.0),
+    ('tpu v5e', 197.0), ('tpu v5', 459.0), ('tpu v6 lite', 918.0), ('tpu v6e', 918.0),
+)
+
+
+def peak_tflops_for(device_kind: str) -> Optional[float]:
+  """The dense bf16 peak of one device of `device_kind`, or None when unknown (CPUs)."""
+  kind = device_kind.lower()
+  for name, tflops in PEAK_TFLOPS:
+    if name in kind:
+      return tflops
+  return None
+
+
+# ----------------------------------------------------------------------------- FLOP counting
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+  """One matrix product of the forward pass.
+
+  flops: 2 * M * N * K of the product, summed over batch dims.
+  gradients: how many operands the backward pass differentiates, each at the same cost: 2 (dX
+    and dW, or both activations), 1 when one operand is a frozen parameter (no weight gradient).
+  contracts: False for an outer product: its forward is elementwise (one multiply per output,
+    not counted), but each of its gradients contracts over the other factor at `flops`.
+  """
+  name: str
+  flops: int
+  gradients: int = 2
+  contracts: bool = True
+
+  @property
+  def forward(self) -> int:
+    return self.flops if self.contracts else 0
+
+  @property
+  def training(self) -> int:
+    return self.forward + self.gradients * self.flops
+
+
+def attention_logit_matmuls(name: str, batch: int, q_len: int, k_len: int, max_key_length: int,
+                            embed: int, heads: int, head_dim: int) -> list[Matmul]:
+  """The matmuls one single (non-mixture) variant spends on its logits `[b, h, q, k]`."""
+  hd = heads * head_dim
+  if name in ('vanilla', 'orthogonal'):
+    # Orthogonal W_Q/W_K are frozen: the backward pass needs dX but no dW.
+    projection_gradients = 1 if name == 'orthogonal' else 2
+    return [Matmul('query', 2 * batch * q_len * embed * hd, projection_gradients),
+            Matmul('key', 2 * batch * k_len * embed * hd, projection_gradients),
+            Matmul('query.key', 2 * batch * heads * q_len * k_len * head_dim)]
+  if name == 'dense':
+    # W2 maps to all max_key_length columns; the logits slice the first k_len afterwards.
+    return [Matmul('dense_1', 2 * batch * q_len * embed * hd),
+            Matmul('dense_2', 2 * batch * q_len * hd * max_key_length)]
+  if name == 'factorized_dense':
+    a = dense.default_factor(max_key_length)
+    b = max_key_length // a
+    return [Matmul('factor_a', 2 * batch * q_len * embed * heads * a),
+            Matmul('factor_b', 2 * batch * q_len * embed * heads * b),
+            Matmul('A_i (x) B_i', 2 * batch * heads * q_len * a * b, contracts=False)]
+  if name in ('random', 'fixed_random'):
+    return []  # R is sliced, not multiplied (fixed_random's frozen R has nothing to skip)
+  if name == 'factorized_random':
+    # R1 R2^T is batch-independent: once a step. (With packing the module currently multiplies
+    # it per example, at each example's positions; `traced_matmul_flops` shows that excess.)
+    rank = random_attention.FactorizedRandomSynthesizer.rank
+    return [Matmul('R1.R2', 2 * heads * q_len * k_len * rank)]
+  raise ValueError(f'no FLOP formula for attention type {name!r}; add one to '
+                   f'synth_jax.bench.attention_logit_matmuls.')
+
+
+def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
+                      max_key_length: int, embed: int, heads: int, head_dim: int) -> list[Matmul]:
+  """One attention layer: every member's logits plus the shared value, mix (PV) and output."""
+  hd = heads * head_dim
+  matmuls = []
+  for member in registry.members(attention_type):
+    matmuls += attention_logit_matmuls(member, batch, q_len, k_len, max_key_length, embed,
+                                       heads, head_dim)
+  return matmuls + [Matmul('value', 2 * batch * k_len * embed * hd),
+                    Matmul('probs.value', 2 * batch * heads * q_len * k_len * head_dim),
+                    Matmul('out', 2 * batch * q_len * hd * embed)]
+
+
+def model_flops(cfg, batch: int, inputs_length: int, targets_length: int) -> dict:
+  """Matmul FLOPs of one training step of `Transformer(cfg)`, counted from the shapes.
+
+  Returns `{'forward': int, 'training': int, 'parts': {part: training FLOPs}}`, where training
+  is forward + backward (3x forward, less the weight gradients of frozen parameters). Elementwise
+  work (norms, softmax, the optimizer) is not counted, as in the usual MFU convention.
+  """
+  e, h, d = cfg.emb_dim, cfg.num_heads, cfg.head_dim
+  mlp = lambda length: [Matmul(f'mlp_{i}', 2 * batch * length * e * cfg.mlp_dim)
+                        for i in range(len(cfg.mlp_activations) + 1)]
+  attend = functools.partial(attention_matmuls, batch=batch, embed=e, heads=h, head_dim=d)
+  per_layer = {
+      'encoder_attention': (cfg.num_encoder_layers, attend(
+          cfg.encoder_attention, q_len=inputs_length, k_len=inputs_length,
+          max_key_length=cfg.max_encoder_length)),
+      'encoder_mlp': (cfg.num_encoder_layers, mlp(inputs_length)),
+      'decoder_self_attention': (cfg.num_decoder_layers, attend(
+          cfg.decoder_attention, q_len=targets_length, k_len=targets_length,
+          max_key_length=cfg.max_decoder_length)),
+      'decoder_cross_attention': (cfg.num_decoder_layers, attend(
+          cfg.cross_attention, q_len=targets_length, k_len=inputs_length,
+          max_key_length=cfg.max_encoder_length)),
+      'decoder_mlp': (cfg.num_decoder_layers, mlp(targets_length)),
+      'logits': (1, [Matmul('logits', 2 * batch * targets_length * e * cfg.vocab_size)]),
+  }
+  forward = sum(n * m.forward for n, ms in per_layer.values() for m in ms)
+  parts = {part: n * sum(m.training for m in ms) for part, (n, ms) in per_layer.items()}
+  return {'forward': forward, 'training': sum(parts.values()), 'parts': parts}
+
+
+def traced_matmul_flops(jaxpr) -> int:
+  """2 * M * N * K of every contracting `dot_general` in a (closed) jaxpr, sub-jaxprs included.
+
+  An independent count of what the traced program multiplies, to check `model_flops` against.
+  Outer products (no contracted dim) are skipped: elementwise work, as in `model_flops`. Fused
+  attention kernels (cuDNN) are custom calls and do not appear.
+  """
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      (contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      if contract:
+        total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contract)
+      continue
+    repeat = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
+          total += repeat * traced_matmul_flops(sub)
+  return total
+
+
+# ----------------------------------------------------------------------------- synthetic batches
+def synthetic_batch(batch_size: int, inputs_length: int, targets_length: int, vocab_size: int,
+                    pack: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random tokens laid out like `seqio.EncDecFeatureConverter(pack=pack)`'s output.
+
+  Token 0 is padding and 1 ends each example (EOS). Unpacked: one example per row, of a random
+  length between half and all of the row, then padding; four features. Packed: examples of a
+  quarter to half the row, one after another while both their inputs and targets fit, with
+  segment ids (1, 2, ...), positions restarting at 0, and decoder inputs shifted right within each
+  segment (0 starts every segment).
+  """
+  rng = np.random.default_rng(seed)
+  shape_in, shape_out = (batch_size, inputs_length), (batch_size, targets_length)
+  features = {name: np.zeros(shape, np.int32) for name, shape in (
+      ('encoder_input_tokens', shape_in), ('encoder_segment_ids', shape_in),
+      ('encoder_positions', shape_in), ('decoder_target_tokens', shape_out),
+      ('decoder_input_tokens', shape_out), ('decoder_segment_ids', shape_out),
+      ('decoder_positions', shape_out))}
+
+  def example(length):
+    return np.append(rng.integers(2, vocab_size, length - 1), 1)
+
+  for row in range(batch_size):
+    start_in = start_out = 0
+    segment = 0
+    while True:
+      if pack:
+        n_in = int(rng.integers(max(1, inputs_length // 4), max(1, inputs_length // 2) + 1))
+        n_out = max(1, n_in * targets_length // inputs_length)
+      else:
+        n_in = int(rng.integers(max(1, inputs_length // 2), inputs_length + 1))
+        n_out = int(rng.integers(max(1, targets_length // 2), targets_length + 1))
+      if start_in + n_in > inputs_length or start_out + n_out > targets_length:
+        break
+      segment += 1
+      inputs, targets = example(n_in), example(n_out)
+      span_in, span_out = slice(start_in, start_in + n_in), slice(start_out, start_out + n_out)
+      features['encoder_input_tokens'][row, span_in] = inputs
+      features['encoder_segment_ids'][row, span_in] = segment
+      features['encoder_positions'][row, span_in] = np.arange(n_in)
+      features['decoder_target_tokens'][row, span_out] = targets
+      features['decoder_input_tokens'][row, span_out] = np.append(0, targets[:-1])
+      features['decoder_segment_ids'][row, span_out] = segment
+      features['decoder_positions'][row, span_out] = np.arange(n_out)
+      start_in, start_out = start_in + n_in, start_out + n_out
+      if not pack:
+        break
+  features['decoder_loss_weights'] = (features['decoder_target_tokens'] > 0).astype(np.int32)
+  if not pack:
+    for name in ('encoder_segment_ids', 'encoder_positions', 'decoder_segment_ids',
+                 'decoder_positions'):
+      del features[name]
+  return features
+
+
+# ----------------------------------------------------------------------------- one measurement
+def model_config(preset: str, attention_type: str, inputs_length: int, targets_length: int):
+  """The `T5Config` of `preset` with `attention_type` self-attention, score maps sized to fit."""
+  from synth_jax import network  # pylint: disable=g-import-not-at-top (imports gin)
+  return network.T5Config(
+      **PRESETS[preset]['model'], mlp_activations=('gelu', 'linear'), dropout_rate=0.0,
+      logits_via_embedding=False, encoder_attention=attention_type,
+      decoder_attention=attention_type, cross_attention='vanilla',
+      max_encoder_length=inputs_length, max_decoder_length=targets_length)
+
+
+@contextlib.contextmanager
+def vanilla_fused(fused: Optional[str]):
+  """Builds every vanilla attention with `DotProductAttention.fused=fused` inside the block.
+
+  `network.T5Config` has no field for `fused` yet, so the registry entry is swapped for the
+  duration of one measurement (init, tracing and compilation all happen inside) and restored.
+  """
+  if fused is None:
+    yield
+    return
+  cls, fixed = registry.VARIANTS['vanilla']
+  registry.VARIANTS['vanilla'] = (cls, {**fixed, 'fused': fused})
+  try:
+    yield
+  finally:
+    registry.VARIANTS['vanilla'] = (cls, fixed)
+
+
+def is_out_of_memory(error: str) -> bool:
+  return 'RESOURCE_EXHAUSTED' in error or 'out of memory' in error.lower()
+
+
+def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int] = None,
+            inputs_length: Optional[int] = None, targets_length: Optional[int] = None,
+            steps: int = 10, warmup: int = 2, pack: bool = True, fused: Optional[str] = None,
+            peak_tflops: Optional[float] = None, seed: int = 0) -> dict:
+  """Times `steps` training steps of one attention type in this process; returns one row."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from synth_jax import network  # pylint: disable=g-import-not-at-top
+  from synth_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from synth_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from synth_jax import train_state  # pylint: disable=g-import-not-at-top
+
+  shapes = PRESETS[preset]
+  batch_size = batch_size or shapes['batch_size']
+  inputs_length = inputs_length or shapes['inputs_length']
+  targets_length = targets_length or shapes['targets_length']
+  cfg = model_config(preset, attention_type, inputs_length, targets_length)
+  devices = jax.devices()
+  peak = peak_tflops or peak_tflops_for(devices[0].device_kind)
+  flops = model_flops(cfg, batch_size, inputs_length, targets_length)
+  tokens = batch_size * (inputs_length + targets_length)
+  row = {'attention_type': attention_type, 'fused': fused, 'batch_size': batch_size,
+         'inputs_length': inputs_length, 'targets_length': targets_length,
+         'tokens_per_step': tokens, 'model_flops_per_step': flops['training'],
+         'model_flops_forward': flops['forward'], 'model_flops_by_part': flops['parts'],
+         'device_kind': devices[0].device_kind, 'num_devices': len(devices),
+         'peak_tflops_per_device': peak, 'error': None}
+  if batch_size % len(devices):
+    raise ValueError(f'--batch_size {batch_size} must be a multiple of the {len(devices)} '
+                     f'devices the batch is split over.')
+
+  def make_optimizer(plan):
+    return optimizer_lib.adafactor(optimizer_lib.rsqrt_schedule(), plan)
+
+  try:
+    with vanilla_fused(fused):
+      model = network.Transformer(cfg)
+      mesh = partitioning.create_mesh(model_parallelism=1)
+      data_sharding = partitioning.data_sharding(mesh)
+      batch = synthetic_batch(batch_size, inputs_length, targets_length, cfg.vocab_size, pack,
+                              seed)
+      state, shardings, optimizer = train_state.create(
+          model, make_optimizer, batch, mesh, jax.random.key(seed))
+      batch = jax.device_put(batch, data_sharding)
+      rng = jax.random.key(seed + 1)
+      step = jax.jit(functools.partial(train_state.train_step, model, optimizer),
+                     in_shardings=(shardings, data_sharding, None),
+                     out_shardings=(shardings, None), donate_argnums=(0,))
+      start = time.perf_counter()
+      traced = step.trace(state, batch, rng)
+      compiled = traced.lower().compile()
+      row['compile_s'] = time.perf_counter() - start
+    row['traced_matmul_flops'] = traced_matmul_flops(traced.jaxpr)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    row['xla_flops'] = cost.get('flops') if cost else None
+    row['xla_bytes_accessed'] = cost.get('bytes accessed') if cost else None
+    memory = compiled.memory_analysis()
+    row['xla_temp_bytes'] = getattr(memory, 'temp_size_in_bytes', None)
+    row['xla_argument_bytes'] = getattr(memory, 'argument_size_in_bytes', None)
+
+    times = []
+    for i in range(warmup + steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, batch, rng)
+      jax.block_until_ready((state, metrics))
+      if i >= warmup:
+        times.append(time.perf_counter() - start)
+    row['loss'] = float(metrics['loss'])
+  except Exception as e:  # pylint: disable=broad-except
+    # An out-of-memory row is a result (the caller may retry smaller); others are too, with the
+    # message, so one broken type does not hide the rest of the table.
+    message = f'{type(e).__name__}: {e}'
+    row.update(error=message.splitlines()[0][:500], out_of_memory=is_out_of_memory(message))
+    return row
+
+  step_time = statistics.median(times)
+  achieved = flops['training'] / step_time
+  stats = [d.memory_stats() or {} for d in jax.local_devices()]
+  peaks = [s['peak_bytes_in_use'] for s in stats if 'peak_bytes_in_use' in s]
+  row.update(
+      step_times_s=times, step_time_s=step_time, steps_per_s=1.0 / step_time,
+      tokens_per_s=tokens / step_time, achieved_tflops=achieved / 1e12,
+      mfu=achieved / (peak * 1e12 * len(devices)) if peak else None,
+      peak_memory_bytes=max(peaks) if peaks else None, out_of_memory=False)
+  return row
+
+
+# ----------------------------------------------------------------------------- the command
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--types', default=','.join(DEFAULT_TYPES),
+                      help='comma-separated attention types (mixtures like random+vanilla)')
+  parser.add_argument('--preset', choices=sorted(PRESETS), default='base')
+  parser.add_argument('--batch_size', type=int, help='default: the preset\'s (base: 128)')
+  parser.add_argument('--inputs_length', type=int, help='default: the preset\'s (base: 512)')
+  parser.add_argument('--targets_length', type=int, help='default: the preset\'s (base: 114)')
+  parser.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
+  parser.add_argument('--pack', action=argparse.BooleanOptionalAction, default=True,
+                      help='packed batches with segment ids (default) or one example per row')
+  parser.add_argument('--fused', choices=('xla', 'cudnn', 'auto'),
+                      help='vanilla attention through jax.nn.dot_product_attention')
+  parser.add_argument('--seq_sweep', action='store_true',
+                      help='encoder length x1, x2, x4, x8 (base: 512..4096) at fixed tokens '
+                           'per batch; the batch shrinks to match')
+  parser.add_argument('--peak_tflops', type=float,
+                      help='bf16 peak per device; default: looked up from the device kind')
+  parser.add_argument('--halve_on_oom', action='store_true',
+                      help='retry an out-of-memory row at half the batch until it fits')
+  parser.add_argument('--isolate', action=argparse.BooleanOptionalAction, default=True,
+                      help='one process per row (per-row peak memory; an OOM stays contained)')
+  parser.add_argument('--json', help='write the rows and the run\'s setup here')
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  args.types = [t.strip() for t in args.types.split(',') if t.strip()]
+  for name in args.types:
+    registry.members(name)  # unknown names fail here, with the list of valid ones
+  return args
+
+
+def points(args) -> list[tuple[str, int, int]]:
+  """(attention type, inputs length, batch size) of every row to measure."""
+  shapes = PRESETS[args.preset]
+  length = args.inputs_length or shapes['inputs_length']
+  batch = args.batch_size or shapes['batch_size']
+  if not args.seq_sweep:
+    return [(t, length, batch) for t in args.types]
+  tokens = batch * length
+  return [(t, length * f, max(1, tokens // (length * f))) for t in args.types for f in (1, 2, 4, 8)]
+
+
+def run_in_subprocess(args, attention_type: str, length: int, batch: int) -> dict:
+  """`measure` in a fresh Python process (its own device memory and peak counter)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'row.json')
+    command = [sys.executable, '-m', 'synth_jax.bench', '--no-isolate', '--json', out,
+               '--types', attention_type, '--preset', args.preset, '--batch_size', str(batch),
+               '--inputs_length', str(length), '--steps', str(args.steps),
+               '--warmup', str(args.warmup), '--seed', str(args.seed),
+               '--pack' if args.pack else '--no-pack']
+    for flag in ('targets_length', 'fused', 'peak_tflops'):
+      if getattr(args, flag) is not None:
+        command += [f'--{flag}', str(getattr(args, flag))]
+    env = dict(os.environ)
+    # JAX preallocates 75% of the GPU by default; a benchmark row may use nearly all of it.
+    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.95')
+    result = subprocess.run(command, env=env, check=False)
+    if result.returncode or not os.path.exists(out):
+      return {'attention_type': attention_type, 'inputs_length': length, 'batch_size': batch,
+              'fused': args.fused, 'out_of_memory': False,
+              'error': f'worker exited with status {result.returncode}'}
+    with open(out) as f:
+      return json.load(f)['rows'][0]
+
+
+def run_point(args, attention_type: str, length: int, batch: int) -> dict:
+  """One row, halving the batch after each out-of-memory failure when `--halve_on_oom`."""
+  tried = []
+  while True:
+    if args.isolate:
+      row = run_in_subprocess(args, attention_type, length, batch)
+    else:
+      row = measure(attention_type, args.preset, batch, length, args.targets_length, args.steps,
+                    args.warmup, args.pack, args.fused, args.peak_tflops, args.seed)
+    row['out_of_memory_batch_sizes'] = tried
+    if not (row.get('out_of_memory') and args.halve_on_oom and batch // 2 >= 1):
+      return row
+    print(f'{attention_type}: out of memory at batch {batch}; retrying at {batch // 2}',
+          flush=True)
+    tried.append(batch)
+    batch //= 2
+
+
+def _gib(n):
+  return f'{n / 2**30:.1f}' if n is not None else '-'
+
+
+def flops_table(rows) -> str:
+  """Training FLOPs per step by part of the network, one line per row."""
+  parts = ('encoder_attention', 'encoder_mlp', 'decoder_self_attention',
+           'decoder_cross_attention', 'decoder_mlp', 'logits')
+  heads = ('enc attn', 'enc mlp', 'dec self', 'dec cross', 'dec mlp', 'logits')
+  rows = [r for r in rows if 'model_flops_by_part' in r]
+  largest = max((r['model_flops_per_step'] for r in rows), default=1)
+  unit, scale = next((u, s) for u, s in (('TFLOP', 1e12), ('GFLOP', 1e9), ('MFLOP', 1e6), ('FLOP', 1))
+                     if largest >= s)
+  lines = [f'{"attention type":<22}{"batch":>6}{"enc len":>8}' + ''.join(f'{h:>10}' for h in heads)
+           + f'{"total":>10}{"traced":>10}   ({unit})']
+  for row in rows:
+    by_part = row['model_flops_by_part']
+    traced = row.get('traced_matmul_flops')
+    lines.append(f'{row["attention_type"]:<22}{row["batch_size"]:>6}{row["inputs_length"]:>8}'
+                 + ''.join(f'{by_part[p] / scale:>10.3f}' for p in parts)
+                 + f'{row["model_flops_per_step"] / scale:>10.3f}'
+                 + (f'{traced / scale:>10.3f}' if traced is not None else f'{"-":>10}'))
+  return '\n'.join(lines)
+
+
+def results_table(rows) -> str:
+  """The headline table: one line per row."""
+  lines = [f'{"attention type":<22}{"batch":>6}{"enc len":>8}{"step ms":>10}{"tokens/s":>12}'
+           f'{"TFLOP/step":>11}{"TFLOP/s":>9}{"MFU":>7}{"peak GiB":>9}  note']
+  for row in rows:
+    name = row['attention_type'] + (f' [{row["fused"]}]' if row.get('fused') else '')
+    head = f'{name:<22}{row["batch_size"]:>6}{row["inputs_length"]:>8}'
+    if row.get('error'):
+      note = 'OOM' if row.get('out_of_memory') else row['error'][:60]
+      lines.append(head + f'{"-":>10}{"-":>12}{"-":>11}{"-":>9}{"-":>7}{"-":>9}  {note}')
+      continue
+    mfu = f'{100 * row["mfu"]:.1f}%' if row.get('mfu') is not None else '-'
+    oom = row.get('out_of_memory_batch_sizes')
+    note = f'OOM at batch {",".join(map(str, oom))}' if oom else ''
+    lines.append(head + f'{1e3 * row["step_time_s"]:>10.1f}{row["tokens_per_s"]:>12,.0f}'
+                 f'{row["model_flops_per_step"] / 1e12:>11.2f}{row["achieved_tflops"]:>9.1f}'
+                 f'{mfu:>7}{_gib(row.get("peak_memory_bytes")):>9}  {note}')
+  return '\n'.join(lines)
+
+
+def source_digests() -> dict[str, str]:
+  """Short sha256 of each package source file, so a result names the code it measured."""
+  root = os.path.dirname(os.path.abspath(__file__))
+  digests = {}
+  for path in sorted(glob.glob(os.path.join(root, '**', '*.py'), recursive=True)):
+    with open(path, 'rb') as f:
+      digests[os.path.relpath(path, os.path.dirname(root))] = hashlib.sha256(f.read()).hexdigest()[:12]
+  return digests
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  rows = []
+  for attention_type, length, batch in points(args):
+    rows.append(run_point(args, attention_type, length, batch))
+    print(results_table(rows[-1:]).splitlines()[1], flush=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  report = {
+      'date': datetime.date.today().isoformat(),
+      'command': 'python -m synth_jax.bench ' + ' '.join(sys.argv[1:] if argv is None else argv),
+      # This process never touches the accelerator in isolate mode: the rows name the device.
+      'device_kind': next((r['device_kind'] for r in rows if r.get('device_kind')), None),
+      'jax_version': jax.__version__, 'preset': args.preset, 'pack': args.pack,
+      'fused': args.fused, 'steps': args.steps, 'warmup': args.warmup,
+      'memory_per_row': args.isolate, 'source_sha256': source_digests(), 'rows': rows}
+  print('\nModel FLOPs per training step, analytic by part ("traced": the dot_generals of the '
+        'compiled step, a cross-check):')
+  print(flops_table(rows))
+  print('\n' + results_table(rows))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(report, f, indent=1)
+  return report
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,79 @@
+"""The `synth-jax` command line: gin flags, attention swap, a tiny run end to end."""
+import os
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import pytest
+
+from synth_jax import cli
+from tests import fixtures
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def build_model_from_gin():
+  model = gin.get_configurable('synth_jax.network.Transformer')()  # config bound by gin
+  tokens = jnp.ones((1, 4), jnp.int32)
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), tokens, tokens, tokens)))
+  return shapes['params']
+
+
+def test_one_gin_override_swaps_self_attention_in_both_stacks():
+  cli.parse_gin(['configs/demo.gin'], [])
+  vanilla = build_model_from_gin()
+  assert 'query' in vanilla['encoder']['layers_0']['attention']
+  gin.clear_config()
+  cli.parse_gin(['configs/demo.gin'], cli._split_gin_flags(["--gin.ATTENTION_TYPE='random'"])[0])
+  random = build_model_from_gin()
+  for stack, name in (('encoder', 'attention'), ('decoder', 'self_attention')):
+    attention = random[stack]['layers_0'][name]
+    assert set(attention) == {'random_logits', 'value', 'out'}
+    assert attention['random_logits'].shape[1:] == ((128, 128) if stack == 'encoder' else (32, 32))
+  # Cross-attention stays vanilla.
+  assert 'query' in random['decoder']['layers_0']['encoder_decoder_attention']
+
+
+def test_unknown_attention_type_from_the_command_line_lists_valid_types():
+  cli.parse_gin(['configs/demo.gin'], ["ATTENTION_TYPE = 'synth'"])
+  with pytest.raises(ValueError, match=r"unknown attention type 'synth'.*Valid types: dense"):
+    build_model_from_gin()
+
+
+def test_gin_flag_without_value_is_a_clear_error():
+  with pytest.raises(SystemExit, match='--gin.NAME=VALUE'):
+    cli.main(['train', '--gin.ATTENTION_TYPE'])
+
+
+def test_missing_gin_file_is_a_clear_error():
+  with pytest.raises(SystemExit, match="gin file 'configs/nope.gin' not found"):
+    cli.main(['train', '--gin_file=configs/nope.gin'])
+
+
+def test_train_command_runs_a_tiny_model_end_to_end(tmp_path, capsys):
+  fixtures.register_copy_task()
+  model_dir = str(tmp_path / 'run')
+  status = cli.main([
+      'train', '--gin_file=models/t5_1_1_tiny.gin', '--gin_file=runs/train.gin',
+      f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{fixtures.COPY_TASK}'",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}", '--gin.TRAIN_STEPS=2',
+      '--gin.BATCH_SIZE=8', '--gin.VOCAB_SIZE=384', '--gin.EVAL_PERIOD=2',
+      "--gin.ATTENTION_TYPE='dense'", '--gin.synth_jax.network.T5Config.max_encoder_length=16',
+      '--gin.synth_jax.network.T5Config.max_decoder_length=16',
+      '--gin.synth_jax.train.train.eval_steps=1', '--gin.synth_jax.train.train.log_period=1'])
+  assert status == 0
+  out = capsys.readouterr().out
+  assert 'step 2/2' in out and 'eval  step 2' in out
+  assert os.listdir(os.path.join(model_dir, 'checkpoints')) == ['2']
+  assert "ATTENTION_TYPE = 'dense'" in open(os.path.join(model_dir, 'config.gin')).read()
+
+
+def test_params_command_prints_the_table(capsys):
+  assert cli.main(['params', 'vanilla']) == 0
+  assert 'vanilla' in capsys.readouterr().out

@@ -1,0 +1,304 @@
+"""T5 network: T5X parameter tree, masks (padding, packing), decode cache, gin wiring."""
+import functools
+import os
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synth_jax import attention
+from synth_jax import network
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_GIN = os.path.join(REPO, 'gin', 'models', 't5_1_1_tiny.gin')
+VOCAB = 50
+
+
+def tiny_config(**overrides):
+  kw = dict(vocab_size=VOCAB, emb_dim=32, num_heads=2, head_dim=16, num_encoder_layers=2,
+            num_decoder_layers=2, mlp_dim=64, dropout_rate=0.0, max_encoder_length=16,
+            max_decoder_length=12)
+  kw.update(overrides)
+  return network.T5Config(**kw)
+
+
+def init(model, enc, dec_in, dec_tgt, seed=0):
+  return model.init(jax.random.key(seed), enc, dec_in, dec_tgt, enable_dropout=False)
+
+
+def abstract_variables(model, enc, dec_in, dec_tgt):
+  """The variables `init` would create, as shapes (traced, not computed)."""
+  return jax.eval_shape(functools.partial(model.init, enable_dropout=False),
+                        jax.random.key(0), enc, dec_in, dec_tgt)
+
+
+def noise_variables(model, enc, dec_in, dec_tgt, seed=0):
+  """`model`'s variables filled with Gaussian noise of std 1/sqrt(fan_in).
+
+  For properties that hold for any parameter values (masking, decode == full forward). Only
+  shapes are traced, so this skips the eager compilation of every initializer, which dominates
+  CPU test time; real initialization is covered by the tests that call `init`.
+  """
+  abstract = abstract_variables(model, enc, dec_in, dec_tgt)
+  rng = np.random.default_rng(seed)
+  fill = lambda x: jnp.asarray(rng.normal(size=x.shape) / np.sqrt(x.shape[0]), x.dtype)
+  return jax.tree.map(fill, nn.unbox(abstract))
+
+
+def leaf_paths(tree):
+  return {'/'.join(k.key for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]}
+
+
+def batch(seed=0, size=2, enc_len=7, dec_len=5):
+  """Random non-padding tokens; decoder inputs are the targets shifted right with 0."""
+  rng = np.random.default_rng(seed)
+  enc = rng.integers(1, VOCAB, (size, enc_len))
+  tgt = rng.integers(1, VOCAB, (size, dec_len))
+  dec_in = np.concatenate([np.zeros((size, 1), tgt.dtype), tgt[:, :-1]], axis=1)
+  return jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(tgt)
+
+
+# The T5X `examples/t5` network's parameters for 2+2 layers (t5x/examples/t5/network.py).
+_ATTENTION = ['query/kernel', 'key/kernel', 'value/kernel', 'out/kernel']
+_MLP = ['mlp/wi_0/kernel', 'mlp/wi_1/kernel', 'mlp/wo/kernel']
+T5X_PATHS = {'token_embedder/embedding', 'encoder/relpos_bias/rel_embedding',
+             'encoder/encoder_norm/scale', 'decoder/relpos_bias/rel_embedding',
+             'decoder/decoder_norm/scale', 'decoder/logits_dense/kernel'}
+for _i in range(2):
+  _enc, _dec = f'encoder/layers_{_i}', f'decoder/layers_{_i}'
+  T5X_PATHS |= {f'{_enc}/pre_attention_layer_norm/scale', f'{_enc}/pre_mlp_layer_norm/scale'}
+  T5X_PATHS |= {f'{_enc}/attention/{a}' for a in _ATTENTION}
+  T5X_PATHS |= {f'{_enc}/{m}' for m in _MLP}
+  T5X_PATHS |= {f'{_dec}/{n}/scale' for n in ('pre_self_attention_layer_norm',
+                                             'pre_cross_attention_layer_norm',
+                                             'pre_mlp_layer_norm')}
+  T5X_PATHS |= {f'{_dec}/{b}/{a}' for b in ('self_attention', 'encoder_decoder_attention')
+                for a in _ATTENTION}
+  T5X_PATHS |= {f'{_dec}/{m}' for m in _MLP}
+
+
+@pytest.fixture(scope='module')
+def vanilla():
+  """A vanilla tiny model and its variables; other configs with the same params reuse them."""
+  model = network.Transformer(tiny_config())
+  return model, init(model, *batch())
+
+
+def test_vanilla_param_tree_equals_t5x_and_every_param_has_logical_axes(vanilla):
+  _, variables = vanilla
+  assert set(variables) == {'params'}
+  assert leaf_paths(variables['params']) == T5X_PATHS
+  specs = nn.get_partition_spec(variables)['params']
+  params = nn.unbox(variables)['params']
+  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+    spec = specs
+    for key in path:
+      spec = spec[key.key]
+    assert isinstance(spec, jax.sharding.PartitionSpec), path
+    assert len(spec) == value.ndim and all(isinstance(a, str) for a in spec), (path, spec)
+  assert specs['decoder']['logits_dense']['kernel'] == jax.sharding.PartitionSpec('embed', 'vocab')
+  assert specs['token_embedder']['embedding'] == jax.sharding.PartitionSpec('vocab', 'embed')
+  assert params['decoder']['logits_dense']['kernel'].shape == (32, VOCAB)
+
+
+def test_logits_are_float32_batch_length_vocab_even_in_bfloat16(vanilla):
+  model, variables = vanilla
+  enc, dec_in, tgt = batch()
+  full = model.apply(variables, enc, dec_in, tgt, enable_dropout=False)
+  bf16 = network.Transformer(tiny_config(dtype='bfloat16'))
+  logits = bf16.apply(variables, enc, dec_in, tgt, enable_dropout=False)
+  assert logits.shape == (2, 5, VOCAB) and logits.dtype == jnp.float32
+  # bfloat16 activations (8 mantissa bits) track the float32 model closely.
+  np.testing.assert_allclose(logits, full, atol=0.1 * float(jnp.std(full)))
+
+
+def test_tied_logits_use_the_scaled_embedding(vanilla):
+  _, variables = vanilla
+  model = network.Transformer(tiny_config(logits_via_embedding=True))
+  enc, dec_in, tgt = batch()
+  params = dict(variables['params'])
+  params['decoder'] = {k: v for k, v in params['decoder'].items() if k != 'logits_dense'}
+  logits = model.apply({'params': params}, enc, dec_in, tgt, enable_dropout=False)
+
+  # The same decoder output through the embedding matrix, divided by sqrt(emb_dim).
+  untied = network.Transformer(tiny_config())
+  unboxed = nn.unbox(variables)
+  table = unboxed['params']['token_embedder']['embedding']
+  kernel = table.T / np.sqrt(32)
+  swapped = jax.tree.map(lambda x: x, unboxed)
+  swapped['params']['decoder']['logits_dense']['kernel'] = kernel
+  expected = untied.apply(swapped, enc, dec_in, tgt, enable_dropout=False)
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_changes_outputs_only_when_enabled(vanilla):
+  _, variables = vanilla
+  model = network.Transformer(tiny_config(dropout_rate=0.3))
+  enc, dec_in, tgt = batch()
+  off = model.apply(variables, enc, dec_in, tgt, enable_dropout=False)
+  np.testing.assert_array_equal(off, vanilla[0].apply(variables, enc, dec_in, tgt,
+                                                      enable_dropout=False))
+  on = model.apply(variables, enc, dec_in, tgt, enable_dropout=True,
+                   rngs={'dropout': jax.random.key(1)})
+  assert not np.allclose(off, on)
+
+
+@pytest.mark.parametrize('attention_type', ['vanilla', 'random'])
+def test_padding_never_changes_logits_at_nonpad_positions(attention_type):
+  """More encoder/decoder padding, or different encodings at padded positions, change nothing."""
+  model = network.Transformer(tiny_config(encoder_attention=attention_type,
+                                          decoder_attention=attention_type))
+  enc, dec_in, tgt = batch()
+  enc = enc.at[1, 4:].set(0)  # the second example has 4 encoder tokens and 2 targets
+  tgt = tgt.at[1, 2:].set(0)
+  dec_in = dec_in.at[1, 3:].set(0)
+  variables = noise_variables(model, enc, dec_in, tgt)
+  logits = model.apply(variables, enc, dec_in, tgt, enable_dropout=False)
+
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n)))
+  longer = model.apply(variables, pad(enc, 2), pad(dec_in, 2), pad(tgt, 2), enable_dropout=False)
+  nonpad = np.asarray(tgt > 0)
+  np.testing.assert_allclose(longer[:, :5][nonpad], logits[nonpad], rtol=1e-5, atol=1e-5)
+
+  # Garbage encodings at the padded encoder positions are invisible to the decoder.
+  encoded = model.apply(variables, enc, enable_dropout=False, method='encode')
+  noise = jax.random.normal(jax.random.key(3), encoded.shape) * 10
+  perturbed = jnp.where((enc > 0)[..., None], encoded, noise)
+  decoded = model.apply(variables, perturbed, enc, dec_in, tgt, enable_dropout=False,
+                        method='decode')
+  np.testing.assert_allclose(decoded[nonpad], logits[nonpad], rtol=1e-5, atol=1e-5)
+
+
+def test_segment_positions_restart_at_each_segment():
+  ids = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 2, 2, 2, 2, 2, 2, 2]])
+  np.testing.assert_array_equal(network.segment_positions(ids),
+                                [[0, 1, 2, 0, 1, 0, 0, 1], [0, 0, 1, 2, 3, 4, 5, 6]])
+
+
+@pytest.mark.parametrize('attention_type', ['vanilla', 'random', 'factorized_random', 'dense'])
+def test_packed_sequences_give_the_logits_of_each_run_alone(attention_type):
+  """Packing is invisible, also to synthesizers whose logits depend on absolute positions."""
+  model = network.Transformer(tiny_config(encoder_attention=attention_type,
+                                          decoder_attention=attention_type))
+  rng = np.random.default_rng(5)
+  enc_a, enc_b = rng.integers(1, VOCAB, 3), rng.integers(1, VOCAB, 4)
+  tgt_a, tgt_b = rng.integers(1, VOCAB, 3), rng.integers(1, VOCAB, 2)
+  shift = lambda t: np.concatenate([[0], t[:-1]])
+  rows = lambda *rows: jnp.asarray(np.stack(rows))
+  padded = lambda x, n: np.pad(x, (0, n - len(x)))
+
+  # Row 0 packs A then B, row 1 packs B then A: 7 encoder and 5 decoder positions each.
+  enc = rows(np.r_[enc_a, enc_b], np.r_[enc_b, enc_a])
+  enc_seg = rows([1] * 3 + [2] * 4, [1] * 4 + [2] * 3)
+  enc_pos = rows(np.r_[0:3, 0:4], np.r_[0:4, 0:3])
+  tgt = rows(np.r_[tgt_a, tgt_b], np.r_[tgt_b, tgt_a])
+  dec_in = rows(np.r_[shift(tgt_a), shift(tgt_b)], np.r_[shift(tgt_b), shift(tgt_a)])
+  dec_seg = rows([1] * 3 + [2] * 2, [1] * 2 + [2] * 3)
+  dec_pos = rows(np.r_[0:3, 0:2], np.r_[0:2, 0:3])
+  variables = noise_variables(model, enc, dec_in, tgt)
+  packed = model.apply(variables, enc, dec_in, tgt, encoder_segment_ids=enc_seg,
+                       decoder_segment_ids=dec_seg, encoder_positions=enc_pos,
+                       decoder_positions=dec_pos, enable_dropout=False)
+
+  alone = model.apply(variables, rows(padded(enc_a, 7), padded(enc_b, 7)),
+                      rows(padded(shift(tgt_a), 5), padded(shift(tgt_b), 5)),
+                      rows(padded(tgt_a, 5), padded(tgt_b, 5)), enable_dropout=False)
+  a, b = alone[0, :3], alone[1, :2]
+  np.testing.assert_allclose(packed[0], np.concatenate([a, b]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(packed[1], np.concatenate([b, a]), rtol=1e-5, atol=1e-5)
+
+  # Without explicit positions they are derived from the segment ids.
+  derived = model.apply(variables, enc, dec_in, tgt, encoder_segment_ids=enc_seg,
+                        decoder_segment_ids=dec_seg, enable_dropout=False)
+  np.testing.assert_allclose(derived, packed, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('attention_type', attention.names() + ['random+vanilla'])
+def test_decode_cache_matches_full_forward(attention_type):
+  """Teacher-forced decoding one token per step reproduces the full forward pass's logits."""
+  length = 5
+  model = network.Transformer(tiny_config(decoder_attention=attention_type))
+  enc, dec_in, tgt = batch(seed=1, dec_len=length)
+  enc = enc.at[0, 4:].set(0)
+  variables = noise_variables(model, enc, dec_in, tgt)
+  full = model.apply(variables, enc, dec_in, tgt, enable_dropout=False)
+
+  _, state = model.apply(variables, enc, dec_in, tgt, enable_dropout=False, decode=True,
+                         mutable=['cache'])
+  cache = state['cache']
+  encoded = model.apply(variables, enc, enable_dropout=False, method='encode')
+
+  @jax.jit
+  def step(cache, token, target):
+    return model.apply({**variables, 'cache': cache}, encoded, enc, token, target,
+                       enable_dropout=False, decode=True, max_decode_length=length,
+                       method='decode', mutable=['cache'])
+
+  for t in range(length):
+    logits, state = step(cache, dec_in[:, t:t + 1], tgt[:, t:t + 1])
+    cache = state['cache']
+    assert logits.shape == (2, 1, VOCAB)
+    np.testing.assert_allclose(logits[:, 0], full[:, t], rtol=1e-4, atol=1e-4,
+                               err_msg=f'step {t}')
+
+
+def test_decode_steps_without_max_decode_length_are_an_error(vanilla):
+  model, variables = vanilla
+  enc, dec_in, tgt = batch()
+  _, state = model.apply(variables, enc, dec_in, tgt, enable_dropout=False, decode=True,
+                         mutable=['cache'])
+  encoded = model.apply(variables, enc, enable_dropout=False, method='encode')
+  with pytest.raises(ValueError, match='max_decode_length'):
+    model.apply({**variables, **state}, encoded, enc, dec_in[:, :1], tgt[:, :1], decode=True,
+                enable_dropout=False, method='decode', mutable=['cache'])
+
+
+@pytest.mark.parametrize('cross', ['random', 'fixed_random', 'factorized_random',
+                                   'dense+random'])
+def test_position_dependent_cross_attention_is_a_clear_error(cross):
+  with pytest.raises(ValueError, match=r'T5Config\.cross_attention') as err:
+    tiny_config(cross_attention=cross)
+  assert 'vanilla' in str(err.value) and 'dense' in str(err.value)
+
+
+def test_unknown_attention_type_names_the_config_field():
+  with pytest.raises(ValueError, match=r'T5Config\.decoder_attention.*unknown'):
+    tiny_config(decoder_attention='flash')
+
+
+def test_position_free_cross_attention_builds():
+  model = network.Transformer(tiny_config(cross_attention='dense'))
+  variables = abstract_variables(model, *batch())
+  assert 'dense_2' in variables['params']['decoder']['layers_0']['encoder_decoder_attention']
+
+
+@pytest.fixture
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_gin_attention_type_macro_sets_encoder_and_decoder_self_attention(clean_gin):
+  gin.parse_config_files_and_bindings(
+      [TINY_GIN], ["ATTENTION_TYPE = 'random'", f'VOCAB_SIZE = {VOCAB}'])
+  model = gin.get_configurable('synth_jax.network.Transformer')()
+  assert model.config.encoder_attention == model.config.decoder_attention == 'random'
+  assert model.config.cross_attention == 'vanilla'
+  params = nn.unbox(abstract_variables(model, *batch())['params'])
+  for i in range(2):
+    # Score maps sized by the file's max lengths (512 inputs, 114 targets), one per head.
+    assert params['encoder'][f'layers_{i}']['attention']['random_logits'].shape == (2, 512, 512)
+    assert (params['decoder'][f'layers_{i}']['self_attention']['random_logits'].shape
+            == (2, 114, 114))
+    assert 'query' in params['decoder'][f'layers_{i}']['encoder_decoder_attention']
+
+
+def test_gin_tiny_default_is_vanilla_t5x_tree(clean_gin):
+  gin.parse_config_files_and_bindings([TINY_GIN], [f'VOCAB_SIZE = {VOCAB}'])
+  model = gin.get_configurable('synth_jax.network.Transformer')()
+  assert leaf_paths(abstract_variables(model, *batch())['params']) == T5X_PATHS
