@@ -145,3 +145,9 @@ def rsqrt_schedule(base_learning_rate: float = 1.0, warmup_steps: int = 10_000,
       rate = rate * jnp.minimum(1.0, step / warmup_steps)
     return rate
   return schedule
+
+
+@gin.configurable(module='synth_jax.optimizer')
+def constant_schedule(value: float = 1e-3):
+  """A fixed rate (T5 finetunes with Adafactor at a constant 1e-3)."""
+  return lambda step: jnp.full((), value, jnp.float32)
