@@ -33,11 +33,15 @@ class Dataset:
     self.pack = pack
 
   def _dataset(self, split: str, shuffle: bool, num_epochs):
-    return seqio.get_dataset(
-        self.name, self.lengths, seqio.EncDecFeatureConverter(pack=self.pack),
-        dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=self.seed,
-        shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
-        batch_size=self.batch_size, use_cached=False, verbose=False)
+    shard_info = (seqio.ShardInfo(jax.process_index(), jax.process_count())
+                  if jax.process_count() > 1 else None)
+    # try_in_mem_cache=False: caching small splits in memory would read TFDS split sizes,
+    # which mock data (tests) lacks, and buys little for a streaming trainer.
+    examples = seqio.get_mixture_or_task(self.name).get_dataset(
+        self.lengths, split=split, use_cached=False, shuffle=shuffle, num_epochs=num_epochs,
+        shard_info=shard_info, seed=self.seed, try_in_mem_cache=False)
+    converted = seqio.EncDecFeatureConverter(pack=self.pack)(examples, self.lengths)
+    return converted.batch(self.batch_size, drop_remainder=True)
 
   def example_batch(self) -> dict[str, np.ndarray]:
     """Zeros with the shapes and dtypes of a train batch (for shape-only initialisation)."""

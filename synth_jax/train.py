@@ -17,6 +17,7 @@ import numpy as np
 
 from synth_jax import checkpoints
 from synth_jax import data as data_lib
+from synth_jax import evaluation
 from synth_jax import network
 from synth_jax import optimizer as optimizer_lib
 from synth_jax import partitioning
@@ -118,6 +119,7 @@ def train(*,
           log_period: int = 50,
           initial_checkpoint_path: Optional[str] = None,
           infer_examples: int = 0,
+          metric_examples: Optional[int] = None,
           eval_only: bool = False,
           on_step: Optional[Callable[[int, dict], None]] = None) -> dict[str, Any]:
   """Trains (or resumes training of) a T5 model; returns the last train and eval metrics.
@@ -135,6 +137,8 @@ def train(*,
     initial_checkpoint_path: a checkpoint step directory to start a *new* run from (finetuning);
       ignored when `model_dir` already has checkpoints.
     infer_examples: at the end, greedy-decode this many eval examples and print them.
+    metric_examples: for tasks with metrics (GLUE, SuperGLUE), each eval also decodes this many
+      examples per task (None: the whole eval split) and reports the tasks' official metrics.
     eval_only: evaluate the latest checkpoint in `model_dir` (and decode examples); no training.
     on_step: test hook called with (step, metrics) after each step.
   """
@@ -179,15 +183,35 @@ def train(*,
       f.write(gin.config_str())
 
   summaries = Summaries(model_dir)
+  evaluator = None
+  if eval_period or eval_only:
+    evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths, eval_split,
+                                          metric_examples)
+
+  def evaluate_all(step):
+    results = {}
+    if eval_steps:
+      results = evaluate(eval_fn, state, dataset.eval_batches(eval_split, eval_steps),
+                         batch_sharding)
+      summaries.write('eval', step, results)
+      print(f'eval  step {step}  loss {results["loss"]:.4f}  acc {results["accuracy"]:.3f}',
+            flush=True)
+    if evaluator is not None:
+      task_metrics = evaluation.run(evaluator, model, state.variables(), per_host_batch,
+                                    task_feature_lengths['targets'], step)
+      for task, values in task_metrics.items():
+        summaries.write(f'eval_{task}', step, values)
+        print(f'eval  step {step}  {task}  ' +
+              '  '.join(f'{k} {v:.4f}' for k, v in sorted(values.items())), flush=True)
+      results = {**results, 'tasks': task_metrics}
+    return results
+
   rng = jax.random.key(seed + 1)
   batches = dataset.train_batches(start_step=start)
   tokens_per_step = batch_size * sum(task_feature_lengths.values())
   metrics, eval_metrics, last_time = {}, {}, time.time()
-  if eval_only and eval_steps:
-    eval_metrics = evaluate(eval_fn, state, dataset.eval_batches(eval_split, eval_steps),
-                            batch_sharding)
-    print(f'eval  step {start}  loss {eval_metrics["loss"]:.4f}  '
-          f'acc {eval_metrics["accuracy"]:.3f}', flush=True)
+  if eval_only:
+    eval_metrics = evaluate_all(start)
     train_steps = start  # skip the loop
   with _Preemption() as preemption:
     for step in range(start + 1, train_steps + 1):
@@ -213,12 +237,8 @@ def train(*,
         print(f'step {step}/{train_steps}  loss {metrics["loss"]:.4f}  '
               f'acc {metrics["accuracy"]:.3f}  {tokens_per_step / step_time:,.0f} tok/s  '
               f'{step_time * 1000:.0f} ms/step', flush=True)
-      if eval_period and (step % eval_period == 0 or step == train_steps) and eval_steps:
-        eval_metrics = evaluate(eval_fn, state, dataset.eval_batches(eval_split, eval_steps),
-                                batch_sharding)
-        summaries.write('eval', step, eval_metrics)
-        print(f'eval  step {step}  loss {eval_metrics["loss"]:.4f}  '
-              f'acc {eval_metrics["accuracy"]:.3f}', flush=True)
+      if eval_period and (step % eval_period == 0 or step == train_steps):
+        eval_metrics = evaluate_all(step)
       manager.maybe_save(step, state, force=(step == train_steps or preemption.requested))
       if preemption.requested:
         print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)

@@ -36,11 +36,15 @@ def _corrupt(documents, lengths=None, seed=0, append_eos=False):
   return list(ds.as_numpy_iterator())
 
 
+def _is_sentinel(token):
+  return token > FIRST_SENTINEL - VOCAB.extra_ids
+
+
 def _target_spans(targets):
   """Lengths of the spans in a targets sequence (no EOS)."""
   spans = []
   for token in targets:
-    if token >= FIRST_SENTINEL - 99:
+    if _is_sentinel(token):
       spans.append(0)
     else:
       spans[-1] += 1
@@ -145,27 +149,19 @@ def test_noise_statistics_match_t5_objective():
   assert span_lengths.max() >= 8
 
 
+def _noise_mask(example):
+  """Recovers the noise mask from a corrupted example (no EOS)."""
+  spans = iter(_target_spans(example['targets']))
+  mask = []
+  for token in example['inputs']:
+    mask += [True] * next(spans) if _is_sentinel(token) else [False]
+  return mask
+
+
 def test_noise_is_spread_over_positions_between_fixed_ends():
-  length = 400
-  documents = [list(range(3, 3 + 200)) * 2 for _ in range(400)]
-  features = vocabularies.output_features(VOCAB)
-  with seqio.map_seed_manager(5):
-    ds = sc.span_corruption(_dataset(documents), T5_LENGTHS, features)
-  masks = []
-  for ex in ds.as_numpy_iterator():
-    mask = []
-    for token in ex['inputs']:
-      if token >= FIRST_SENTINEL - 99:
-        mask.append(None)  # placeholder, expanded below
-      else:
-        mask.append(False)
-    spans = iter(_target_spans(ex['targets']))
-    expanded = []
-    for m in mask:
-      expanded.extend([True] * next(spans) if m is None else [False])
-    masks.append(expanded)
-  masks = np.array(masks)
-  assert masks.shape == (400, length)
+  masks = np.array([_noise_mask(ex)
+                    for ex in _corrupt(_documents([400] * 400), seed=5)])
+  assert masks.shape == (400, 400)
   # Spans alternate starting with non-noise, so the sequence starts clean and
   # ends in noise; in between every quarter is noised at the same rate.
   assert not masks[:, 0].any() and masks[:, -1].all()
