@@ -11,6 +11,7 @@ strings keep their quotes). Gin files are looked up in the working directory, th
 repository's `configs/` and `gin/` directories.
 """
 import argparse
+import logging
 import os
 import pathlib
 import sys
@@ -26,8 +27,18 @@ def search_paths(extra: Sequence[str] = ()) -> list[str]:
   return [str(p) for p in candidates if os.path.isdir(p)]
 
 
+class _QuietSearchMisses(logging.Filter):
+  """Gin logs an error for every search path an include is not in; only the last miss matters."""
+
+  def filter(self, record):
+    return not record.getMessage().startswith('Path not found')
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], extra_paths: Sequence[str] = ()):
   """Parses gin files and `NAME=VALUE` bindings, with the repository's gin dirs searchable."""
+  root = logging.getLogger()
+  if not any(isinstance(f, _QuietSearchMisses) for f in root.filters):
+    root.addFilter(_QuietSearchMisses())
   import synth_jax.train  # pylint: disable=g-import-not-at-top,unused-import  (registers configurables)
   for path in search_paths(extra_paths):
     gin.add_config_file_search_path(path)
