@@ -43,6 +43,10 @@ class T5Config:
     encoder_attention, decoder_attention: registry names of encoder / decoder self-attention
       (gin macro `ATTENTION_TYPE` sets both).
     cross_attention: registry name of encoder-decoder attention; must be position-free.
+    self_attention_options: extra constructor options of the self-attention variant, e.g.
+      `{'rank': 16}` (factorized_random), `{'trainable': False}`... see each variant's
+      attributes; `{'fused': 'cudnn'}` runs vanilla attention through cuDNN. Stored as sorted
+      `(name, value)` pairs so the config stays hashable.
     max_encoder_length, max_decoder_length: the longest inputs / targets the synthesizers'
       score maps cover (T5 span corruption: 512 / 114).
   """
@@ -60,6 +64,7 @@ class T5Config:
   encoder_attention: str = 'vanilla'
   decoder_attention: str = 'vanilla'
   cross_attention: str = 'vanilla'
+  self_attention_options: Any = ()
   max_encoder_length: int = 512
   max_decoder_length: int = 114
 
@@ -67,6 +72,8 @@ class T5Config:
     # Normalized so configs from gin (strings, lists) are hashable flax module attributes.
     object.__setattr__(self, 'dtype', jnp.dtype(self.dtype))
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+    object.__setattr__(self, 'self_attention_options',
+                       tuple(sorted(dict(self.self_attention_options).items())))
     for field in ('encoder_attention', 'decoder_attention', 'cross_attention'):
       try:
         attention.is_position_dependent(getattr(self, field))
@@ -90,11 +97,15 @@ def _dropout(cfg: T5Config, x: Array, deterministic: bool, broadcast_length: boo
 
 
 def _attention(cfg: T5Config, attention_type: str, max_query_length: int, max_key_length: int,
-               name: str) -> nn.Module:
-  return attention.build(
-      attention_type, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
-      max_query_length=max_query_length, max_key_length=max_key_length, dtype=cfg.dtype,
-      dropout_rate=cfg.dropout_rate, name=name)
+               name: str, options=()) -> nn.Module:
+  try:
+    return attention.build(
+        attention_type, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+        max_query_length=max_query_length, max_key_length=max_key_length, dtype=cfg.dtype,
+        dropout_rate=cfg.dropout_rate, name=name, **dict(options))
+  except TypeError as error:
+    raise ValueError(f'T5Config.self_attention_options={dict(options)} do not fit attention '
+                     f'type {attention_type!r}: {error}') from None
 
 
 def _mlp(cfg: T5Config) -> layers.MlpBlock:
@@ -130,8 +141,9 @@ class EncoderLayer(nn.Module):
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.encoder_attention, cfg.max_encoder_length, cfg.max_encoder_length,
-                   'attention')(x, x, encoder_mask, encoder_bias, deterministic=deterministic,
-                                segment_positions=positions)
+                   'attention', cfg.self_attention_options)(
+                       x, x, encoder_mask, encoder_bias, deterministic=deterministic,
+                       segment_positions=positions)
     x = _dropout(cfg, x, deterministic) + inputs
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
 
@@ -165,7 +177,7 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.decoder_attention, cfg.max_decoder_length, cfg.max_decoder_length,
-                   'self_attention')(x, x, decoder_mask, decoder_bias,
+                   'self_attention', cfg.self_attention_options)(x, x, decoder_mask, decoder_bias,
                                      deterministic=deterministic, decode=decode,
                                      segment_positions=positions)
     x = _dropout(cfg, x, deterministic) + inputs

@@ -302,3 +302,41 @@ def test_gin_tiny_default_is_vanilla_t5x_tree(clean_gin):
   gin.parse_config_files_and_bindings([TINY_GIN], [f'VOCAB_SIZE = {VOCAB}'])
   model = gin.get_configurable('synth_jax.network.Transformer')()
   assert leaf_paths(abstract_variables(model, *batch())['params']) == T5X_PATHS
+
+
+def test_self_attention_options_reach_the_variant():
+  cfg = network.T5Config(vocab_size=128, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
+                         num_decoder_layers=1, mlp_dim=32, encoder_attention='factorized_random',
+                         decoder_attention='factorized_random', max_encoder_length=8,
+                         max_decoder_length=8, self_attention_options={'rank': 3})
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = jax.eval_shape(lambda: nn.unbox(network.Transformer(cfg).init(
+      jax.random.key(0), tokens, tokens, tokens)))['params']
+  assert params['encoder']['layers_0']['attention']['query_factor'].shape == (2, 8, 3)
+  assert params['decoder']['layers_0']['self_attention']['key_factor'].shape == (2, 8, 3)
+
+
+def test_self_attention_options_that_do_not_fit_the_type_are_a_clear_error():
+  cfg = network.T5Config(vocab_size=128, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
+                         num_decoder_layers=1, mlp_dim=32, self_attention_options={'rank': 3})
+  tokens = jnp.ones((1, 8), jnp.int32)
+  with pytest.raises(ValueError, match=r"self_attention_options=\{'rank': 3\} do not fit .*'vanilla'"):
+    network.Transformer(cfg).init(jax.random.key(0), tokens, tokens, tokens)
+
+
+@pytest.mark.parametrize('gin_file', sorted(os.listdir(os.path.join(REPO, 'gin', 'attention'))))
+def test_attention_gin_files_set_the_attention_type(gin_file):
+  gin.clear_config()
+  try:
+    gin.add_config_file_search_path(os.path.join(REPO, 'gin'))
+    gin.parse_config_files_and_bindings(
+        [os.path.join(REPO, 'gin', 'models', 't5_1_1_tiny.gin'),
+         os.path.join(REPO, 'gin', 'attention', gin_file)], [])
+    config = gin.get_configurable('synth_jax.network.T5Config')()
+    expected = gin_file[:-len('.gin')].replace('mixture_', '').replace('_', '+')
+    for name in attention.names():  # undo '+' inside single names such as fixed_random
+      expected = expected.replace(name.replace('_', '+'), name)
+    assert config.encoder_attention == config.decoder_attention == expected
+    assert config.cross_attention == 'vanilla'
+  finally:
+    gin.clear_config()
