@@ -8,7 +8,6 @@ that become span-corruption examples (`span_corruption.py`): noise density
 512 input ids once corrupted, so nearly every example is full length, as in
 T5.
 """
-import functools
 from typing import Optional
 
 import seqio
@@ -46,15 +45,7 @@ def span_corruption_task(vocabulary: Optional[seqio.Vocabulary] = None,
       source=seqio.TfdsDataSource(tfds_name=tfds_name,
                                   tfds_data_dir=tfds_data_dir,
                                   splits=('train', 'validation')),
-      preprocessors=[
-          functools.partial(seqio.preprocessors.rekey,
-                            key_map={'targets': 'text'}),
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          span_corruption.concatenate_tokens,
-          span_corruption.span_corruption,
-          seqio.preprocessors.append_eos_after_trim,
-      ],
+      preprocessors=span_corruption.pretraining_preprocessors(),
       output_features=vocabularies.output_features(vocabulary),
       metric_fns=[])
 

@@ -10,7 +10,6 @@ into full-length span-corruption chunks. The default vocabulary is bytes with
 model on the training split instead (lossless: identity normalization,
 whitespace kept, byte fallback), cached in the user's cache directory.
 """
-import functools
 import hashlib
 import io
 import os
@@ -82,15 +81,7 @@ def span_corruption_task(vocabulary: Optional[seqio.Vocabulary] = None,
       source=seqio.FunctionDataSource(
           _dataset_fn, splits=SPLITS,
           num_input_examples={s: len(paragraphs(s)) for s in SPLITS}),
-      preprocessors=[
-          functools.partial(seqio.preprocessors.rekey,
-                            key_map={'targets': 'text'}),
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          span_corruption.concatenate_tokens,
-          span_corruption.span_corruption,
-          seqio.preprocessors.append_eos_after_trim,
-      ],
+      preprocessors=span_corruption.pretraining_preprocessors(),
       output_features=vocabularies.output_features(vocabulary),
       metric_fns=[])
 

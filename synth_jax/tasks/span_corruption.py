@@ -13,6 +13,7 @@ counted down from the top. Corruption runs before
 `seqio.preprocessors.append_eos_after_trim`, so neither output holds an EOS
 here; the EOS that seqio appends is accounted for in the length arithmetic.
 """
+import functools
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 import seqio
@@ -372,3 +373,15 @@ def merge_inputs_and_targets(inputs: Sequence[int], targets: Sequence[int],
     raise ValueError(
         f'target spans {sorted(spans)} have no sentinel in inputs.')
   return merged
+
+
+def pretraining_preprocessors() -> list:
+  """The T5 pretraining chain for a text source with a `text` field, in seqio order."""
+  return [
+      functools.partial(seqio.preprocessors.rekey, key_map={'targets': 'text'}),
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      concatenate_tokens,
+      span_corruption,
+      seqio.preprocessors.append_eos_after_trim,
+  ]
