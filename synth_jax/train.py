@@ -209,7 +209,8 @@ def train(*,
   rng = jax.random.key(seed + 1)
   batches = dataset.train_batches(start_step=start)
   tokens_per_step = batch_size * sum(task_feature_lengths.values())
-  metrics, eval_metrics, last_time = {}, {}, time.time()
+  metrics, eval_metrics = {}, {}
+  last_log_step, last_log_time = start, time.time()
   if eval_only:
     eval_metrics = evaluate_all(start)
     train_steps = start  # skip the loop
@@ -227,9 +228,8 @@ def train(*,
         on_step(step, metrics)
       if step % log_period == 0 or step == train_steps:
         now = time.time()
-        steps_done = log_period if step % log_period == 0 else (step - start) % log_period or 1
-        step_time = (now - last_time) / steps_done
-        last_time = now
+        step_time = (now - last_log_time) / (step - last_log_step)
+        last_log_step, last_log_time = step, now
         scalars = {**metrics, 'step_time_s': step_time,
                    'tokens_per_s': tokens_per_step / step_time,
                    'learning_rate': float(learning_rate(step - 1))}

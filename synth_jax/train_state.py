@@ -92,17 +92,17 @@ def create(model: nn.Module, make_optimizer: Callable, example_batch, mesh: Mesh
 
 
 def _check_divisible(abstract, shardings, logical_specs):
-  flat_specs = dict(jax.tree_util.tree_flatten_with_path(
-      logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0])
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    sharding = dict(jax.tree_util.tree_flatten_with_path(shardings)[0])[path]
+  """Every sharded dimension splits evenly; otherwise name the parameter, axis and fix."""
+  is_spec = lambda x: isinstance(x, PartitionSpec)
+  leaves = jax.tree_util.tree_flatten_with_path(abstract)[0]
+  for (path, leaf), sharding, logical in zip(
+      leaves, jax.tree.leaves(shardings), jax.tree.leaves(logical_specs, is_leaf=is_spec)):
     for dim, (size, mesh_axis) in enumerate(zip(leaf.shape, sharding.spec)):
       parts = sharding.mesh.shape[mesh_axis] if mesh_axis else 1
       if size % parts:
-        logical = flat_specs[path][dim]
         raise ValueError(
-            f'{jax.tree_util.keystr(path)} has {size} along logical axis {logical!r}, which is '
-            f'split {parts} ways over mesh axis {mesh_axis!r}. Make it a multiple of {parts} '
+            f'{jax.tree_util.keystr(path)} has {size} along logical axis {logical[dim]!r}, which '
+            f'is split {parts} ways over mesh axis {mesh_axis!r}. Make it a multiple of {parts} '
             f'(T5 pads vocab_size to a multiple of 128, e.g. 32128) or lower model parallelism '
             f'(gin `train.model_parallelism`).')
 

@@ -165,3 +165,10 @@ def test_training_writes_events_config_and_evaluates(tmp_path):
   evaluated, _ = run(str(tmp_path), 3, eval_only=True, eval_steps=2)
   assert evaluated['step'] == 3
   np.testing.assert_allclose(evaluated['eval']['loss'], result['eval']['loss'], rtol=1e-5)
+
+
+def test_indivisible_sharded_dimension_names_the_parameter_and_the_fix():
+  model = fixtures.tiny_model(vocab_size=259)  # 259 does not split over model=2
+  with pytest.raises(ValueError, match=r"\['kernel'\] has 259 along logical axis 'vocab'.*128"):
+    train_state.create(model, make_optimizer, synthetic_batch(), partitioning.create_mesh(2),
+                       jax.random.key(0))
