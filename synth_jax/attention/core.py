@@ -314,13 +314,16 @@ class Attention(nn.Module):
     if decode:
       initialized = self.has_variable(CACHE, 'cache_index')
       index = self.variable(CACHE, 'cache_index', lambda: jnp.array(0, jnp.int32))
-      # Its shape carries the cache length, which single-step inputs no longer show.
-      key_positions = self.variable(CACHE, 'key_positions', jnp.arange, key_length)
+      # `[batch, cache_length]`: its shape carries the cache length, which single-step inputs no
+      # longer show; batch-major like every cache leaf, so beam search can reorder it.
+      key_positions = self.variable(
+          CACHE, 'key_positions',
+          lambda: jnp.broadcast_to(jnp.arange(key_length), (inputs_kv.shape[0], key_length)))
       if initialized:
         if inputs_q.shape[1] != 1:
           raise ValueError('decode=True steps take one position at a time: inputs_q must be '
                            f'[batch, 1, embed], got {inputs_q.shape}')
-        step, key_length = index.value, key_positions.value.shape[0]
+        step, key_length = index.value, key_positions.value.shape[1]
         index.value = step + 1
     if probabilities_only:
       return self.attention_probabilities(
