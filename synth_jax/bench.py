@@ -14,8 +14,15 @@ bf16 peak, and peak device memory. Batches are synthetic random tokens laid out 
 
 Each row runs in its own process by default (`--isolate`), so peak memory is that row's alone and
 an out-of-memory row does not take the others down.
+
+Definitions: tokens per step = batch x (inputs length + targets length), padding included (the
+step computes on every position). Model FLOPs count matmuls only (see `model_flops`); `traced` is
+the same count read off the traced program, a check on the formulas. The JSON also keeps XLA's
+own cost analysis (`xla_flops`, `xla_bytes_accessed`), which on GPU leaves out library calls
+(cuBLAS GEMMs, cuDNN), so it is no FLOP count there. `--profile DIR` adds device time by kernel.
 """
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -30,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from typing import Optional
 
 import numpy as np
@@ -141,6 +149,9 @@ def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
                     Matmul('out', 2 * batch * q_len * hd * embed)]
 
 
+RELPOS_BUCKETS = 32  # layers.RelativePositionBiases default
+
+
 def model_flops(cfg, batch: int, inputs_length: int, targets_length: int) -> dict:
   """Matmul FLOPs of one training step of `Transformer(cfg)`, counted from the shapes.
 
@@ -165,6 +176,11 @@ def model_flops(cfg, batch: int, inputs_length: int, targets_length: int) -> dic
           max_key_length=cfg.max_encoder_length)),
       'decoder_mlp': (cfg.num_decoder_layers, mlp(targets_length)),
       'logits': (1, [Matmul('logits', 2 * batch * targets_length * e * cfg.vocab_size)]),
+      # T5's relative-position bias, once per stack: table [heads, buckets] . one_hot[buckets, q, k]
+      # (layers.RelativePositionBiases); only the table gets a gradient. Batch-free.
+      'relpos_bias': (1, [Matmul('relpos_encoder', 2 * h * RELPOS_BUCKETS * inputs_length ** 2, 1),
+                          Matmul('relpos_decoder', 2 * h * RELPOS_BUCKETS * targets_length ** 2,
+                                 1)]),
   }
   forward = sum(n * m.forward for n, ms in per_layer.values() for m in ms)
   parts = {part: n * sum(m.training for m in ms) for part, (n, ms) in per_layer.items()}
@@ -251,32 +267,41 @@ def synthetic_batch(batch_size: int, inputs_length: int, targets_length: int, vo
 
 
 # ----------------------------------------------------------------------------- one measurement
-def model_config(preset: str, attention_type: str, inputs_length: int, targets_length: int):
-  """The `T5Config` of `preset` with `attention_type` self-attention, score maps sized to fit."""
+def model_config(preset: str, attention_type: str, inputs_length: int, targets_length: int,
+                 fused: Optional[str] = None):
+  """The `T5Config` of `preset` with `attention_type` self-attention, score maps sized to fit.
+
+  fused: vanilla self-attention through `jax.nn.dot_product_attention` ('cudnn', 'xla', 'auto').
+  """
   from synth_jax import network  # pylint: disable=g-import-not-at-top (imports gin)
+  if fused is not None and attention_type != 'vanilla':
+    raise ValueError(f'--fused applies to vanilla attention only, not {attention_type!r}.')
   return network.T5Config(
       **PRESETS[preset]['model'], mlp_activations=('gelu', 'linear'), dropout_rate=0.0,
       logits_via_embedding=False, encoder_attention=attention_type,
       decoder_attention=attention_type, cross_attention='vanilla',
-      max_encoder_length=inputs_length, max_decoder_length=targets_length)
+      max_encoder_length=inputs_length, max_decoder_length=targets_length,
+      self_attention_options={'fused': fused} if fused else {})
+
+
+LOCK_VARIABLE = 'SYNTH_JAX_BENCH_DEVICE_LOCK'
 
 
 @contextlib.contextmanager
-def vanilla_fused(fused: Optional[str]):
-  """Builds every vanilla attention with `DotProductAttention.fused=fused` inside the block.
+def device_lock():
+  """Exclusive use of the device among `--jobs` workers (a file lock the parent names).
 
-  `network.T5Config` has no field for `fused` yet, so the registry entry is swapped for the
-  duration of one measurement (init, tracing and compilation all happen inside) and restored.
+  Workers build their train states in parallel (CPU-bound compilation of the initializers) and
+  take turns to compile (which autotunes kernels on the device) and time the step.
   """
-  if fused is None:
+  path = os.environ.get(LOCK_VARIABLE)
+  if not path:
     yield
     return
-  cls, fixed = registry.VARIANTS['vanilla']
-  registry.VARIANTS['vanilla'] = (cls, {**fixed, 'fused': fused})
-  try:
-    yield
-  finally:
-    registry.VARIANTS['vanilla'] = (cls, fixed)
+  import fcntl  # pylint: disable=g-import-not-at-top
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    yield  # closing the file releases the lock
 
 
 def is_out_of_memory(error: str) -> bool:
@@ -286,8 +311,13 @@ def is_out_of_memory(error: str) -> bool:
 def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int] = None,
             inputs_length: Optional[int] = None, targets_length: Optional[int] = None,
             steps: int = 10, warmup: int = 2, pack: bool = True, fused: Optional[str] = None,
-            peak_tflops: Optional[float] = None, seed: int = 0) -> dict:
-  """Times `steps` training steps of one attention type in this process; returns one row."""
+            peak_tflops: Optional[float] = None, seed: int = 0,
+            profile_dir: Optional[str] = None) -> dict:
+  """Times `steps` training steps of one attention type in this process; returns one row.
+
+  profile_dir: also trace two more steps there and add their device time by kernel
+    (`row['profile']`, see `summarize_trace`).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from synth_jax import network  # pylint: disable=g-import-not-at-top
   from synth_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
@@ -298,7 +328,7 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
   batch_size = batch_size or shapes['batch_size']
   inputs_length = inputs_length or shapes['inputs_length']
   targets_length = targets_length or shapes['targets_length']
-  cfg = model_config(preset, attention_type, inputs_length, targets_length)
+  cfg = model_config(preset, attention_type, inputs_length, targets_length, fused)
   devices = jax.devices()
   peak = peak_tflops or peak_tflops_for(devices[0].device_kind)
   flops = model_flops(cfg, batch_size, inputs_length, targets_length)
@@ -317,47 +347,54 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
     return optimizer_lib.adafactor(optimizer_lib.rsqrt_schedule(), plan)
 
   try:
-    with vanilla_fused(fused):
-      model = network.Transformer(cfg)
-      mesh = partitioning.create_mesh(model_parallelism=1)
-      data_sharding = partitioning.data_sharding(mesh)
-      batch = synthetic_batch(batch_size, inputs_length, targets_length, cfg.vocab_size, pack,
-                              seed)
-      state, shardings, optimizer = train_state.create(
-          model, make_optimizer, batch, mesh, jax.random.key(seed))
-      batch = jax.device_put(batch, data_sharding)
-      rng = jax.random.key(seed + 1)
-      step = jax.jit(functools.partial(train_state.train_step, model, optimizer),
-                     in_shardings=(shardings, data_sharding, None),
-                     out_shardings=(shardings, None), donate_argnums=(0,))
+    start = time.perf_counter()
+    model = network.Transformer(cfg)
+    mesh = partitioning.create_mesh(model_parallelism=1)
+    data_sharding = partitioning.data_sharding(mesh)
+    batch = synthetic_batch(batch_size, inputs_length, targets_length, cfg.vocab_size, pack,
+                            seed)
+    state, shardings, optimizer = train_state.create(
+        model, make_optimizer, batch, mesh, jax.random.key(seed))
+    batch, rng = jax.device_put(batch, data_sharding), jax.random.key(seed + 1)
+    step = jax.jit(functools.partial(train_state.train_step, model, optimizer),
+                   in_shardings=(shardings, data_sharding, None),
+                   out_shardings=(shardings, None), donate_argnums=(0,))
+    row['init_s'] = time.perf_counter() - start
+    with device_lock():
       start = time.perf_counter()
       traced = step.trace(state, batch, rng)
       compiled = traced.lower().compile()
       row['compile_s'] = time.perf_counter() - start
-    row['traced_matmul_flops'] = traced_matmul_flops(traced.jaxpr)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    row['xla_flops'] = cost.get('flops') if cost else None
-    row['xla_bytes_accessed'] = cost.get('bytes accessed') if cost else None
-    memory = compiled.memory_analysis()
-    row['xla_temp_bytes'] = getattr(memory, 'temp_size_in_bytes', None)
-    row['xla_argument_bytes'] = getattr(memory, 'argument_size_in_bytes', None)
-
-    times = []
-    for i in range(warmup + steps):
-      start = time.perf_counter()
-      state, metrics = compiled(state, batch, rng)
-      jax.block_until_ready((state, metrics))
-      if i >= warmup:
-        times.append(time.perf_counter() - start)
+      times = []
+      for i in range(warmup + steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch, rng)
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+          times.append(time.perf_counter() - start)
+      if profile_dir:
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+          for _ in range(2):
+            state, metrics = compiled(state, batch, rng)
+          jax.block_until_ready((state, metrics))
+        row['profile'] = summarize_trace(profile_dir, steps=2)
     row['loss'] = float(metrics['loss'])
   except Exception as e:  # pylint: disable=broad-except
     # An out-of-memory row is a result (the caller may retry smaller); others are too, with the
     # message, so one broken type does not hide the rest of the table.
     message = f'{type(e).__name__}: {e}'
+    if not is_out_of_memory(message):
+      traceback.print_exc()
     row.update(error=message.splitlines()[0][:500], out_of_memory=is_out_of_memory(message))
     return row
 
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  memory = compiled.memory_analysis()
+  row.update(traced_matmul_flops=traced_matmul_flops(traced.jaxpr),
+             xla_flops=cost.get('flops'), xla_bytes_accessed=cost.get('bytes accessed'),
+             xla_temp_bytes=getattr(memory, 'temp_size_in_bytes', None),
+             xla_argument_bytes=getattr(memory, 'argument_size_in_bytes', None))
   step_time = statistics.median(times)
   achieved = flops['training'] / step_time
   stats = [d.memory_stats() or {} for d in jax.local_devices()]
@@ -368,6 +405,50 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
       mfu=achieved / (peak * 1e12 * len(devices)) if peak else None,
       peak_memory_bytes=max(peaks) if peaks else None, out_of_memory=False)
   return row
+
+
+KERNEL_CATEGORIES = (  # (category, substrings of a GPU kernel name); the first match wins
+    ('matmul', ('gemm', 'nvjet', 'xmma', 'cutlass', 'cublas')),
+    ('fused attention', ('cudnn', 'fmha', 'flash')),
+    ('scatter', ('scatter',)), ('gather', ('gather',)), ('transpose', ('transpose',)),
+    ('reduce', ('reduce',)),
+)
+
+
+def summarize_trace(profile_dir: str, steps: int, top: int = 30) -> dict:
+  """Device time by kernel and by kind of kernel (ms per step) from the newest perfetto trace.
+
+  Reads the Chrome-trace JSON that `jax.profiler.trace(create_perfetto_trace=True)` writes and
+  sums the events of the device processes ('/device:GPU:0', ...) by kernel name: XLA names a
+  fusion's kernel after the fusion (`wrapped_scatter_1`), libraries keep theirs (`nvjet_...`).
+  Returns `{'total_ms', 'span_ms', 'by_category': {kind: ms}, 'top': [{kernel, ms, calls}]}`,
+  everything per step.
+  """
+  import gzip  # pylint: disable=g-import-not-at-top
+  paths = glob.glob(os.path.join(profile_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
+  if not paths:
+    return {}
+  with gzip.open(max(paths, key=os.path.getmtime)) as f:
+    events = json.load(f)['traceEvents']
+  devices = {e['pid'] for e in events if e.get('ph') == 'M' and e.get('name') == 'process_name'
+             and e['args'].get('name', '').startswith('/device:')}
+  kernels = [e for e in events if e.get('ph') == 'X' and e.get('pid') in devices]
+  if not kernels:
+    return {}
+  by_kernel, by_category = {}, {}
+  for e in kernels:
+    ms = e['dur'] / 1e3 / steps
+    entry = by_kernel.setdefault(e['name'], {'kernel': e['name'][:100], 'ms': 0.0, 'calls': 0})
+    entry['ms'] += ms
+    entry['calls'] += 1 / steps
+    name = e['name'].lower()
+    kind = next((k for k, keys in KERNEL_CATEGORIES if any(key in name for key in keys)),
+                'other fusion')
+    by_category[kind] = by_category.get(kind, 0.0) + ms
+  span = max(e['ts'] + e['dur'] for e in kernels) - min(e['ts'] for e in kernels)
+  return {'total_ms': sum(by_category.values()), 'span_ms': span / 1e3 / steps,
+          'by_category': dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+          'top': sorted(by_kernel.values(), key=lambda t: -t['ms'])[:top]}
 
 
 # ----------------------------------------------------------------------------- the command
@@ -394,7 +475,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='retry an out-of-memory row at half the batch until it fits')
   parser.add_argument('--isolate', action=argparse.BooleanOptionalAction, default=True,
                       help='one process per row (per-row peak memory; an OOM stays contained)')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='rows prepared at once (with --isolate); they take turns on the '
+                           'device to compile and time, so timings are unaffected, but each '
+                           'waiting row holds its train state (a few GiB at base): rows near '
+                           'the memory limit then run out of memory')
   parser.add_argument('--json', help='write the rows and the run\'s setup here')
+  parser.add_argument('--profile',
+                      help='trace 2 extra steps into this dir; print device time by kernel')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   args.types = [t.strip() for t in args.types.split(',') if t.strip()]
@@ -414,8 +502,12 @@ def points(args) -> list[tuple[str, int, int]]:
   return [(t, length * f, max(1, tokens // (length * f))) for t in args.types for f in (1, 2, 4, 8)]
 
 
-def run_in_subprocess(args, attention_type: str, length: int, batch: int) -> dict:
-  """`measure` in a fresh Python process (its own device memory and peak counter)."""
+def run_in_subprocess(args, attention_type: str, length: int, batch: int,
+                      lock: Optional[str] = None) -> dict:
+  """`measure` in a fresh Python process (its own device memory and peak counter).
+
+  lock: a file the `--jobs` workers take turns on (see `device_lock`).
+  """
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'row.json')
     command = [sys.executable, '-m', 'synth_jax.bench', '--no-isolate', '--json', out,
@@ -423,13 +515,17 @@ def run_in_subprocess(args, attention_type: str, length: int, batch: int) -> dic
                '--inputs_length', str(length), '--steps', str(args.steps),
                '--warmup', str(args.warmup), '--seed', str(args.seed),
                '--pack' if args.pack else '--no-pack']
-    for flag in ('targets_length', 'fused', 'peak_tflops'):
+    for flag in ('targets_length', 'fused', 'peak_tflops', 'profile'):
       if getattr(args, flag) is not None:
         command += [f'--{flag}', str(getattr(args, flag))]
     env = dict(os.environ)
     # JAX preallocates 75% of the GPU by default; a benchmark row may use nearly all of it.
     env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.95')
-    result = subprocess.run(command, env=env, check=False)
+    if lock:
+      # Waiting workers hold only their train state; none may reserve the memory up front.
+      env.update({LOCK_VARIABLE: lock, 'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'})
+    # The worker's own tables would repeat ours; its stderr (errors, warnings) comes through.
+    result = subprocess.run(command, env=env, check=False, stdout=subprocess.DEVNULL)
     if result.returncode or not os.path.exists(out):
       return {'attention_type': attention_type, 'inputs_length': length, 'batch_size': batch,
               'fused': args.fused, 'out_of_memory': False,
@@ -438,15 +534,17 @@ def run_in_subprocess(args, attention_type: str, length: int, batch: int) -> dic
       return json.load(f)['rows'][0]
 
 
-def run_point(args, attention_type: str, length: int, batch: int) -> dict:
+def run_point(args, attention_type: str, length: int, batch: int,
+              lock: Optional[str] = None) -> dict:
   """One row, halving the batch after each out-of-memory failure when `--halve_on_oom`."""
   tried = []
   while True:
     if args.isolate:
-      row = run_in_subprocess(args, attention_type, length, batch)
+      row = run_in_subprocess(args, attention_type, length, batch, lock)
     else:
       row = measure(attention_type, args.preset, batch, length, args.targets_length, args.steps,
-                    args.warmup, args.pack, args.fused, args.peak_tflops, args.seed)
+                    args.warmup, args.pack, args.fused, args.peak_tflops, args.seed,
+                    args.profile)
     row['out_of_memory_batch_sizes'] = tried
     if not (row.get('out_of_memory') and args.halve_on_oom and batch // 2 >= 1):
       return row
@@ -467,8 +565,8 @@ def flops_table(rows) -> str:
   heads = ('enc attn', 'enc mlp', 'dec self', 'dec cross', 'dec mlp', 'logits')
   rows = [r for r in rows if 'model_flops_by_part' in r]
   largest = max((r['model_flops_per_step'] for r in rows), default=1)
-  unit, scale = next((u, s) for u, s in (('TFLOP', 1e12), ('GFLOP', 1e9), ('MFLOP', 1e6), ('FLOP', 1))
-                     if largest >= s)
+  units = (('TFLOP', 1e12), ('GFLOP', 1e9), ('MFLOP', 1e6), ('FLOP', 1))
+  unit, scale = next((u, s) for u, s in units if largest >= s)
   lines = [f'{"attention type":<22}{"batch":>6}{"enc len":>8}' + ''.join(f'{h:>10}' for h in heads)
            + f'{"total":>10}{"traced":>10}   ({unit})']
   for row in rows:
@@ -507,32 +605,53 @@ def source_digests() -> dict[str, str]:
   digests = {}
   for path in sorted(glob.glob(os.path.join(root, '**', '*.py'), recursive=True)):
     with open(path, 'rb') as f:
-      digests[os.path.relpath(path, os.path.dirname(root))] = hashlib.sha256(f.read()).hexdigest()[:12]
+      name = os.path.relpath(path, os.path.dirname(root))
+      digests[name] = hashlib.sha256(f.read()).hexdigest()[:12]
   return digests
+
+
+def profile_table(row) -> str:
+  """The `--profile` summary of one row: time by kind of kernel, then the costliest kernels."""
+  profile = row['profile']
+  kinds = ', '.join(f'{kind} {ms:.1f}' for kind, ms in profile['by_category'].items())
+  lines = [f'{row["attention_type"]}: {profile["total_ms"]:.1f} ms of kernels per step '
+           f'({profile["span_ms"]:.1f} ms first to last): {kinds}']
+  lines += [f'{t["ms"]:>9.2f} ms {t["calls"]:>6g} calls  {t["kernel"]}' for t in profile['top']]
+  return '\n'.join(lines)
 
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  rows = []
-  for attention_type, length, batch in points(args):
-    rows.append(run_point(args, attention_type, length, batch))
-    print(results_table(rows[-1:]).splitlines()[1], flush=True)
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top (no device is touched in isolate mode)
   report = {
       'date': datetime.date.today().isoformat(),
       'command': 'python -m synth_jax.bench ' + ' '.join(sys.argv[1:] if argv is None else argv),
-      # This process never touches the accelerator in isolate mode: the rows name the device.
-      'device_kind': next((r['device_kind'] for r in rows if r.get('device_kind')), None),
-      'jax_version': jax.__version__, 'preset': args.preset, 'pack': args.pack,
-      'fused': args.fused, 'steps': args.steps, 'warmup': args.warmup,
-      'memory_per_row': args.isolate, 'source_sha256': source_digests(), 'rows': rows}
+      'device_kind': None, 'jax_version': jax.__version__, 'preset': args.preset,
+      'pack': args.pack, 'fused': args.fused, 'steps': args.steps, 'warmup': args.warmup,
+      'memory_per_row': args.isolate, 'source_sha256': source_digests(), 'rows': []}
+  rows = report['rows']
+  lock = None
+  if args.jobs > 1 and args.isolate:
+    lock = os.path.join(tempfile.mkdtemp(), 'device.lock')
+  with concurrent.futures.ThreadPoolExecutor(args.jobs if lock else 1) as pool:
+    futures = [pool.submit(run_point, args, *point, lock) for point in points(args)]
+    for future in futures:  # rows in order, each reported once it and those before are done
+      row = future.result()
+      rows.append(row)
+      report['device_kind'] = report['device_kind'] or row.get('device_kind')
+      timing = (f'  (init {row["init_s"]:.0f} s, compile {row["compile_s"]:.0f} s)'
+                if 'compile_s' in row else '')
+      print(results_table([row]).splitlines()[1] + timing, flush=True)
+      if args.json:  # after every row, so a run cut short keeps what it measured
+        with open(args.json, 'w') as f:
+          json.dump(report, f, indent=1)
+  for row in rows:
+    if row.get('profile'):
+      print('\n' + profile_table(row))
   print('\nModel FLOPs per training step, analytic by part ("traced": the dot_generals of the '
         'compiled step, a cross-check):')
   print(flops_table(rows))
   print('\n' + results_table(rows))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(report, f, indent=1)
   return report
 
 
