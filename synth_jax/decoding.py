@@ -119,6 +119,23 @@ def _pad(tokens, length):
   return out
 
 
+def render(vocabulary, ids) -> str:
+  """Text of `ids` up to EOS, sentinels shown as `<extra_id_N>` (vocab.decode drops them)."""
+  first_sentinel = vocabulary.vocab_size - 1
+  pieces, run = [], []
+  for token in (int(t) for t in ids):
+    if token == vocabulary.eos_id:
+      break
+    if token <= 0:
+      continue
+    if vocabulary.extra_ids and token > first_sentinel - vocabulary.extra_ids:
+      pieces += [vocabulary.decode(run), f'<extra_id_{first_sentinel - token}>']
+      run = []
+    else:
+      run.append(token)
+  return ''.join(pieces + [vocabulary.decode(run)])
+
+
 def print_examples(model, variables, dataset, split: str, count: int,
                    max_decode_length: Optional[int] = None):
   """Greedy-decodes `count` examples of `split`, prints and returns (input, target, prediction)."""
@@ -133,7 +150,7 @@ def print_examples(model, variables, dataset, split: str, count: int,
   predictions = np.asarray(greedy(model, variables, jnp.asarray(inputs), length))
   rows = []
   for example, prediction in zip(examples, predictions):
-    row = tuple(vocab.decode([int(t) for t in tokens if t > 0]) for tokens in (
+    row = tuple(render(vocab, tokens) for tokens in (
         example['inputs'], example['targets'], prediction))
     rows.append(row)
     print(f'input:      {row[0][:200]!r}\ntarget:     {row[1][:200]!r}\n'

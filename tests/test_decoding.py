@@ -60,3 +60,12 @@ def test_wider_beam_finds_a_sequence_at_least_as_likely_as_greedy():
                                       alpha=0.0)
   np.testing.assert_allclose(scores, log_likelihood(beam), rtol=1e-4, atol=1e-4)
   assert np.all(np.asarray(log_likelihood(beam)) >= np.asarray(log_likelihood(greedy)) - 1e-4)
+
+
+def test_render_shows_sentinels_and_stops_at_eos():
+  import seqio  # pylint: disable=g-import-not-at-top
+  vocab = seqio.ByteVocabulary(extra_ids=100)
+  hi = [ord('H') + 3, ord('i') + 3]  # ByteVocabulary shifts bytes by its 3 special ids
+  ids = hi + [358] + hi + [357, 1, 42]
+  assert decoding.render(vocab, ids) == 'Hi<extra_id_0>Hi<extra_id_1>'
+  assert decoding.render(vocab, [0] + hi + [0]) == 'Hi'
