@@ -128,8 +128,7 @@ def attention_logit_matmuls(name: str, batch: int, q_len: int, k_len: int, max_k
   if name in ('random', 'fixed_random'):
     return []  # R is sliced, not multiplied (fixed_random's frozen R has nothing to skip)
   if name == 'factorized_random':
-    # R1 R2^T is batch-independent: once a step. (With packing the module currently multiplies
-    # it per example, at each example's positions; `traced_matmul_flops` shows that excess.)
+    # R1 R2^T is batch-independent: once a step (packed batches then index it per example).
     rank = random_attention.FactorizedRandomSynthesizer.rank
     return [Matmul('R1.R2', 2 * heads * q_len * k_len * rank)]
   raise ValueError(f'no FLOP formula for attention type {name!r}; add one to '

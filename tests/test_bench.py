@@ -112,10 +112,10 @@ def test_analytic_flops_equal_the_dot_generals_of_the_traced_step(attention_type
   assert traced == analytic
 
 
-@pytest.mark.parametrize('attention_type', ['random', 'orthogonal', 'factorized_dense'])
+@pytest.mark.parametrize('attention_type',
+                         ['random', 'orthogonal', 'factorized_dense', 'factorized_random'])
 def test_packed_batches_cost_the_same_matmuls(attention_type):
-  # (factorized_random is left out on purpose: with packing its module multiplies R1 R2^T once
-  # per example instead of once per step, which the analytic count does not charge.)
+  # factorized_random: R1 R2^T once per step, also when packed (not once per example).
   traced, analytic = traced_step_flops(attention_type, pack=True)
   assert traced == analytic
 

@@ -163,10 +163,8 @@ class Positions:
     return jnp.moveaxis(gathered, 0, 1)
 
   def query_rows(self, table: Array, q_len: int) -> Array:
-    """`table[h, query position, :]` -> `[batch | 1, heads, q_len, dim]`."""
-    if self.segment is None:
-      return jax.lax.dynamic_slice_in_dim(table, self.offset, q_len, axis=1)[None]
-    return jnp.moveaxis(table[:, self.segment], 0, 1)
+    """`table[h, query position, :]` -> `[1, heads, q_len, dim]` (unpacked inputs)."""
+    return jax.lax.dynamic_slice_in_dim(table, self.offset, q_len, axis=1)[None]
 
   def key_columns(self, scores: Array) -> Array:
     """Scores over all key positions `[batch, heads, q_len, max_key]` -> those of the keys."""
@@ -175,10 +173,8 @@ class Positions:
     return jnp.take_along_axis(scores, self.segment[:, None, None, :], axis=-1)
 
   def key_rows(self, table: Array) -> Array:
-    """`table[h, key position, :]` -> `[batch | 1, heads, k_len, dim]`."""
-    if self.segment is None:
-      return table[None, :, :self.key_length]
-    return jnp.moveaxis(table[:, self.segment], 0, 1)
+    """`table[h, key position, :]` -> `[1, heads, k_len, dim]` (unpacked inputs)."""
+    return table[None, :, :self.key_length]
 
 
 # ----------------------------------------------------------------------------- the shared module

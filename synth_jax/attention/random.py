@@ -67,5 +67,10 @@ class FactorizedRandomSynthesizer(core.Attention):
         'key_factor',
         nn.with_logical_partitioning(init, ('heads', 'synth_key_length', 'synth_rank')),
         (self.num_heads, self.max_key_length, self.rank), jnp.float32)
+    if positions.segment is not None:
+      # Packed: form R once per step and index it per example, as the random synthesizer does,
+      # rather than multiplying the factors again at every example's positions.
+      table = jnp.einsum('hqr,hkr->hqk', query_factor, key_factor)
+      return positions.index_table(table, inputs_q.shape[1])
     return jnp.einsum('bhqr,bhkr->bhqk', positions.query_rows(query_factor, inputs_q.shape[1]),
                       positions.key_rows(key_factor))
