@@ -108,6 +108,12 @@ def _attention(cfg: T5Config, attention_type: str, max_query_length: int, max_ke
                      f'type {attention_type!r}: {error}') from None
 
 
+def _residual(cfg: T5Config, block_output: Array, inputs: Array, deterministic: bool) -> Array:
+  """T5's sublayer exit: dropout on the block's output, add the residual, constrain the layout."""
+  return nn.with_logical_constraint(
+      _dropout(cfg, block_output, deterministic) + inputs, ACTIVATION_AXES)
+
+
 def _mlp(cfg: T5Config) -> layers.MlpBlock:
   return layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
                          intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
@@ -144,13 +150,9 @@ class EncoderLayer(nn.Module):
                    'attention', cfg.self_attention_options)(
                        x, x, encoder_mask, encoder_bias, deterministic=deterministic,
                        segment_positions=positions)
-    x = _dropout(cfg, x, deterministic) + inputs
-    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-
+    x = _residual(cfg, x, inputs, deterministic)
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
-    y = _mlp(cfg)(y, deterministic=deterministic)
-    y = _dropout(cfg, y, deterministic) + x
-    return nn.with_logical_constraint(y, ACTIVATION_AXES)
+    return _residual(cfg, _mlp(cfg)(y, deterministic=deterministic), x, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -177,24 +179,18 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.decoder_attention, cfg.max_decoder_length, cfg.max_decoder_length,
-                   'self_attention', cfg.self_attention_options)(x, x, decoder_mask, decoder_bias,
-                                     deterministic=deterministic, decode=decode,
-                                     segment_positions=positions)
-    x = _dropout(cfg, x, deterministic) + inputs
-    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-
+                   'self_attention', cfg.self_attention_options)(
+                       x, x, decoder_mask, decoder_bias, deterministic=deterministic,
+                       decode=decode, segment_positions=positions)
+    x = _residual(cfg, x, inputs, deterministic)
     # Cross-attention keys come whole from the encoder each step, so it is never cached.
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
     y = _attention(cfg, cfg.cross_attention, cfg.max_decoder_length, cfg.max_encoder_length,
                    'encoder_decoder_attention')(y, encoded, encoder_decoder_mask,
                                                 deterministic=deterministic)
-    y = _dropout(cfg, y, deterministic) + x
-    y = nn.with_logical_constraint(y, ACTIVATION_AXES)
-
+    y = _residual(cfg, y, x, deterministic)
     z = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
-    z = _mlp(cfg)(z, deterministic=deterministic)
-    z = _dropout(cfg, z, deterministic) + y
-    return nn.with_logical_constraint(z, ACTIVATION_AXES)
+    return _residual(cfg, _mlp(cfg)(z, deterministic=deterministic), y, deterministic)
 
 
 def _relpos_bias(cfg: T5Config) -> layers.RelativePositionBiases:

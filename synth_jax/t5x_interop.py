@@ -27,6 +27,7 @@ import dataclasses
 import functools
 from typing import Any, Mapping, Optional
 
+from flax import traverse_util
 from flax.core import meta
 import flax.linen as nn
 from flax.linen import partitioning as flax_partitioning
@@ -55,25 +56,13 @@ T5X_STANDARD_AXES = frozenset({
 
 
 # ------------------------------------------------------------------------------ nested dicts
-def _flatten(tree: Mapping, prefix: Path = ()) -> dict[Path, Any]:
-  """Nested mappings -> {path: leaf}; boxed values (`nn.Partitioned`) are leaves."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, prefix + (key,)))
-    else:
-      flat[prefix + (key,)] = value
-  return flat
+def _flatten(tree: Mapping) -> dict[Path, Any]:
+  """Nested dicts -> {path: leaf}; boxed values (`nn.Partitioned`) are leaves."""
+  return traverse_util.flatten_dict(dict(tree))
 
 
 def _unflatten(flat: Mapping[Path, Any]) -> dict:
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
+  return traverse_util.unflatten_dict(dict(flat))
 
 
 def _unbox(leaf):

@@ -1,5 +1,4 @@
 """A tiny in-memory seqio task and a tiny model, for trainer and decoding tests."""
-import functools
 
 import numpy as np
 import seqio

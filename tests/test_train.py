@@ -6,7 +6,6 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from synth_jax import checkpoints
@@ -14,7 +13,6 @@ from synth_jax import optimizer as optimizer_lib
 from synth_jax import partitioning
 from synth_jax import train
 from synth_jax import train_state
-from synth_jax.attention import core
 from tests import fixtures
 
 TYPES = ('vanilla', 'dense', 'random', 'fixed_random', 'factorized_dense', 'factorized_random',
@@ -34,6 +32,7 @@ def run(model_dir, steps, attention_type='vanilla', **kwargs):
 
 
 def synthetic_batch(batch=8, length=16, seed=0):
+  """A learnable copy batch (targets = inputs, 3 padded positions), unlike bench's random one."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(2, 200, size=(batch, length)).astype(np.int32)
   tokens[:, -3:] = 0

@@ -256,6 +256,23 @@ class Attention(nn.Module):
     cache.value = updated
     return updated
 
+  def scoring_inputs(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
+                     bias: Optional[Array], step: Optional[Array], key_length: int, decode: bool,
+                     segment_positions: Optional[Array] = None):
+    """What logits are computed from: (key features, mask, bias, `Positions`).
+
+    Caches the key features when decoding and, for a single decode step at `step`, hides keys not
+    generated yet and takes the bias row of `step`. Checks lengths against the maxima.
+    """
+    features = self.cached('cached_key', self.key_features(inputs_kv), step, decode)
+    if step is None:
+      self.check_lengths(inputs_q.shape[1], key_length)
+      return features, mask, bias, Positions(jnp.array(0, jnp.int32), key_length,
+                                             segment_positions)
+    self.check_lengths(key_length, key_length)
+    mask, bias = decode_step_mask_and_bias(mask, bias, step, key_length)
+    return features, mask, bias, Positions(step, key_length)
+
   def attention_probabilities(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
                               bias: Optional[Array], step: Optional[Array], key_length: int,
                               decode: bool, segment_positions: Optional[Array] = None) -> Array:
@@ -264,16 +281,9 @@ class Attention(nn.Module):
     `step` is the decode position (None outside single-step decoding) and `key_length` the number
     of keys: `inputs_kv`'s length, or the cache length when decoding.
     """
-    features = self.cached('cached_key', self.key_features(inputs_kv), step, decode)
-    if step is None:
-      positions = Positions(jnp.array(0, jnp.int32), key_length, segment_positions)
-      self.check_lengths(inputs_q.shape[1], key_length)
-    else:
-      positions = Positions(step, key_length)
-      self.check_lengths(key_length, key_length)
-      mask, bias = decode_step_mask_and_bias(mask, bias, step, key_length)
-    logits = self.attention_logits(inputs_q, features, positions)
-    return normalize(logits, mask, bias)
+    features, mask, bias, positions = self.scoring_inputs(
+        inputs_q, inputs_kv, mask, bias, step, key_length, decode, segment_positions)
+    return normalize(self.attention_logits(inputs_q, features, positions), mask, bias)
 
   def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
              segment_positions=None) -> Array:

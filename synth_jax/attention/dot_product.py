@@ -49,10 +49,10 @@ class DotProductAttention(core.Attention):
   def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
              segment_positions=None):
     if self.fused is None or (not deterministic and self.dropout_rate > 0):
-      return super().attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic)
-    keys = self.cached('cached_key', self.key_features(inputs_kv), step, decode)
-    if step is not None:
-      mask, bias = core.decode_step_mask_and_bias(mask, bias, step, value.shape[1])
+      return super().attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
+                            segment_positions)
+    keys, mask, bias, _ = self.scoring_inputs(inputs_q, inputs_kv, mask, bias, step,
+                                              value.shape[1], decode)
     if bias is not None:
       bias = bias.astype(value.dtype)
     if mask is not None:

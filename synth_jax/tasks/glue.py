@@ -22,7 +22,7 @@ import tensorflow as tf
 from synth_jax.tasks import metrics
 from synth_jax.tasks import postprocessors
 from synth_jax.tasks import registration
-from synth_jax.tasks import vocabularies
+from synth_jax.tasks import text_to_text
 
 TFDS_VERSION = '2.0.0'
 MIXTURE_NAME = 'synth_jax_glue'
@@ -173,21 +173,10 @@ def glue_task(benchmark: str,
     `idx`.
   """
   spec = BENCHMARKS[benchmark]
-  vocabulary = vocabulary or vocabularies.default_vocabulary()
-  return seqio.Task(
-      task_name(benchmark),
-      source=seqio.TfdsDataSource(
-          tfds_name=f'glue/{spec.tfds_config}:{TFDS_VERSION}',
-          tfds_data_dir=tfds_data_dir, splits=dict(spec.splits)),
-      preprocessors=[
-          _text_preprocessor(spec),
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      output_features=vocabularies.output_features(vocabulary),
-      postprocess_fn=_postprocess_fn(spec),
-      metric_fns=list(spec.metric_fns))
+  return text_to_text.tfds_text_to_text_task(
+      task_name(benchmark), f'glue/{spec.tfds_config}:{TFDS_VERSION}', spec.splits,
+      [_text_preprocessor(spec)], _postprocess_fn(spec), spec.metric_fns, vocabulary,
+      tfds_data_dir)
 
 
 def mixture_rates() -> Dict[str, int]:

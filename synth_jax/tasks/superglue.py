@@ -27,7 +27,7 @@ from synth_jax.tasks import glue
 from synth_jax.tasks import metrics
 from synth_jax.tasks import postprocessors
 from synth_jax.tasks import registration
-from synth_jax.tasks import vocabularies
+from synth_jax.tasks import text_to_text
 
 TFDS_VERSION = '1.0.2'
 MIXTURE_NAME = 'synth_jax_super_glue'
@@ -210,20 +210,10 @@ def super_glue_task(benchmark: str,
     (`_pretokenized` text, idx, ReCoRD answers, WSC label).
   """
   spec = BENCHMARKS[benchmark]
-  vocabulary = vocabulary or vocabularies.default_vocabulary()
-  return seqio.Task(
-      task_name(benchmark),
-      source=seqio.TfdsDataSource(
-          tfds_name=f'super_glue/{spec.tfds_config}:{TFDS_VERSION}',
-          tfds_data_dir=tfds_data_dir, splits=dict(spec.splits)),
-      preprocessors=_text_preprocessors(benchmark, spec) + [
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      output_features=vocabularies.output_features(vocabulary),
-      postprocess_fn=_postprocess_fn(benchmark, spec),
-      metric_fns=list(spec.metric_fns))
+  return text_to_text.tfds_text_to_text_task(
+      task_name(benchmark), f'super_glue/{spec.tfds_config}:{TFDS_VERSION}', spec.splits,
+      _text_preprocessors(benchmark, spec), _postprocess_fn(benchmark, spec), spec.metric_fns,
+      vocabulary, tfds_data_dir)
 
 
 def mixture_rates() -> Dict[str, int]:
