@@ -136,13 +136,21 @@ def attention_logit_matmuls(name: str, batch: int, q_len: int, k_len: int, max_k
 
 
 def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
-                      max_key_length: int, embed: int, heads: int, head_dim: int) -> list[Matmul]:
-  """One attention layer: every member's logits plus the shared value, mix (PV) and output."""
+                      max_key_length: int, embed: int, heads: int, head_dim: int,
+                      pack: bool = True) -> list[Matmul]:
+  """One attention layer: every member's logits plus the shared value, mix (PV) and output.
+
+  Unpacked, a lone random synthesizer normalizes its shared logits once per step
+  (`fused.shared_scores_attention`): its softmax denominators are one more matmul.
+  """
   hd = heads * head_dim
   matmuls = []
-  for member in registry.members(attention_type):
+  members = registry.members(attention_type)
+  for member in members:
     matmuls += attention_logit_matmuls(member, batch, q_len, k_len, max_key_length, embed,
                                        heads, head_dim)
+  if not pack and len(members) == 1 and registry.VARIANTS[members[0]][0].shared_logits:
+    matmuls.append(Matmul('denominators', 2 * batch * heads * q_len * k_len, gradients=1))
   return matmuls + [Matmul('value', 2 * batch * k_len * embed * hd),
                     Matmul('probs.value', 2 * batch * heads * q_len * k_len * head_dim),
                     Matmul('out', 2 * batch * q_len * hd * embed)]
@@ -151,8 +159,12 @@ def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
 RELPOS_BUCKETS = 32  # layers.RelativePositionBiases default
 
 
-def model_flops(cfg, batch: int, inputs_length: int, targets_length: int) -> dict:
+def model_flops(cfg, batch: int, inputs_length: int, targets_length: int,
+                pack: bool = True) -> dict:
   """Matmul FLOPs of one training step of `Transformer(cfg)`, counted from the shapes.
+
+  pack: packed batches (segment ids) or one example per row, which changes the random
+    synthesizers' normalization (see `attention_matmuls`).
 
   Returns `{'forward': int, 'training': int, 'parts': {part: training FLOPs}}`, where training
   is forward + backward (3x forward, less the weight gradients of frozen parameters). Elementwise
@@ -165,11 +177,11 @@ def model_flops(cfg, batch: int, inputs_length: int, targets_length: int) -> dic
   per_layer = {
       'encoder_attention': (cfg.num_encoder_layers, attend(
           cfg.encoder_attention, q_len=inputs_length, k_len=inputs_length,
-          max_key_length=cfg.max_encoder_length)),
+          max_key_length=cfg.max_encoder_length, pack=pack)),
       'encoder_mlp': (cfg.num_encoder_layers, mlp(inputs_length)),
       'decoder_self_attention': (cfg.num_decoder_layers, attend(
           cfg.decoder_attention, q_len=targets_length, k_len=targets_length,
-          max_key_length=cfg.max_decoder_length)),
+          max_key_length=cfg.max_decoder_length, pack=pack)),
       'decoder_cross_attention': (cfg.num_decoder_layers, attend(
           cfg.cross_attention, q_len=targets_length, k_len=inputs_length,
           max_key_length=cfg.max_encoder_length)),
@@ -270,17 +282,16 @@ def model_config(preset: str, attention_type: str, inputs_length: int, targets_l
                  fused: Optional[str] = None):
   """The `T5Config` of `preset` with `attention_type` self-attention, score maps sized to fit.
 
-  fused: vanilla self-attention through `jax.nn.dot_product_attention` ('cudnn', 'xla', 'auto').
+  fused: `T5Config.fused_attention` ('cudnn', 'xla', 'auto'): every vanilla or orthogonal
+    attention (self and cross) through `jax.nn.dot_product_attention`.
   """
   from synth_jax import network  # pylint: disable=g-import-not-at-top (imports gin)
-  if fused is not None and attention_type != 'vanilla':
-    raise ValueError(f'--fused applies to vanilla attention only, not {attention_type!r}.')
   return network.T5Config(
       **PRESETS[preset]['model'], mlp_activations=('gelu', 'linear'), dropout_rate=0.0,
       logits_via_embedding=False, encoder_attention=attention_type,
       decoder_attention=attention_type, cross_attention='vanilla',
       max_encoder_length=inputs_length, max_decoder_length=targets_length,
-      self_attention_options={'fused': fused} if fused else {})
+      fused_attention=fused)
 
 
 LOCK_VARIABLE = 'SYNTH_JAX_BENCH_DEVICE_LOCK'
@@ -303,6 +314,26 @@ def device_lock():
     yield  # closing the file releases the lock
 
 
+def create_state(model, make_optimizer, batch, mesh, seed: int, on_host: bool):
+  """`train_state.create`, optionally run on the host CPU and then copied to `mesh`.
+
+  On a GPU, compiling the initializers (a few hundred inlined threefry hashes) takes 100+ s;
+  the host CPU compiles and runs them in a fraction of that. Values are the same either way.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from synth_jax import train_state  # pylint: disable=g-import-not-at-top
+  if not on_host or jax.default_backend() == 'cpu':
+    return train_state.create(model, make_optimizer, batch, mesh, jax.random.key(seed))
+  host = jax.devices('cpu')[:1]
+  host_mesh = jax.sharding.Mesh(np.array(host).reshape((1,) * len(mesh.axis_names)),
+                                mesh.axis_names)
+  with jax.default_device(host[0]):
+    state, host_shardings, optimizer = train_state.create(model, make_optimizer, batch, host_mesh,
+                                                          jax.random.key(seed))
+  shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s.spec), host_shardings)
+  return jax.device_put(state, shardings), shardings, optimizer
+
+
 def is_out_of_memory(error: str) -> bool:
   return 'RESOURCE_EXHAUSTED' in error or 'out of memory' in error.lower()
 
@@ -311,7 +342,7 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
             inputs_length: Optional[int] = None, targets_length: Optional[int] = None,
             steps: int = 10, warmup: int = 2, pack: bool = True, fused: Optional[str] = None,
             peak_tflops: Optional[float] = None, seed: int = 0,
-            profile_dir: Optional[str] = None) -> dict:
+            profile_dir: Optional[str] = None, init_on_host: bool = True) -> dict:
   """Times `steps` training steps of one attention type in this process; returns one row.
 
   profile_dir: also trace two more steps there and add their device time by kernel
@@ -330,7 +361,7 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
   cfg = model_config(preset, attention_type, inputs_length, targets_length, fused)
   devices = jax.devices()
   peak = peak_tflops or peak_tflops_for(devices[0].device_kind)
-  flops = model_flops(cfg, batch_size, inputs_length, targets_length)
+  flops = model_flops(cfg, batch_size, inputs_length, targets_length, pack)
   tokens = batch_size * (inputs_length + targets_length)
   row = {'attention_type': attention_type, 'fused': fused, 'batch_size': batch_size,
          'inputs_length': inputs_length, 'targets_length': targets_length,
@@ -352,8 +383,8 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
     data_sharding = partitioning.data_sharding(mesh)
     batch = synthetic_batch(batch_size, inputs_length, targets_length, cfg.vocab_size, pack,
                             seed)
-    state, shardings, optimizer = train_state.create(
-        model, make_optimizer, batch, mesh, jax.random.key(seed))
+    state, shardings, optimizer = create_state(model, make_optimizer, batch, mesh, seed,
+                                               init_on_host)
     batch, rng = jax.device_put(batch, data_sharding), jax.random.key(seed + 1)
     step = jax.jit(functools.partial(train_state.train_step, model, optimizer),
                    in_shardings=(shardings, data_sharding, None),
@@ -464,7 +495,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--pack', action=argparse.BooleanOptionalAction, default=True,
                       help='packed batches with segment ids (default) or one example per row')
   parser.add_argument('--fused', choices=('xla', 'cudnn', 'auto'),
-                      help='vanilla attention through jax.nn.dot_product_attention')
+                      help='vanilla/orthogonal attention (self and cross) through '
+                           'jax.nn.dot_product_attention (T5Config.fused_attention)')
+  parser.add_argument('--init_on_host', action=argparse.BooleanOptionalAction, default=True,
+                      help='build the train state on the host CPU, then copy it to the device '
+                           '(much faster to compile on GPUs)')
   parser.add_argument('--seq_sweep', action='store_true',
                       help='encoder length x1, x2, x4, x8 (base: 512..4096) at fixed tokens '
                            'per batch; the batch shrinks to match')
@@ -513,7 +548,8 @@ def run_in_subprocess(args, attention_type: str, length: int, batch: int,
                '--types', attention_type, '--preset', args.preset, '--batch_size', str(batch),
                '--inputs_length', str(length), '--steps', str(args.steps),
                '--warmup', str(args.warmup), '--seed', str(args.seed),
-               '--pack' if args.pack else '--no-pack']
+               '--pack' if args.pack else '--no-pack',
+               '--init_on_host' if args.init_on_host else '--no-init_on_host']
     for flag in ('targets_length', 'fused', 'peak_tflops', 'profile'):
       if getattr(args, flag) is not None:
         command += [f'--{flag}', str(getattr(args, flag))]
@@ -543,7 +579,7 @@ def run_point(args, attention_type: str, length: int, batch: int,
     else:
       row = measure(attention_type, args.preset, batch, length, args.targets_length, args.steps,
                     args.warmup, args.pack, args.fused, args.peak_tflops, args.seed,
-                    args.profile)
+                    args.profile, args.init_on_host)
     row['out_of_memory_batch_sizes'] = tried
     if not (row.get('out_of_memory') and args.halve_on_oom and batch // 2 >= 1):
       return row

@@ -49,6 +49,10 @@ class T5Config:
       `(name, value)` pairs so the config stays hashable.
     max_encoder_length, max_decoder_length: the longest inputs / targets the synthesizers'
       score maps cover (T5 span corruption: 512 / 114).
+    fused_attention: None, or 'cudnn' / 'xla' / 'auto': every attention whose type supports it
+      (vanilla and orthogonal; self- and cross-attention) runs through
+      `jax.nn.dot_product_attention` ('cudnn': flash attention on NVIDIA GPUs). See
+      `attention/fused.py`; fastest on unpacked batches.
   """
   vocab_size: int
   dtype: Any = jnp.float32
@@ -67,6 +71,7 @@ class T5Config:
   self_attention_options: Any = ()
   max_encoder_length: int = 512
   max_decoder_length: int = 114
+  fused_attention: Optional[str] = None
 
   def __post_init__(self):
     # Normalized so configs from gin (strings, lists) are hashable flax module attributes.
@@ -98,6 +103,9 @@ def _dropout(cfg: T5Config, x: Array, deterministic: bool, broadcast_length: boo
 
 def _attention(cfg: T5Config, attention_type: str, max_query_length: int, max_key_length: int,
                name: str, options=()) -> nn.Module:
+  options = dict(options)
+  if cfg.fused_attention and attention.accepts_option(attention_type, 'fused'):
+    options.setdefault('fused', cfg.fused_attention)
   try:
     return attention.build(
         attention_type, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
@@ -136,20 +144,22 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Array, encoder_mask: Optional[Array], encoder_bias: Array,
-               deterministic: bool = True, positions: Optional[Array] = None) -> Array:
+               deterministic: bool = True, positions: Optional[Array] = None,
+               lengths: Optional[attention.SequenceLengths] = None) -> Array:
     """`[batch, length, emb]` -> `[batch, length, emb]`.
 
     Args:
       encoder_mask: `[batch, 1, length, length]` padding (and packing) mask.
       encoder_bias: `[1, heads, length, length]` relative position bias.
       positions: `[batch, length]` positions within packed segments; None when not packed.
+      lengths: the padding mask as lengths (unpacked batches), for the fused attention paths.
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.encoder_attention, cfg.max_encoder_length, cfg.max_encoder_length,
                    'attention', cfg.self_attention_options)(
                        x, x, encoder_mask, encoder_bias, deterministic=deterministic,
-                       segment_positions=positions)
+                       segment_positions=positions, lengths=lengths)
     x = _residual(cfg, x, inputs, deterministic)
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
     return _residual(cfg, _mlp(cfg)(y, deterministic=deterministic), x, deterministic)
@@ -163,7 +173,9 @@ class DecoderLayer(nn.Module):
   def __call__(self, inputs: Array, encoded: Array, decoder_mask: Optional[Array],
                encoder_decoder_mask: Optional[Array], decoder_bias: Array,
                deterministic: bool = True, decode: bool = False,
-               positions: Optional[Array] = None) -> Array:
+               positions: Optional[Array] = None,
+               self_lengths: Optional[attention.SequenceLengths] = None,
+               cross_lengths: Optional[attention.SequenceLengths] = None) -> Array:
     """`[batch, length, emb]` -> `[batch, length, emb]` (length 1 in decode steps).
 
     Args:
@@ -175,19 +187,21 @@ class DecoderLayer(nn.Module):
         whole `max_decode_length` (attention takes the row of the current step).
       decode: use and update the autoregressive cache of self-attention.
       positions: `[batch, length]` positions within packed segments; None when not packed.
+      self_lengths, cross_lengths: the two masks as lengths (unpacked training batches).
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.decoder_attention, cfg.max_decoder_length, cfg.max_decoder_length,
                    'self_attention', cfg.self_attention_options)(
                        x, x, decoder_mask, decoder_bias, deterministic=deterministic,
-                       decode=decode, segment_positions=positions)
+                       decode=decode, segment_positions=positions, lengths=self_lengths)
     x = _residual(cfg, x, inputs, deterministic)
     # Cross-attention keys come whole from the encoder each step, so it is never cached.
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
     y = _attention(cfg, cfg.cross_attention, cfg.max_decoder_length, cfg.max_encoder_length,
                    'encoder_decoder_attention')(y, encoded, encoder_decoder_mask,
-                                                deterministic=deterministic)
+                                                deterministic=deterministic,
+                                                lengths=cross_lengths)
     y = _residual(cfg, y, x, deterministic)
     z = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
     return _residual(cfg, _mlp(cfg)(z, deterministic=deterministic), y, deterministic)
@@ -205,10 +219,12 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, encoder_mask: Optional[Array] = None,
-               deterministic: bool = True, encoder_positions: Optional[Array] = None) -> Array:
+               deterministic: bool = True, encoder_positions: Optional[Array] = None,
+               encoder_lengths: Optional[attention.SequenceLengths] = None) -> Array:
     """Token ids `[batch, length]` -> encodings `[batch, length, emb]`.
 
-    `encoder_positions` `[batch, length]`: positions within packed segments (None if unpacked).
+    `encoder_positions` `[batch, length]`: positions within packed segments (None if unpacked);
+    `encoder_lengths`: `encoder_mask` as lengths (unpacked only).
     """
     cfg = self.config
     length = encoder_input_tokens.shape[1]
@@ -219,7 +235,7 @@ class Encoder(nn.Module):
     x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f'layers_{i}')(x, encoder_mask, encoder_bias, deterministic,
-                                                encoder_positions)
+                                                encoder_positions, encoder_lengths)
     x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
     # T5X drops whole elements here (no broadcast over length).
     return _dropout(cfg, x, deterministic, broadcast_length=False)
@@ -234,10 +250,13 @@ class Decoder(nn.Module):
   def __call__(self, encoded: Array, decoder_input_tokens: Array,
                decoder_positions: Optional[Array] = None, decoder_mask: Optional[Array] = None,
                encoder_decoder_mask: Optional[Array] = None, deterministic: bool = True,
-               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+               decode: bool = False, max_decode_length: Optional[int] = None,
+               decoder_lengths: Optional[attention.SequenceLengths] = None,
+               encoder_decoder_lengths: Optional[attention.SequenceLengths] = None) -> Array:
     """Token ids `[batch, length]` -> logits `[batch, length, vocab]` (float32).
 
-    `decoder_positions` `[batch, length]`: positions within packed segments (None if unpacked).
+    `decoder_positions` `[batch, length]`: positions within packed segments (None if unpacked);
+    `decoder_lengths`, `encoder_decoder_lengths`: the two masks as lengths (unpacked only).
     """
     cfg = self.config
     length = decoder_input_tokens.shape[1]
@@ -253,7 +272,8 @@ class Decoder(nn.Module):
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f'layers_{i}')(
           y, encoded, decoder_mask, encoder_decoder_mask, decoder_bias,
-          deterministic=deterministic, decode=decode, positions=decoder_positions)
+          deterministic=deterministic, decode=decode, positions=decoder_positions,
+          self_lengths=decoder_lengths, cross_lengths=encoder_decoder_lengths)
     y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
 
@@ -304,10 +324,12 @@ class Transformer(nn.Module):
           dtype=self.config.dtype)
       if encoder_positions is None:
         encoder_positions = segment_positions(encoder_segment_ids)
+      lengths = None
     else:
       encoder_positions = None
+      lengths = attention.SequenceLengths.from_tokens(encoder_input_tokens, encoder_input_tokens)
     return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout,
-                        encoder_positions=encoder_positions)
+                        encoder_positions=encoder_positions, encoder_lengths=lengths)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
@@ -360,14 +382,21 @@ class Transformer(nn.Module):
             attention.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal,
                                           dtype=cfg.dtype),
             dtype=cfg.dtype)
+    self_lengths = cross_lengths = None
     if decoder_segment_ids is None:
       decoder_positions = None
+      if not decode:  # unpacked training or scoring: both masks are plain padding
+        self_lengths = attention.SequenceLengths.from_tokens(
+            decoder_target_tokens, decoder_target_tokens, causal=True)
+        cross_lengths = attention.SequenceLengths.from_tokens(decoder_target_tokens,
+                                                              encoder_input_tokens)
     elif decoder_positions is None:
       decoder_positions = segment_positions(decoder_segment_ids)
     return self.decoder(
         encoded, decoder_input_tokens, decoder_positions=decoder_positions,
         decoder_mask=decoder_mask, encoder_decoder_mask=encoder_decoder_mask,
-        deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length)
+        deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length,
+        decoder_lengths=self_lengths, encoder_decoder_lengths=cross_lengths)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,

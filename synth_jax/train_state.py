@@ -66,7 +66,9 @@ def create(model: nn.Module, make_optimizer: Callable, example_batch, mesh: Mesh
   make_optimizer: `factor_plan -> optax.GradientTransformation` (the plan comes from the
     parameters' logical axes).
   """
-  inputs = model_inputs(example_batch)
+  # Parameter shapes do not depend on the batch: initializing from one row keeps the traced
+  # forward pass (which XLA compiles with the initializers) small.
+  inputs = jax.tree.map(lambda x: x[:1], model_inputs(example_batch))
 
   def init_variables(rng):
     return model.init({'params': rng, 'dropout': rng}, **inputs, enable_dropout=False)

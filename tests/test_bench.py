@@ -102,7 +102,7 @@ def traced_step_flops(attention_type, pack):
   step = functools.partial(train_state.train_step, model, optimizers[-1])
   jaxpr = jax.make_jaxpr(step)(state, batch, jax.random.key(1))
   analytic = bench.model_flops(cfg, shapes['batch_size'], shapes['inputs_length'],
-                               shapes['targets_length'])['training']
+                               shapes['targets_length'], pack)['training']
   return bench.traced_matmul_flops(jaxpr), analytic
 
 

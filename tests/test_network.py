@@ -217,6 +217,29 @@ def test_packed_sequences_give_the_logits_of_each_run_alone(attention_type):
   np.testing.assert_allclose(derived, packed, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize('attention_type', ['vanilla', 'orthogonal'])
+@pytest.mark.parametrize('pack', [False, True])
+def test_fused_attention_gives_the_logits_of_the_core_path(attention_type, pack):
+  """`fused_attention` reroutes self- and cross-attention; the logits stay those of the core."""
+  configs = [tiny_config(encoder_attention=attention_type, decoder_attention=attention_type,
+                         fused_attention=fused) for fused in (None, 'xla')]
+  enc, dec_in, tgt = batch(seed=2)
+  enc, tgt = enc.at[1, 5:].set(0), tgt.at[1, 3:].set(0)
+  dec_in = dec_in.at[1, 4:].set(0)
+  packing = {}
+  if pack:
+    packing = dict(encoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 2, 2], [1, 1, 2, 2, 2, 0, 0]]),
+                   decoder_segment_ids=jnp.array([[1, 1, 2, 2, 2], [1, 2, 2, 0, 0]]))
+  core_model, fused_model = (network.Transformer(c) for c in configs)
+  variables = noise_variables(core_model, enc, dec_in, tgt)
+  want = core_model.apply(variables, enc, dec_in, tgt, enable_dropout=False, **packing)
+  got = fused_model.apply(variables, enc, dec_in, tgt, enable_dropout=False, **packing)
+  nonpad = np.asarray(tgt > 0)
+  np.testing.assert_allclose(got[nonpad], want[nonpad], rtol=1e-5, atol=1e-5)
+  assert network._attention(configs[1], attention_type, 4, 4, 'a').fused == 'xla'
+  assert network._attention(configs[1], 'random', 4, 4, 'a').name == 'a'  # no option to pass
+
+
 @pytest.mark.parametrize('attention_type', attention.names() + ['random+vanilla'])
 def test_decode_cache_matches_full_forward(attention_type):
   """Teacher-forced decoding one token per step reproduces the full forward pass's logits."""

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from synth_jax import layers
+from synth_jax.attention import fused
 
 Array = jax.Array
 # Large but finite: exp(NEG_INF - max) is exactly 0 in float32, and a fully masked row
@@ -204,6 +205,10 @@ class Attention(nn.Module):
   # Whether logits depend on absolute query positions (then the variant cannot be
   # cross-attention in incremental decoding, which does not know the target position).
   position_dependent = False
+  # Whether logits are `[1, heads, q, k]`, shared by every example, on unpacked batches (random
+  # synthesizers): with `lengths` they are then normalized once per step
+  # (`fused.shared_scores_attention`).
+  shared_logits = False
 
   # -- hooks a variant implements --------------------------------------------------------------
   def key_features(self, inputs_kv: Array) -> Optional[Any]:
@@ -286,11 +291,19 @@ class Attention(nn.Module):
     return normalize(self.attention_logits(inputs_q, features, positions), mask, bias)
 
   def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-             segment_positions=None) -> Array:
+             segment_positions=None, lengths: Optional[fused.SequenceLengths] = None) -> Array:
     """Mixes `value` `[batch, k_len, heads, head_dim]` -> `[batch, q_len, heads, head_dim]`."""
+    dropout = not deterministic and self.dropout_rate > 0
+    if self.shared_logits and lengths is not None and step is None and not dropout:
+      features, mask, bias, positions = self.scoring_inputs(
+          inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
+      logits = self.attention_logits(inputs_q, features, positions)
+      if logits.shape[0] == 1 and (bias is None or bias.shape[0] == 1):
+        return fused.shared_scores_attention(logits, bias, lengths, value)
+      return mix(normalize(logits, mask, bias), value)  # packed: per-example logits
     probabilities = self.attention_probabilities(
         inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
-    if not deterministic and self.dropout_rate > 0:
+    if dropout:
       probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
           probabilities, deterministic=False)
     return mix(probabilities, value)
@@ -299,6 +312,7 @@ class Attention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
                bias: Optional[Array] = None, *, decode: bool = False, deterministic: bool = True,
                segment_positions: Optional[Array] = None,
+               lengths: Optional[fused.SequenceLengths] = None,
                probabilities_only: bool = False) -> Array:
     """Attention of `inputs_q` `[batch, q_len, embed]` over `inputs_kv` `[batch, k_len, embed]`.
 
@@ -310,6 +324,9 @@ class Attention(nn.Module):
       deterministic: disables dropout.
       segment_positions: `[batch, len]` position of each token within its packed segment, for
         self-attention over packed examples (read by position-dependent variants only).
+      lengths: the same mask as `fused.SequenceLengths`, when it is plain padding (and
+        causality): lets fused variants and shared-logit variants skip the dense mask. Callers
+        pass both; `mask` stays the reference (and the only mask of the other variants).
       probabilities_only: return the attention probabilities `[batch | 1, heads, q_len, k_len]`
         instead of the output (how a mixture reads its members).
 
@@ -339,7 +356,7 @@ class Attention(nn.Module):
         inputs_kv)
     value = self.cached('cached_value', value, step, decode)
     mixed = self.attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-                        segment_positions)
+                        segment_positions, lengths)
     out = layers.DenseGeneral(
         features=inputs_q.shape[-1], axis=(-2, -1), kernel_axes=('joined_kv', 'embed'),
         dtype=self.dtype, kernel_init=self.kernel_init, name='out')

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from synth_jax.attention import core
+from synth_jax.attention import dot_product
 
 
 def per_head_orthonormal(key, shape, dtype=jnp.float32):
@@ -26,8 +27,11 @@ def per_head_orthonormal(key, shape, dtype=jnp.float32):
   return jnp.transpose(q, (1, 0, 2)).astype(dtype)
 
 
-class OrthogonalAttention(core.Attention):
-  """Frozen orthonormal `query`/`key` kernels `[embed, heads, head_dim]` in the 'frozen' collection."""
+class OrthogonalAttention(dot_product.QueryKeyAttention):
+  """Frozen orthonormal `query`/`key` kernels `[embed, heads, head_dim]` in the 'frozen' collection.
+
+  Runs fused like vanilla attention (`fused`, see `dot_product.QueryKeyAttention`).
+  """
   variant_name = 'orthogonal'
 
   def frozen_projection(self, name, inputs):
@@ -40,10 +44,8 @@ class OrthogonalAttention(core.Attention):
   def key_features(self, inputs_kv):
     return self.frozen_projection('key', inputs_kv)
 
-  def attention_logits(self, inputs_q, key_features, positions):
-    query = self.frozen_projection('query', inputs_q)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key_features, preferred_element_type=jnp.float32)
-    return logits * self.head_size(inputs_q.shape[-1]) ** -0.5
+  def queries(self, inputs_q):
+    return self.frozen_projection('query', inputs_q)
 
-  def check_lengths(self, query_length, key_length):
-    """Dot-product attention has no maximum length."""
+  def logit_scale(self, head_dim):
+    return head_dim ** -0.5

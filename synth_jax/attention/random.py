@@ -31,6 +31,7 @@ class RandomSynthesizer(core.Attention):
 
   variant_name = 'random'
   position_dependent = True
+  shared_logits = True
 
   def score_map(self):
     """`R: [heads, max_query_length, max_key_length]` (float32)."""
@@ -55,6 +56,7 @@ class FactorizedRandomSynthesizer(core.Attention):
 
   variant_name = 'factorized_random'
   position_dependent = True
+  shared_logits = True
 
   def attention_logits(self, inputs_q, key_features, positions):
     # Each factor's entries get stddev s / rank^(1/4) so R1 R2^T has stddev s like the dense R.

@@ -49,6 +49,12 @@ def is_position_dependent(name: str) -> bool:
   return any(VARIANTS[m][0].position_dependent for m in members(name))
 
 
+def accepts_option(name: str, option: str) -> bool:
+  """Whether the single variant `name` has the constructor option `option` (mixtures: False)."""
+  parts = members(name)
+  return len(parts) == 1 and option in VARIANTS[parts[0]][0].__dataclass_fields__
+
+
 def build(attention_type: str, **kwargs) -> core.Attention:
   """Constructs the attention module `attention_type` with `core.Attention` fields (and variant options)."""
   parts = members(attention_type)

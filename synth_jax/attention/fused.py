@@ -1,0 +1,128 @@
+"""Attention without a `[batch, heads, q_len, k_len]` probability tensor.
+
+The shared core normalizes `[batch, heads, q, k]` logits in float32 and keeps them for the
+backward pass: at T5-base shapes (batch 128, 512 tokens) that is 1.5 GiB per tensor per layer, and
+moving it dominates the attention time. Two exact rewrites avoid it when the mask is plain
+padding (and causality), given as `SequenceLengths` instead of a dense mask:
+
+* `flash_attention`: softmax(q k^T * scale + bias) v through `jax.nn.dot_product_attention`
+  (cuDNN's fused flash-attention kernel on GPU; 'xla' runs the same call anywhere). Used by the
+  query-key variants (vanilla, orthogonal).
+* `shared_scores_attention`: for logits shared by the whole batch (random synthesizers,
+  `[1, heads, q, k]`), the softmax is computed once per step and the per-example padding enters
+  through two matmuls: with E = exp(S - max_j S),
+      out[b, i] = sum_j E[i, j] m[b, j] v[b, j] / sum_j E[i, j] m[b, j],
+  where m[b, j] = 1 for the keys of example b. This is softmax over the example's keys, exactly.
+
+Packed batches (segment ids) have no lengths form; they keep the dense mask.
+"""
+from typing import Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class SequenceLengths:
+  """A padding (and causal) mask in the form the fused paths take.
+
+  Attributes:
+    query: `[batch]` int32, the number of non-padding queries of each example (padding trails).
+    key: `[batch]` int32, the number of non-padding keys.
+    causal: query i sees keys j <= i only (decoder self-attention).
+
+  Equivalent to the dense mask `[batch, 1, q, k]` of `mask()`; unpacked seqio batches pad at the
+  end, so their token > 0 masks have this form.
+  """
+  query: Array
+  key: Array
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+  @classmethod
+  def from_tokens(cls, query_tokens: Array, key_tokens: Array, causal: bool = False):
+    """Lengths of `[batch, len]` token ids with trailing padding (id 0)."""
+    count = lambda tokens: jnp.sum(tokens > 0, axis=1, dtype=jnp.int32)
+    return cls(count(query_tokens), count(key_tokens), causal)
+
+  def key_valid(self, k_len: int) -> Array:
+    """`[batch, k_len]` bool: which keys are not padding."""
+    return jnp.arange(k_len)[None, :] < self.key[:, None]
+
+  def mask(self, q_len: int, k_len: int) -> Array:
+    """The dense mask `[batch, 1, q_len, k_len]` (bool) these lengths stand for."""
+    query_valid = jnp.arange(q_len)[None, :] < self.query[:, None]
+    mask = query_valid[:, :, None] & self.key_valid(k_len)[:, None, :]
+    if self.causal:
+      mask = mask & jnp.tril(jnp.ones((q_len, k_len), bool))[None]
+    return mask[:, None]
+
+
+def flash_attention(query: Array, key: Array, value: Array, bias: Optional[Array],
+                    mask: Optional[Array], lengths: Optional[SequenceLengths], scale: float,
+                    implementation: Optional[str]) -> Array:
+  """softmax(query key^T * scale + bias) value, fused.
+
+  Args:
+    query: `[batch, q_len, heads, head_dim]`; key, value: `[batch, k_len, heads, head_dim]`.
+    bias: `[1, heads, q_len, k_len]` or None (kept batch-free, so its gradient is one
+      `[1, heads, q, k]` reduction inside the kernel).
+    mask: dense `[batch, 1, q_len, k_len]`, used only without `lengths` (packed batches): it is
+      then folded into a `[batch, heads, q, k]` bias, which costs memory traffic.
+    lengths: padding/causal mask as lengths (preferred).
+    implementation: 'cudnn', 'xla', or None (JAX chooses).
+
+  Returns:
+    `[batch, q_len, heads, head_dim]`; rows of padding queries are zero.
+  """
+  dtype = value.dtype
+  query, key = query.astype(dtype), key.astype(dtype)
+  if bias is not None:
+    bias = bias.astype(dtype)
+  if lengths is not None:
+    out = jax.nn.dot_product_attention(
+        query, key, value, bias=bias, scale=scale, is_causal=lengths.causal,
+        query_seq_lengths=lengths.query, key_value_seq_lengths=lengths.key,
+        implementation=implementation)
+    query_valid = jnp.arange(query.shape[1])[None, :] < lengths.query[:, None]
+    return jnp.where(query_valid[:, :, None, None], out, 0).astype(dtype)
+  if mask is not None:
+    mask = jnp.broadcast_to(mask > 0, mask.shape[:1] + (query.shape[2],) + mask.shape[2:])
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
+                                      implementation=implementation)
+
+
+def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: SequenceLengths,
+                            value: Array) -> Array:
+  """Attention with batch-independent logits, normalized once per step (see the module doc).
+
+  Args:
+    logits: `[1, heads, q_len, k_len]`, the same for every example (random synthesizers).
+    bias: `[1, heads, q_len, k_len]` or None.
+    lengths: the padding (and causal) mask.
+    value: `[batch, k_len, heads, head_dim]`.
+
+  Returns:
+    `[batch, q_len, heads, head_dim]` in `value.dtype`.
+  """
+  scores = logits[0].astype(jnp.float32)
+  if bias is not None:
+    scores = scores + bias[0].astype(jnp.float32)
+  q_len, k_len = scores.shape[-2:]
+  if lengths.causal:
+    scores = jnp.where(jnp.tril(jnp.ones((q_len, k_len), bool)), scores, -jnp.inf)
+  # Any per-row shift cancels in the ratio; the row maximum keeps exp() <= 1. The maximum runs
+  # over all keys, so a padding key far above the example's keys could underflow them: that
+  # takes a logit spread of ~80, far beyond trained score maps.
+  shift = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+  weights = jnp.exp(scores - shift)  # [heads, q, k]; 0 where causally masked
+  key_valid = lengths.key_valid(k_len)
+  masked_value = jnp.where(key_valid[:, :, None, None], value, 0)
+  numerator = jnp.einsum('hqk,bkhd->bqhd', weights.astype(value.dtype), masked_value,
+                         preferred_element_type=jnp.float32)
+  denominator = jnp.einsum('hqk,bk->bqh', weights, key_valid.astype(jnp.float32))
+  # An example without keys (length 0) has denominator 0: its output is 0, not NaN.
+  out = numerator / jnp.maximum(denominator, jnp.finfo(jnp.float32).tiny)[..., None]
+  return out.astype(value.dtype)
