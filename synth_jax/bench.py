@@ -6,7 +6,7 @@
   python -m synth_jax.bench --preset tiny --steps 2      # CPU smoke run
 
 One row per attention type (set as encoder and decoder self-attention; cross-attention stays
-vanilla, as in `gin/models/t5_1_1_base.gin`): the median time of a whole training step
+vanilla, as in `gin/models/t5_1_1_base.gin`): the time of a whole training step
 (`train_state.train_step`: forward, backward, Adafactor update) after warmup, tokens/s, the model
 FLOPs of the step counted analytically from the shapes (`model_flops`), MFU against the device's
 bf16 peak, and peak device memory. Batches are synthetic random tokens laid out like
@@ -14,6 +14,10 @@ bf16 peak, and peak device memory. Batches are synthetic random tokens laid out 
 
 Each row runs in its own process by default (`--isolate`), so peak memory is that row's alone and
 an out-of-memory row does not take the others down.
+
+Step time: the median over 3 rounds of `--steps` steps dispatched back to back (as `train.train`
+runs them), per step; `synced_step_time_s` in the JSON is the median of steps each waited for,
+which adds the host's dispatch of the next step (about a quarter more at T5-base on an H100).
 
 Definitions: tokens per step = batch x (inputs length + targets length), padding included (the
 step computes on every position). Model FLOPs count matmuls only (see `model_flops`); `traced` is
@@ -338,6 +342,9 @@ def is_out_of_memory(error: str) -> bool:
   return 'RESOURCE_EXHAUSTED' in error or 'out of memory' in error.lower()
 
 
+PIPELINED_ROUNDS = 3
+
+
 def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int] = None,
             inputs_length: Optional[int] = None, targets_length: Optional[int] = None,
             steps: int = 10, warmup: int = 2, pack: bool = True, fused: Optional[str] = None,
@@ -395,13 +402,20 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
       traced = step.trace(state, batch, rng)
       compiled = traced.lower().compile()
       row['compile_s'] = time.perf_counter() - start
-      times = []
+      synced = []  # each step waited for: latency, host dispatch included
       for i in range(warmup + steps):
         start = time.perf_counter()
         state, metrics = compiled(state, batch, rng)
         jax.block_until_ready((state, metrics))
         if i >= warmup:
-          times.append(time.perf_counter() - start)
+          synced.append(time.perf_counter() - start)
+      times = []  # per-step time of `steps` steps dispatched back to back, as `train` runs them
+      for _ in range(PIPELINED_ROUNDS):
+        start = time.perf_counter()
+        for _ in range(steps):
+          state, metrics = compiled(state, batch, rng)
+        jax.block_until_ready((state, metrics))
+        times.append((time.perf_counter() - start) / steps)
       if profile_dir:
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
           for _ in range(2):
@@ -431,6 +445,7 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
   peaks = [s['peak_bytes_in_use'] for s in stats if 'peak_bytes_in_use' in s]
   row.update(
       step_times_s=times, step_time_s=step_time, steps_per_s=1.0 / step_time,
+      synced_step_times_s=synced, synced_step_time_s=statistics.median(synced),
       tokens_per_s=tokens / step_time, achieved_tflops=achieved / 1e12,
       mfu=achieved / (peak * 1e12 * len(devices)) if peak else None,
       peak_memory_bytes=max(peaks) if peaks else None, out_of_memory=False)

@@ -27,8 +27,12 @@ class Manager:
   def latest_step(self) -> Optional[int]:
     return None if self._manager is None else self._manager.latest_step()
 
+  def is_due(self, step: int) -> bool:
+    """Whether `maybe_save` saves at `step` without being forced."""
+    return self._manager is not None and step % self.period == 0
+
   def maybe_save(self, step: int, state, force: bool = False):
-    if self._manager is None or not (force or step % self.period == 0):
+    if self._manager is None or not (force or self.is_due(step)):
       return
     if step in self._manager.all_steps():
       return

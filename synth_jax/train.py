@@ -214,19 +214,35 @@ def train(*,
   if eval_only:
     eval_metrics = evaluate_all(start)
     train_steps = start  # skip the loop
-  with _Preemption() as preemption:
-    for step in range(start + 1, train_steps + 1):
-      state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
-      metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  # Steps are dispatched without waiting for the device: their metrics stay on it until the
+  # host needs them (to log, evaluate, save, stop or call `on_step`). Every loss is checked
+  # before any checkpoint is written, so a NaN never reaches one.
+  pending = []
+
+  def read_pending():
+    nonlocal metrics
+    for done_step, values in jax.device_get(pending):
+      metrics = {k: float(v) for k, v in values.items()}
       if not np.isfinite(metrics['loss']):
         manager.wait()
         raise NonFiniteLossError(
-            f'loss is {metrics["loss"]} at step {step}; stopping. The last good checkpoint '
+            f'loss is {metrics["loss"]} at step {done_step}; stopping. The last good checkpoint '
             f'(step {manager.latest_step()}) is kept in {manager.directory}. Lower the learning '
             'rate or check the data, then rerun to resume from it.')
       if on_step is not None:
-        on_step(step, metrics)
-      if step % log_period == 0 or step == train_steps:
+        on_step(done_step, metrics)
+    pending.clear()
+
+  with _Preemption() as preemption:
+    for step in range(start + 1, train_steps + 1):
+      state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
+      pending.append((step, step_metrics))
+      log_now = step % log_period == 0 or step == train_steps
+      eval_now = eval_period and (step % eval_period == 0 or step == train_steps)
+      save_now = manager.is_due(step) or step == train_steps or preemption.requested
+      if on_step is not None or log_now or eval_now or save_now:
+        read_pending()
+      if log_now:
         now = time.time()
         step_time = (now - last_log_time) / (step - last_log_step)
         last_log_step, last_log_time = step, now
@@ -237,7 +253,7 @@ def train(*,
         print(f'step {step}/{train_steps}  loss {metrics["loss"]:.4f}  '
               f'acc {metrics["accuracy"]:.3f}  {tokens_per_step / step_time:,.0f} tok/s  '
               f'{step_time * 1000:.0f} ms/step', flush=True)
-      if eval_period and (step % eval_period == 0 or step == train_steps):
+      if eval_now:
         eval_metrics = evaluate_all(step)
       manager.maybe_save(step, state, force=(step == train_steps or preemption.requested))
       if preemption.requested:

@@ -5,12 +5,15 @@ top of the root conftest, which pytest imports before any test module.
 """
 import os
 
-os.environ["JAX_PLATFORMS"] = "cpu"
+# SYNTH_JAX_TESTS_ON_ACCELERATOR=1 keeps the machine's GPU visible, for the few tests that
+# need one (e.g. the cuDNN kernel's); they skip on the CPU.
+if os.environ.get("SYNTH_JAX_TESTS_ON_ACCELERATOR") != "1":
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 _flag = "--xla_force_host_platform_device_count=4"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 # Identical computations (the same tiny model trained by several tests) compile once per session.
 import tempfile  # pylint: disable=g-import-not-at-top,g-bad-import-order

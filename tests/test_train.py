@@ -143,6 +143,24 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
 
 
+def test_steps_run_ahead_of_the_host_and_a_nan_is_still_caught_before_a_checkpoint(
+    tmp_path, monkeypatch):
+  """Without `on_step`, metrics are read only to log/evaluate/save, yet every loss is checked."""
+  reads = []
+  device_get = jax.device_get
+  monkeypatch.setattr(train.jax, 'device_get', lambda x: reads.append(list(x)) or device_get(x))
+  def exploding(step):
+    return jnp.where(step >= 3, jnp.nan, 0.01)
+  with pytest.raises(train.NonFiniteLossError, match=r'at step 5.*last good checkpoint \(step 3\)'):
+    train.train(model_dir=str(tmp_path), model=fixtures.tiny_model(),
+                mixture_or_task_name=fixtures.register_copy_task(),
+                task_feature_lengths=fixtures.LENGTHS, batch_size=8, train_steps=8,
+                log_period=100, checkpoint_period=3, eval_period=0, learning_rate=exploding)
+  # One read of steps 1-3 before saving step 3, one of steps 4-6 before saving step 6.
+  assert [[step for step, _ in pending] for pending in reads] == [[1, 2, 3], [4, 5, 6]]
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
+
+
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
   def preempt(step, metrics):
     if step == 2:
