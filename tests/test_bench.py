@@ -204,8 +204,11 @@ def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
     assert row['error'] is None
     assert row['model_flops_per_step'] == closed_form(row['attention_type'], 'tiny')
     assert row['traced_matmul_flops'] == row['model_flops_per_step']
-    assert len(row['step_times_s']) == 2
+    # Pipelined rounds (per-step means) give the step time; each-step-synced times are kept too.
+    assert len(row['step_times_s']) == bench.PIPELINED_ROUNDS
     assert row['step_time_s'] == statistics.median(row['step_times_s'])
+    assert len(row['synced_step_times_s']) == 2
+    assert row['synced_step_time_s'] == statistics.median(row['synced_step_times_s'])
     assert row['tokens_per_step'] == shapes['batch_size'] * (
         shapes['inputs_length'] + shapes['targets_length'])
     assert row['tokens_per_s'] == pytest.approx(row['tokens_per_step'] / row['step_time_s'],
