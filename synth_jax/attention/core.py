@@ -313,7 +313,7 @@ class Attention(nn.Module):
                bias: Optional[Array] = None, *, decode: bool = False, deterministic: bool = True,
                segment_positions: Optional[Array] = None,
                lengths: Optional[fused.SequenceLengths] = None,
-               probabilities_only: bool = False) -> Array:
+               probabilities_only: bool = False, shared_value: Optional[Array] = None) -> Array:
     """Attention of `inputs_q` `[batch, q_len, embed]` over `inputs_kv` `[batch, k_len, embed]`.
 
     Args:
@@ -328,7 +328,11 @@ class Attention(nn.Module):
         causality): lets fused variants and shared-logit variants skip the dense mask. Callers
         pass both; `mask` stays the reference (and the only mask of the other variants).
       probabilities_only: return the attention probabilities `[batch | 1, heads, q_len, k_len]`
-        instead of the output (how a mixture reads its members).
+        instead of the output (how a mixture reads its members under attention dropout).
+      shared_value: mix this value `[batch, k_len, heads, head_dim]` (a mixture's, already
+        cached when decoding) instead of projecting one, and return the mixed heads
+        `[batch, q_len, heads, head_dim]` before any output projection (how a mixture runs its
+        members, each on its own fastest path).
 
     Returns:
       `[batch, q_len, embed]`.
@@ -351,6 +355,9 @@ class Attention(nn.Module):
     if probabilities_only:
       return self.attention_probabilities(
           inputs_q, inputs_kv, mask, bias, step, key_length, decode, segment_positions)
+    if shared_value is not None:
+      return self.attend(inputs_q, inputs_kv, shared_value, mask, bias, step, decode,
+                         deterministic, segment_positions, lengths)
 
     value = self.projection('value', (self.num_heads, self.head_size(inputs_kv.shape[-1])))(
         inputs_kv)

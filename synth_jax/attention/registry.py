@@ -50,9 +50,10 @@ def is_position_dependent(name: str) -> bool:
 
 
 def accepts_option(name: str, option: str) -> bool:
-  """Whether the single variant `name` has the constructor option `option` (mixtures: False)."""
+  """Whether the module `build(name)` makes has the constructor option `option`."""
   parts = members(name)
-  return len(parts) == 1 and option in VARIANTS[parts[0]][0].__dataclass_fields__
+  cls = mixture.MixtureAttention if len(parts) > 1 else VARIANTS[parts[0]][0]
+  return option in cls.__dataclass_fields__
 
 
 def build(attention_type: str, **kwargs) -> core.Attention:

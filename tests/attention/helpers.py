@@ -76,3 +76,16 @@ def assert_frozen_untouched(module, variables, x, frozen_shapes):
   state_shapes = {tuple(np.shape(leaf)) for leaf in jax.tree.leaves(state)}
   for shape in frozen_shapes:
     assert shape not in state_shapes, f'optimizer state holds a {shape} array'
+
+
+def traced_shapes(jaxpr) -> set:
+  """The shapes of every value a (closed) jaxpr computes, sub-jaxprs included."""
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  shapes = set()
+  for eqn in jaxpr.eqns:
+    shapes |= {v.aval.shape for v in eqn.outvars}
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
+          shapes |= traced_shapes(sub)
+  return shapes

@@ -150,7 +150,7 @@ def test_shared_scores_attention_normalizes_once_for_the_whole_batch():
   loss = lambda logits, value: jnp.sum(
       fused.shared_scores_attention(logits, None, lengths, value) ** 2)
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(logits, value)
-  shapes = {v.aval.shape for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars}
+  shapes = helpers.traced_shapes(jaxpr)
   assert (BATCH, HEADS, 6, 6) not in shapes and (HEADS, BATCH, 6, 6) not in shapes
   assert (HEADS, 6, 6) in shapes
 

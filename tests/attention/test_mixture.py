@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synth_jax.attention import fused
 from tests.attention import helpers
 
 
@@ -45,3 +46,44 @@ def test_mixture_weights_are_learned():
   variables = helpers.init(module, x)
   grad = jax.grad(lambda p: jnp.sum(module.apply({'params': p}, x, x) ** 2))(variables['params'])
   assert np.all(np.abs(grad['mixture_logits']) > 0)
+
+
+def test_output_is_the_mixed_probabilities_applied_to_the_shared_value():
+  """Members mix the value each on its own path; the result is out(sum_i a_i P_i V)."""
+  module = helpers.build('random+vanilla')
+  x = helpers.inputs(1)
+  variables = helpers.init(module, x)
+  params = {**variables['params'], 'mixture_logits': jnp.array([0.3, -0.8])}
+  probs = module.apply({'params': params}, x, x, probabilities_only=True)
+  value = jnp.einsum('ble,ehd->blhd', x, params['value']['kernel'].reshape(
+      helpers.EMBED, helpers.HEADS, helpers.HEAD_DIM))
+  mixed = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
+  want = jnp.einsum('bqhd,hde->bqe', mixed, params['out']['kernel'].reshape(
+      helpers.HEADS, helpers.HEAD_DIM, helpers.EMBED))
+  np.testing.assert_allclose(module.apply({'params': params}, x, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_members_and_lengths_change_nothing_but_the_path():
+  lengths = fused.SequenceLengths(jnp.array([6, 4]), jnp.array([6, 4]), causal=True)
+  x = helpers.inputs(2)
+  mask = lengths.mask(6, 6)
+  bias = helpers.random_bias(3, 6, 6)
+  plain = helpers.build('random+vanilla')
+  variables = helpers.init(plain, x)
+  want = plain.apply(variables, x, x, mask, bias)
+  got = helpers.build('random+vanilla', fused='xla').apply(variables, x, x, mask, bias,
+                                                           lengths=lengths)
+  valid = np.arange(6)[None] < np.array([[6], [4]])
+  np.testing.assert_allclose(got[valid], want[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_mixtures_of_shared_score_members_never_form_per_example_probabilities():
+  lengths = fused.SequenceLengths(jnp.array([6, 4]), jnp.array([6, 4]))
+  x = helpers.inputs(4)
+  module = helpers.build('random+factorized_random')
+  variables = helpers.init(module, x)
+  loss = lambda params: jnp.sum(module.apply({**variables, 'params': params}, x, x,
+                                             lengths.mask(6, 6), lengths=lengths) ** 2)
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(variables['params'])
+  shapes = helpers.traced_shapes(jaxpr)
+  assert (2, helpers.HEADS, 6, 6) not in shapes
