@@ -142,21 +142,21 @@ def attention_logit_matmuls(name: str, batch: int, q_len: int, k_len: int, max_k
 def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
                       max_key_length: int, embed: int, heads: int, head_dim: int,
                       pack: bool = True) -> list[Matmul]:
-  """One attention layer: every member's logits plus the shared value, mix (PV) and output.
+  """One attention layer: each member's logits and mix (PV), plus the shared value and output.
 
-  Unpacked, a lone random synthesizer normalizes its shared logits once per step
-  (`fused.shared_scores_attention`): its softmax denominators are one more matmul.
+  A mixture's members each mix the shared value (`mixture.py` sums their outputs). Unpacked, a
+  random synthesizer normalizes its shared logits once per step (`fused.shared_scores_attention`):
+  its softmax denominators are one more matmul.
   """
   hd = heads * head_dim
   matmuls = []
-  members = registry.members(attention_type)
-  for member in members:
+  for member in registry.members(attention_type):
     matmuls += attention_logit_matmuls(member, batch, q_len, k_len, max_key_length, embed,
                                        heads, head_dim)
-  if not pack and len(members) == 1 and registry.VARIANTS[members[0]][0].shared_logits:
-    matmuls.append(Matmul('denominators', 2 * batch * heads * q_len * k_len, gradients=1))
+    if not pack and registry.VARIANTS[member][0].shared_logits:
+      matmuls.append(Matmul('denominators', 2 * batch * heads * q_len * k_len, gradients=1))
+    matmuls.append(Matmul('probs.value', 2 * batch * heads * q_len * k_len * head_dim))
   return matmuls + [Matmul('value', 2 * batch * k_len * embed * hd),
-                    Matmul('probs.value', 2 * batch * heads * q_len * k_len * head_dim),
                     Matmul('out', 2 * batch * q_len * hd * embed)]
 
 
