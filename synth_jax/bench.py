@@ -94,11 +94,15 @@ class Matmul:
     and dW, or both activations), 1 when one operand is a frozen parameter (no weight gradient).
   contracts: False for an outer product: its forward is elementwise (one multiply per output,
     not counted), but each of its gradients contracts over the other factor at `flops`.
+  overhead: a matmul of our implementation rather than of the model's equations (a softmax
+    denominator, a gradient summed by a one-hot product instead of a scatter): counted apart,
+    outside the model FLOPs that MFU divides.
   """
   name: str
   flops: int
   gradients: int = 2
   contracts: bool = True
+  overhead: bool = False
 
   @property
   def forward(self) -> int:
@@ -146,15 +150,22 @@ def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
 
   A mixture's members each mix the shared value (`mixture.py` sums their outputs). Unpacked, a
   random synthesizer normalizes its shared logits once per step (`fused.shared_scores_attention`):
-  its softmax denominators are one more matmul.
+  its softmax denominators are one more matmul. Packed, a trainable score map's gradient is one
+  (`packed_table`).
   """
   hd = heads * head_dim
   matmuls = []
   for member in registry.members(attention_type):
     matmuls += attention_logit_matmuls(member, batch, q_len, k_len, max_key_length, embed,
                                        heads, head_dim)
-    if not pack and registry.VARIANTS[member][0].shared_logits:
-      matmuls.append(Matmul('denominators', 2 * batch * heads * q_len * k_len, gradients=1))
+    if registry.VARIANTS[member][0].shared_logits and not pack:
+      matmuls.append(Matmul('denominators', 2 * batch * heads * q_len * k_len, gradients=1,
+                            overhead=True))
+    if member in ('random', 'factorized_random') and pack:
+      # The score map's gradient sums the examples' rows by position with a one-hot matmul
+      # (`packed_table`), [max_q, batch*q] x [batch*q, heads*max_k]; backward only.
+      matmuls.append(Matmul('score map gradient', 2 * max_key_length * batch * q_len * heads
+                            * max_key_length, gradients=1, contracts=False, overhead=True))
     matmuls.append(Matmul('probs.value', 2 * batch * heads * q_len * k_len * head_dim))
   return matmuls + [Matmul('value', 2 * batch * k_len * embed * hd),
                     Matmul('out', 2 * batch * q_len * hd * embed)]
@@ -170,9 +181,10 @@ def model_flops(cfg, batch: int, inputs_length: int, targets_length: int,
   pack: packed batches (segment ids) or one example per row, which changes the random
     synthesizers' normalization (see `attention_matmuls`).
 
-  Returns `{'forward': int, 'training': int, 'parts': {part: training FLOPs}}`, where training
-  is forward + backward (3x forward, less the weight gradients of frozen parameters). Elementwise
-  work (norms, softmax, the optimizer) is not counted, as in the usual MFU convention.
+  Returns `{'forward': int, 'training': int, 'parts': {part: training FLOPs}, 'overhead': int}`,
+  where training is forward + backward (3x forward, less the weight gradients of frozen
+  parameters) and overhead the training FLOPs of `Matmul.overhead` products (not in 'training').
+  Elementwise work (norms, softmax, the optimizer) is not counted, as in the usual MFU convention.
   """
   e, h, d = cfg.emb_dim, cfg.num_heads, cfg.head_dim
   mlp = lambda length: [Matmul(f'mlp_{i}', 2 * batch * length * e * cfg.mlp_dim)
@@ -197,9 +209,12 @@ def model_flops(cfg, batch: int, inputs_length: int, targets_length: int,
                           Matmul('relpos_decoder', 2 * h * RELPOS_BUCKETS * targets_length ** 2,
                                  1)]),
   }
-  forward = sum(n * m.forward for n, ms in per_layer.values() for m in ms)
-  parts = {part: n * sum(m.training for m in ms) for part, (n, ms) in per_layer.items()}
-  return {'forward': forward, 'training': sum(parts.values()), 'parts': parts}
+  forward = sum(n * m.forward for n, ms in per_layer.values() for m in ms if not m.overhead)
+  parts = {part: n * sum(m.training for m in ms if not m.overhead)
+           for part, (n, ms) in per_layer.items()}
+  overhead = sum(n * m.training for n, ms in per_layer.values() for m in ms if m.overhead)
+  return {'forward': forward, 'training': sum(parts.values()), 'parts': parts,
+          'overhead': overhead}
 
 
 def traced_matmul_flops(jaxpr) -> int:
@@ -374,6 +389,7 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
          'inputs_length': inputs_length, 'targets_length': targets_length,
          'tokens_per_step': tokens, 'model_flops_per_step': flops['training'],
          'model_flops_forward': flops['forward'], 'model_flops_by_part': flops['parts'],
+         'overhead_flops_per_step': flops['overhead'],
          'device_kind': devices[0].device_kind, 'num_devices': len(devices),
          'peak_tflops_per_device': peak, 'error': None}
   if batch_size % len(devices):
@@ -618,13 +634,14 @@ def flops_table(rows) -> str:
   units = (('TFLOP', 1e12), ('GFLOP', 1e9), ('MFLOP', 1e6), ('FLOP', 1))
   unit, scale = next((u, s) for u, s in units if largest >= s)
   lines = [f'{"attention type":<22}{"batch":>6}{"enc len":>8}' + ''.join(f'{h:>10}' for h in heads)
-           + f'{"total":>10}{"traced":>10}   ({unit})']
+           + f'{"total":>10}{"overhead":>10}{"traced":>10}   ({unit})']
   for row in rows:
     by_part = row['model_flops_by_part']
     traced = row.get('traced_matmul_flops')
     lines.append(f'{row["attention_type"]:<22}{row["batch_size"]:>6}{row["inputs_length"]:>8}'
                  + ''.join(f'{by_part[p] / scale:>10.3f}' for p in parts)
                  + f'{row["model_flops_per_step"] / scale:>10.3f}'
+                 + f'{row.get("overhead_flops_per_step", 0) / scale:>10.3f}'
                  + (f'{traced / scale:>10.3f}' if traced is not None else f'{"-":>10}'))
   return '\n'.join(lines)
 
@@ -698,8 +715,9 @@ def main(argv=None) -> dict:
   for row in rows:
     if row.get('profile'):
       print('\n' + profile_table(row))
-  print('\nModel FLOPs per training step, analytic by part ("traced": the dot_generals of the '
-        'compiled step, a cross-check):')
+  print('\nModel FLOPs per training step, analytic by part ("overhead": matmuls of the '
+        'implementation, not in the model FLOPs; "traced": the dot_generals of the compiled step, '
+        'a cross-check of total + overhead):')
   print(flops_table(rows))
   print('\n' + results_table(rows))
   return report

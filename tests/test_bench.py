@@ -101,9 +101,9 @@ def traced_step_flops(attention_type, pack):
       jax.random.key(0))
   step = functools.partial(train_state.train_step, model, optimizers[-1])
   jaxpr = jax.make_jaxpr(step)(state, batch, jax.random.key(1))
-  analytic = bench.model_flops(cfg, shapes['batch_size'], shapes['inputs_length'],
-                               shapes['targets_length'], pack)['training']
-  return bench.traced_matmul_flops(jaxpr), analytic
+  flops = bench.model_flops(cfg, shapes['batch_size'], shapes['inputs_length'],
+                            shapes['targets_length'], pack)
+  return bench.traced_matmul_flops(jaxpr), flops['training'] + flops['overhead']
 
 
 @pytest.mark.parametrize('attention_type', bench.DEFAULT_TYPES)
@@ -203,7 +203,10 @@ def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
   for row in report['rows']:
     assert row['error'] is None
     assert row['model_flops_per_step'] == closed_form(row['attention_type'], 'tiny')
-    assert row['traced_matmul_flops'] == row['model_flops_per_step']
+    assert row['traced_matmul_flops'] == (row['model_flops_per_step']
+                                          + row['overhead_flops_per_step'])
+    # Packed random: the score map's gradient is a one-hot matmul, outside the model FLOPs.
+    assert (row['overhead_flops_per_step'] > 0) == (row['attention_type'] == 'random')
     # Pipelined rounds (per-step means) give the step time; each-step-synced times are kept too.
     assert len(row['step_times_s']) == bench.PIPELINED_ROUNDS
     assert row['step_time_s'] == statistics.median(row['step_times_s'])

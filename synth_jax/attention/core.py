@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from synth_jax import layers
 from synth_jax.attention import fused
+from synth_jax.attention import packed_table
 
 Array = jax.Array
 # Large but finite: exp(NEG_INF - max) is exactly 0 in float32, and a fully masked row
@@ -156,12 +157,14 @@ class Positions:
   segment: Optional[Array] = None
 
   def index_table(self, table: Array, q_len: int) -> Array:
-    """`table[h, query position, key position]` -> `[batch | 1, heads, q_len, k_len]`."""
+    """`table[h, query position, key position]` -> `[batch | 1, heads, q_len, k_len]`.
+
+    Packed: the pairs within one segment (others are 0; the packing mask drops them).
+    """
     if self.segment is None:
       rows = jax.lax.dynamic_slice_in_dim(table, self.offset, q_len, axis=1)
       return rows[None, :, :, :self.key_length]
-    gathered = table[:, self.segment[:, :, None], self.segment[:, None, :]]  # [h, b, q, k]
-    return jnp.moveaxis(gathered, 0, 1)
+    return packed_table.gather_within_segments(table, self.segment)
 
   def query_rows(self, table: Array, q_len: int) -> Array:
     """`table[h, query position, :]` -> `[1, heads, q_len, dim]` (unpacked inputs)."""

@@ -10,7 +10,7 @@ padding (and causality), given as `SequenceLengths` instead of a dense mask:
   query-key variants (vanilla, orthogonal).
 * `shared_scores_attention`: for logits shared by the whole batch (random synthesizers,
   `[1, heads, q, k]`), the softmax is computed once per step and the per-example padding enters
-  through two matmuls: with E = exp(S - max_j S),
+  through two matmuls: with E = softmax(S) over all keys,
       out[b, i] = sum_j E[i, j] m[b, j] v[b, j] / sum_j E[i, j] m[b, j],
   where m[b, j] = 1 for the keys of example b. This is softmax over the example's keys, exactly.
 
@@ -111,13 +111,15 @@ def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: Seque
   if bias is not None:
     scores = scores + bias[0].astype(jnp.float32)
   q_len, k_len = scores.shape[-2:]
+  scores = _stop_gradient_where_constant(scores, lengths)
   if lengths.causal:
     scores = jnp.where(jnp.tril(jnp.ones((q_len, k_len), bool)), scores, -jnp.inf)
-  # Any per-row shift cancels in the ratio; the row maximum keeps exp() <= 1. The maximum runs
-  # over all keys, so a padding key far above the example's keys could underflow them: that
-  # takes a logit spread of ~80, far beyond trained score maps.
-  shift = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-  weights = jnp.exp(scores - shift)  # [heads, q, k]; 0 where causally masked
+  # Any per-row scale cancels in the ratio, so E may be softmax(S) over all keys: it keeps
+  # E <= 1, and a row with a single key (the first causal query) gets E = 1 exactly and an
+  # exactly zero gradient, as the per-example softmax gives it. Normalizing over all keys means
+  # a padding key far above the example's keys could underflow them: that takes a logit spread
+  # of ~80, far beyond trained score maps.
+  weights = jax.nn.softmax(scores, axis=-1)  # [heads, q, k]; 0 where causally masked
   key_valid = lengths.key_valid(k_len)
   masked_value = jnp.where(key_valid[:, :, None, None], value, 0)
   numerator = jnp.einsum('hqk,bkhd->bqhd', weights.astype(value.dtype), masked_value,
@@ -126,3 +128,19 @@ def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: Seque
   # An example without keys (length 0) has denominator 0: its output is 0, not NaN.
   out = numerator / jnp.maximum(denominator, jnp.finfo(jnp.float32).tiny)[..., None]
   return out.astype(value.dtype)
+
+
+def _stop_gradient_where_constant(scores: Array, lengths: SequenceLengths) -> Array:
+  """Cuts the gradient of scores no example's output depends on.
+
+  Their true gradient is 0: keys that are padding in every example, and queries that see a
+  single key in every example (softmax of one logit is 1). The ratio above would give them
+  rounding noise instead, which Adafactor's normalized update would turn into full-size steps.
+  """
+  q_len, k_len = scores.shape[-2:]
+  live_keys = jnp.arange(k_len) < jnp.max(lengths.key)
+  keys_seen = jnp.broadcast_to(jnp.max(lengths.key), (q_len,))
+  if lengths.causal:
+    keys_seen = jnp.minimum(keys_seen, jnp.arange(q_len) + 1)
+  live = (keys_seen > 1)[:, None] & live_keys[None, :]
+  return jnp.where(live, scores, jax.lax.stop_gradient(scores))

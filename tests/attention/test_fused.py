@@ -220,3 +220,18 @@ def test_cudnn_flash_attention_equals_the_core(case):  # pragma: no cover (GPU)
       query, key, value, bias) for f in (cudnn, reference)]
   for got, want in zip(*grads):
     assert relative(got, want) < 2e-2
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_shared_scores_gradient_is_exactly_zero_where_no_output_depends_on_the_score(causal):
+  """Keys padded everywhere and the one-key first causal row: 0, not rounding noise."""
+  lengths = fused.SequenceLengths(jnp.array([5, 3]), jnp.array([5, 3]), causal)
+  _, _, value, _ = tensors(10, 7, 7, batch=2)
+  logits = jax.random.normal(jax.random.key(11), (1, HEADS, 7, 7))
+  cotangent = jax.random.normal(jax.random.key(12), value.shape)
+  grad = jax.grad(lambda s: jnp.sum(
+      fused.shared_scores_attention(s, None, lengths, value) * cotangent))(logits)
+  np.testing.assert_array_equal(grad[..., 5:], 0.0)  # keys 5, 6 are padding in both examples
+  if causal:
+    np.testing.assert_array_equal(grad[..., 0, :], 0.0)
+  assert np.all(np.abs(grad[..., 1:, :2]) > 0)  # the rest does learn
