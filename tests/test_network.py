@@ -1,4 +1,5 @@
 """T5 network: T5X parameter tree, masks (padding, packing), decode cache, gin wiring."""
+import dataclasses
 import functools
 import os
 
@@ -319,6 +320,19 @@ def test_gin_attention_type_macro_sets_encoder_and_decoder_self_attention(clean_
     assert (params['decoder'][f'layers_{i}']['self_attention']['random_logits'].shape
             == (2, 114, 114))
     assert 'query' in params['decoder'][f'layers_{i}']['encoder_decoder_attention']
+
+
+def test_gin_binds_fused_attention_as_the_readme_says(clean_gin):
+  gin.parse_config_files_and_bindings(
+      [TINY_GIN], ["T5Config.fused_attention = 'xla'", f'VOCAB_SIZE = {VOCAB}'])
+  model = gin.get_configurable('synth_jax.network.Transformer')()
+  assert model.config.fused_attention == 'xla'
+  enc, dec_in, tgt = batch()
+  variables = noise_variables(model, enc, dec_in, tgt)
+  plain = network.Transformer(dataclasses.replace(model.config, fused_attention=None))
+  np.testing.assert_allclose(model.apply(variables, enc, dec_in, tgt, enable_dropout=False),
+                             plain.apply(variables, enc, dec_in, tgt, enable_dropout=False),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_gin_tiny_default_is_vanilla_t5x_tree(clean_gin):
