@@ -241,11 +241,13 @@ def test_fused_attention_gives_the_logits_of_the_core_path(attention_type, pack)
   assert network._attention(configs[1], 'random', 4, 4, 'a').name == 'a'  # no option to pass
 
 
-@pytest.mark.parametrize('attention_type', attention.names() + ['random+vanilla'])
-def test_decode_cache_matches_full_forward(attention_type):
+@pytest.mark.parametrize('attention_type,fused', [(t, None) for t in attention.names()]
+                         + [('random+vanilla', None), ('vanilla', 'xla'), ('orthogonal', 'xla')])
+def test_decode_cache_matches_full_forward(attention_type, fused):
   """Teacher-forced decoding one token per step reproduces the full forward pass's logits."""
   length = 5
-  model = network.Transformer(tiny_config(decoder_attention=attention_type))
+  model = network.Transformer(tiny_config(decoder_attention=attention_type,
+                                          fused_attention=fused))
   enc, dec_in, tgt = batch(seed=1, dec_len=length)
   enc = enc.at[0, 4:].set(0)
   variables = noise_variables(model, enc, dec_in, tgt)

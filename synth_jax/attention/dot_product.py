@@ -26,8 +26,8 @@ class QueryKeyAttention(core.Attention):
   Attributes:
     fused: None computes through the shared core. 'cudnn', 'xla' or 'auto' computes
       softmax(q k^T scale + bias) v with `jax.nn.dot_product_attention` (cuDNN flash attention
-      on GPU; 'auto' lets JAX choose), without attention dropout or single decode steps (those
-      take the core path). Fastest with `lengths` (unpacked batches): packed batches fold their
+      on GPU; 'auto' lets JAX choose), without attention dropout or single-position queries
+      (decode steps; those take the core path). Fastest with `lengths` (unpacked batches): packed batches fold their
       dense mask into a `[batch, heads, q, k]` bias.
   """
   fused: Optional[str] = None
@@ -51,7 +51,8 @@ class QueryKeyAttention(core.Attention):
   def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
              segment_positions=None, lengths=None):
     dropout = not deterministic and self.dropout_rate > 0
-    if self.fused is None or dropout or step is not None:
+    single_query = inputs_q.shape[1] == 1  # decoding: nothing to fuse
+    if self.fused is None or dropout or step is not None or single_query:
       return super().attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
                             segment_positions, lengths)
     keys, mask, bias, _ = self.scoring_inputs(inputs_q, inputs_kv, mask, bias, step,
