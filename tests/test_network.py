@@ -324,6 +324,13 @@ def test_gin_attention_type_macro_sets_encoder_and_decoder_self_attention(clean_
     assert 'query' in params['decoder'][f'layers_{i}']['encoder_decoder_attention']
 
 
+def test_cudnn_gin_file_turns_on_fused_attention(clean_gin):
+  gin.parse_config_files_and_bindings(
+      [TINY_GIN, os.path.join(REPO, 'gin', 'runs', 'cudnn.gin')], [f'VOCAB_SIZE = {VOCAB}'])
+  model = gin.get_configurable('synth_jax.network.Transformer')()
+  assert model.config.fused_attention == 'cudnn'
+
+
 def test_gin_binds_fused_attention_as_the_readme_says(clean_gin):
   gin.parse_config_files_and_bindings(
       [TINY_GIN], ["T5Config.fused_attention = 'xla'", f'VOCAB_SIZE = {VOCAB}'])
