@@ -5,6 +5,10 @@ example. `R` covers the maximum query and key lengths and is sliced to the actua
 query i attends with row i of R whatever the input: logits[1, h, i, j] = R[h, i, j].
 
 The factorized form (Sec. 3.3) is R_h = R1_h R2_h^T with R1_h: [max_query, k], R2_h: [max_key, k].
+
+Unpacked, the logits are `[1, heads, q, k]` and, given the mask as lengths, softmax(R) is taken
+once per step for the whole batch (`fused.shared_scores_attention`). Packed, each token reads R
+at its position within its segment (`packed_table`), so the logits are per example.
 """
 import flax.linen as nn
 import jax.numpy as jnp
