@@ -66,8 +66,8 @@ def create(model: nn.Module, make_optimizer: Callable, example_batch, mesh: Mesh
   make_optimizer: `factor_plan -> optax.GradientTransformation` (the plan comes from the
     parameters' logical axes).
   """
-  # Parameter shapes do not depend on the batch: initializing from one row keeps the traced
-  # forward pass (which XLA compiles with the initializers) small.
+  # Parameter shapes do not depend on the batch: one row is enough to trace the forward pass that
+  # creates them (XLA then drops its arithmetic; the initializers' random bits remain).
   inputs = jax.tree.map(lambda x: x[:1], model_inputs(example_batch))
 
   def init_variables(rng):
