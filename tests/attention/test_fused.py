@@ -10,6 +10,7 @@ import pytest
 
 from synth_jax.attention import core
 from synth_jax.attention import fused
+from synth_jax.attention import registry
 from tests.attention import helpers
 
 BATCH, HEADS, HEAD_DIM = 3, 2, 8
@@ -235,3 +236,21 @@ def test_shared_scores_gradient_is_exactly_zero_where_no_output_depends_on_the_s
   if causal:
     np.testing.assert_array_equal(grad[..., 0, :], 0.0)
   assert np.all(np.abs(grad[..., 1:, :2]) > 0)  # the rest does learn
+
+
+@pytest.mark.parametrize('attention_type', ['vanilla', 'orthogonal', 'random', 'factorized_random',
+                                            'random+vanilla'])
+def test_fast_paths_in_bfloat16_stay_close_to_the_float32_core(attention_type):
+  lengths = fused.SequenceLengths(jnp.array([6, 4, 6]), jnp.array([6, 4, 6]), causal=True)
+  x = helpers.inputs(13, BATCH, 6)
+  mask = lengths.mask(6, 6)
+  bias = helpers.random_bias(14, 6, 6)
+  variables = helpers.init(helpers.build(attention_type), x)
+  want = helpers.build(attention_type).apply(variables, x, x, mask, bias)
+  options = {'fused': 'xla'} if registry.accepts_option(attention_type, 'fused') else {}
+  got = helpers.build(attention_type, dtype=jnp.bfloat16, **options).apply(
+      variables, x, x, mask, bias, lengths=lengths)
+  assert got.dtype == jnp.bfloat16
+  valid = valid_rows(lengths, 6)
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(np.asarray(got, np.float32)[valid], want[valid], atol=0.03 * scale)
