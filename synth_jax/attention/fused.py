@@ -82,10 +82,13 @@ def flash_attention(query: Array, key: Array, value: Array, bias: Optional[Array
   if bias is not None:
     bias = bias.astype(dtype)
   if lengths is not None:
+    # An empty example (length 0, e.g. batch padding in evaluation) would give the kernel rows
+    # with no key at all; it sees one key instead, and its rows are zeroed below.
+    at_least_one = lambda n: jnp.maximum(n, 1).astype(jnp.int32)
     out = jax.nn.dot_product_attention(
         query, key, value, bias=bias, scale=scale, is_causal=lengths.causal,
-        query_seq_lengths=lengths.query, key_value_seq_lengths=lengths.key,
-        implementation=implementation)
+        query_seq_lengths=at_least_one(lengths.query),
+        key_value_seq_lengths=at_least_one(lengths.key), implementation=implementation)
     query_valid = jnp.arange(query.shape[1])[None, :] < lengths.query[:, None]
     return jnp.where(query_valid[:, :, None, None], out, 0).astype(dtype)
   if mask is not None:

@@ -97,6 +97,18 @@ def test_flash_attention_with_lengths_equals_the_core(case, with_bias):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_flash_attention_gives_zeros_and_finite_gradients_for_empty_examples():
+  lengths = fused.SequenceLengths(jnp.array([4, 0]), jnp.array([3, 0]))
+  query, key, value, bias = tensors(15, 4, 4, batch=2)
+  run = lambda q, k, v: fused.flash_attention(q, k, v, bias, None, lengths, 1.0, 'xla')
+  out = run(query, key, value)
+  np.testing.assert_array_equal(out[1], 0.0)
+  grads = jax.grad(lambda *a: jnp.sum(run(*a) ** 2), argnums=(0, 1, 2))(query, key, value)
+  for grad in grads:
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_array_equal(grad[1], 0.0)
+
+
 def test_flash_attention_with_a_dense_packing_mask_equals_the_core():
   segments = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1], [1, 2, 3, 3, 0, 0]])
   mask = core.combine_masks(core.make_attention_mask(segments, segments, jnp.equal),
