@@ -337,13 +337,17 @@ def create_state(model, make_optimizer, batch, mesh, seed: int, on_host: bool):
   """`train_state.create`, optionally run on the host CPU and then copied to `mesh`.
 
   On a GPU, compiling the initializers (a few hundred inlined threefry hashes) takes 100+ s;
-  the host CPU compiles and runs them in a fraction of that. Values are the same either way.
+  the host CPU compiles and runs them in a fraction of that. The random bits are the same either
+  way (threefry); the normal samples made from them may differ in the last bit between backends.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from synth_jax import train_state  # pylint: disable=g-import-not-at-top
-  if not on_host or jax.default_backend() == 'cpu':
+  try:
+    host = jax.devices('cpu')[:1]
+  except RuntimeError:  # JAX_PLATFORMS without 'cpu'
+    host = None
+  if not on_host or not host or jax.default_backend() == 'cpu':
     return train_state.create(model, make_optimizer, batch, mesh, jax.random.key(seed))
-  host = jax.devices('cpu')[:1]
   host_mesh = jax.sharding.Mesh(np.array(host).reshape((1,) * len(mesh.axis_names)),
                                 mesh.axis_names)
   with jax.default_device(host[0]):

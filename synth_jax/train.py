@@ -221,12 +221,15 @@ def train(*,
 
   def read_pending():
     nonlocal metrics
+    if not pending:
+      return
     for done_step, values in jax.device_get(pending):
       metrics = {k: float(v) for k, v in values.items()}
-      if not np.isfinite(metrics['loss']):
+      if not (np.isfinite(metrics['loss']) and np.isfinite(metrics.get('grad_norm', 0.0))):
         manager.wait()
         raise NonFiniteLossError(
-            f'loss is {metrics["loss"]} at step {done_step}; stopping. The last good checkpoint '
+            f'loss is {metrics["loss"]} (gradient norm {metrics.get("grad_norm")}) at step '
+            f'{done_step}; stopping. The last good checkpoint '
             f'(step {manager.latest_step()}) is kept in {manager.directory}. Lower the learning '
             'rate or check the data, then rerun to resume from it.')
       if on_step is not None:
@@ -255,8 +258,11 @@ def train(*,
               f'{step_time * 1000:.0f} ms/step', flush=True)
       if eval_now:
         eval_metrics = evaluate_all(step)
-      manager.maybe_save(step, state, force=(step == train_steps or preemption.requested))
-      if preemption.requested:
+      preempted = preemption.requested  # read once, and any SIGTERM so far has its losses read
+      if preempted:
+        read_pending()
+      manager.maybe_save(step, state, force=(step == train_steps or preempted))
+      if preempted:
         print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
         break
   manager.wait()

@@ -386,3 +386,20 @@ def test_attention_gin_files_set_the_attention_type(gin_file):
     assert config.cross_attention == 'vanilla'
   finally:
     gin.clear_config()
+
+
+@pytest.mark.parametrize('attention_type', ['random', 'random+vanilla'])
+def test_an_all_padding_example_leaves_every_gradient_finite(attention_type):
+  model = network.Transformer(tiny_config(encoder_attention=attention_type,
+                                          decoder_attention=attention_type))
+  enc, dec_in, tgt = batch(seed=3, size=3)
+  enc, dec_in, tgt = enc.at[2].set(0), dec_in.at[2].set(0), tgt.at[2].set(0)
+  variables = noise_variables(model, enc, dec_in, tgt)
+
+  def loss(params):
+    logits = model.apply({**variables, 'params': params}, enc, dec_in, tgt, enable_dropout=False)
+    return jnp.sum(jnp.where((tgt > 0)[..., None], logits, 0) ** 2)
+
+  grads = jax.grad(loss)(variables['params'])
+  for path, grad in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(grad)), jax.tree_util.keystr(path)

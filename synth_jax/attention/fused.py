@@ -115,22 +115,28 @@ def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: Seque
     scores = scores + bias[0].astype(jnp.float32)
   q_len, k_len = scores.shape[-2:]
   scores = _stop_gradient_where_constant(scores, lengths)
+  # Keys that are padding in every example leave the softmax (at least key 0 stays).
+  visible = jnp.broadcast_to(jnp.arange(k_len) < jnp.maximum(jnp.max(lengths.key), 1),
+                             (q_len, k_len))
   if lengths.causal:
-    scores = jnp.where(jnp.tril(jnp.ones((q_len, k_len), bool)), scores, -jnp.inf)
-  # Any per-row scale cancels in the ratio, so E may be softmax(S) over all keys: it keeps
-  # E <= 1, and a row with a single key (the first causal query) gets E = 1 exactly and an
-  # exactly zero gradient, as the per-example softmax gives it. Normalizing over all keys means
-  # a padding key far above the example's keys could underflow them: that takes a logit spread
-  # of ~80, far beyond trained score maps.
+    visible = visible & jnp.tril(jnp.ones((q_len, k_len), bool))
+  scores = jnp.where(visible, scores, -jnp.inf)
+  # Any per-row scale cancels in the ratio, so E may be softmax(S) over the keys of the longest
+  # example: it keeps E <= 1, and a row with a single key (the first causal query) gets E = 1
+  # exactly and an exactly zero gradient, as the per-example softmax gives it. A shorter
+  # example's keys could underflow under a key of a longer one far above them: that takes a
+  # logit spread of ~80, far beyond trained score maps.
   weights = jax.nn.softmax(scores, axis=-1)  # [heads, q, k]; 0 where causally masked
   key_valid = lengths.key_valid(k_len)
   masked_value = jnp.where(key_valid[:, :, None, None], value, 0)
   numerator = jnp.einsum('hqk,bkhd->bqhd', weights.astype(value.dtype), masked_value,
                          preferred_element_type=jnp.float32)
   denominator = jnp.einsum('hqk,bk->bqh', weights, key_valid.astype(jnp.float32))
-  # An example without keys (length 0) has denominator 0: its output is 0, not NaN.
-  out = numerator / jnp.maximum(denominator, jnp.finfo(jnp.float32).tiny)[..., None]
-  return out.astype(value.dtype)
+  # An example without keys (length 0) has denominator 0: its output is 0, and so is its
+  # gradient (a plain maximum(denominator, tiny) would give 0 * inf = NaN there).
+  has_keys = denominator > 0
+  out = numerator / jnp.where(has_keys, denominator, 1.0)[..., None]
+  return jnp.where(has_keys[..., None], out, 0).astype(value.dtype)
 
 
 def _stop_gradient_where_constant(scores: Array, lengths: SequenceLengths) -> Array:

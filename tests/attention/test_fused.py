@@ -266,3 +266,21 @@ def test_fast_paths_in_bfloat16_stay_close_to_the_float32_core(attention_type):
   valid = valid_rows(lengths, 6)
   scale = float(jnp.max(jnp.abs(want)))
   np.testing.assert_allclose(np.asarray(got, np.float32)[valid], want[valid], atol=0.03 * scale)
+
+
+def test_shared_scores_gradients_stay_finite_with_an_empty_example():
+  """Length 0 next to real examples: zero output and gradients equal to the per-example path."""
+  lengths = fused.SequenceLengths(jnp.array([6, 3, 1, 0]), jnp.array([6, 3, 1, 0]))
+  _, _, value, bias = tensors(16, 6, 6, batch=4)
+  logits = jax.random.normal(jax.random.key(17), (1, HEADS, 6, 6))
+  valid = valid_rows(lengths, 6)
+  cotangent = jax.random.normal(jax.random.key(18), value.shape) * valid[:, :, None, None]
+  mask = lengths.mask(6, 6)
+  shared = lambda s, v: fused.shared_scores_attention(s, bias, lengths, v)
+  reference = lambda s, v: core_attention(s, mask, bias, v)
+  np.testing.assert_array_equal(shared(logits, value)[3], 0.0)
+  grads = [jax.grad(lambda s, v, f=f: jnp.sum(f(s, v) * cotangent), argnums=(0, 1))(logits, value)
+           for f in (shared, reference)]
+  for got, want in zip(*grads):
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
