@@ -26,11 +26,16 @@ def test_weights_start_equal_and_always_sum_to_one():
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
 
 
-def test_mixture_is_the_weighted_sum_of_member_probabilities():
+def random_vanilla_mixture(seed, mixture_logits):
+  """A random+vanilla module, inputs, and parameters with the given mixture logits."""
   module = helpers.build('random+vanilla')
-  x = helpers.inputs(0)
+  x = helpers.inputs(seed)
   variables = helpers.init(module, x)
-  params = {**variables['params'], 'mixture_logits': jnp.array([1.0, -0.5])}
+  return module, x, {**variables['params'], 'mixture_logits': jnp.array(mixture_logits)}
+
+
+def test_mixture_is_the_weighted_sum_of_member_probabilities():
+  module, x, params = random_vanilla_mixture(0, [1.0, -0.5])
   mixed = module.apply({'params': params}, x, x, probabilities_only=True)
   random_probs = helpers.build('random').apply(
       {'params': params['random']}, x, x, probabilities_only=True)
@@ -50,10 +55,7 @@ def test_mixture_weights_are_learned():
 
 def test_output_is_the_mixed_probabilities_applied_to_the_shared_value():
   """Members mix the value each on its own path; the result is out(sum_i a_i P_i V)."""
-  module = helpers.build('random+vanilla')
-  x = helpers.inputs(1)
-  variables = helpers.init(module, x)
-  params = {**variables['params'], 'mixture_logits': jnp.array([0.3, -0.8])}
+  module, x, params = random_vanilla_mixture(1, [0.3, -0.8])
   probs = module.apply({'params': params}, x, x, probabilities_only=True)
   value = jnp.einsum('ble,ehd->blhd', x, params['value']['kernel'].reshape(
       helpers.EMBED, helpers.HEADS, helpers.HEAD_DIM))
