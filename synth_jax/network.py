@@ -79,6 +79,7 @@ class T5Config:
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
     object.__setattr__(self, 'self_attention_options',
                        tuple(sorted(dict(self.self_attention_options).items())))
+    attention.fused.check_implementation(self.fused_attention, 'T5Config.fused_attention')
     for field in ('encoder_attention', 'decoder_attention', 'cross_attention'):
       try:
         attention.is_position_dependent(getattr(self, field))

@@ -291,6 +291,11 @@ def test_position_dependent_cross_attention_is_a_clear_error(cross):
   assert 'vanilla' in str(err.value) and 'dense' in str(err.value)
 
 
+def test_unknown_fused_attention_names_the_config_field_and_the_choices():
+  with pytest.raises(ValueError, match=r"T5Config.fused_attention='cuda' .* 'cudnn', 'xla', 'auto'"):
+    tiny_config(fused_attention='cuda')
+
+
 def test_unknown_attention_type_names_the_config_field():
   with pytest.raises(ValueError, match=r'T5Config\.decoder_attention.*unknown'):
     tiny_config(decoder_attention='flash')

@@ -303,9 +303,10 @@ class Attention(nn.Module):
       logits = self.attention_logits(inputs_q, features, positions)
       if logits.shape[0] == 1 and (bias is None or bias.shape[0] == 1):
         return fused.shared_scores_attention(logits, bias, lengths, value)
-      return mix(normalize(logits, mask, bias), value)  # packed: per-example logits
-    probabilities = self.attention_probabilities(
-        inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
+      probabilities = normalize(logits, mask, bias)  # packed: per-example logits
+    else:
+      probabilities = self.attention_probabilities(
+          inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
     if dropout:
       probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
           probabilities, deterministic=False)

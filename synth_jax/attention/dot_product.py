@@ -55,6 +55,7 @@ class QueryKeyAttention(core.Attention):
     if self.fused is None or dropout or step is not None or single_query:
       return super().attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
                             segment_positions, lengths)
+    fused_lib.check_implementation(self.fused, f'{self.variant_name} attention option fused')
     keys, mask, bias, _ = self.scoring_inputs(inputs_q, inputs_kv, mask, bias, step,
                                               value.shape[1], decode)
     return fused_lib.flash_attention(

@@ -24,6 +24,16 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+# `fused` / `T5Config.fused_attention` values: 'auto' lets `jax.nn.dot_product_attention` choose.
+IMPLEMENTATIONS = ('cudnn', 'xla', 'auto')
+
+
+def check_implementation(implementation: Optional[str], where: str):
+  """Raises a ValueError naming `where` unless `implementation` is None or a known one."""
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'{where}={implementation!r} is not a fused attention implementation; use '
+                     f'one of {", ".join(map(repr, IMPLEMENTATIONS))}, or None for the core path.')
+
 
 @flax.struct.dataclass
 class SequenceLengths:
@@ -114,8 +124,9 @@ def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: Seque
   if bias is not None:
     scores = scores + bias[0].astype(jnp.float32)
   q_len, k_len = scores.shape[-2:]
-  scores = _stop_gradient_where_constant(scores, lengths)
-  # Keys that are padding in every example leave the softmax (at least key 0 stays).
+  # Keys that are padding in every example leave the softmax (at least key 0 stays), so their
+  # scores get an exactly zero gradient rather than the rounding noise of the ratio below, which
+  # Adafactor's normalized update would turn into full-size steps.
   visible = jnp.broadcast_to(jnp.arange(k_len) < jnp.maximum(jnp.max(lengths.key), 1),
                              (q_len, k_len))
   if lengths.causal:
@@ -138,18 +149,3 @@ def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: Seque
   out = numerator / jnp.where(has_keys, denominator, 1.0)[..., None]
   return jnp.where(has_keys[..., None], out, 0).astype(value.dtype)
 
-
-def _stop_gradient_where_constant(scores: Array, lengths: SequenceLengths) -> Array:
-  """Cuts the gradient of scores no example's output depends on.
-
-  Their true gradient is 0: keys that are padding in every example, and queries that see a
-  single key in every example (softmax of one logit is 1). The ratio above would give them
-  rounding noise instead, which Adafactor's normalized update would turn into full-size steps.
-  """
-  q_len, k_len = scores.shape[-2:]
-  live_keys = jnp.arange(k_len) < jnp.max(lengths.key)
-  keys_seen = jnp.broadcast_to(jnp.max(lengths.key), (q_len,))
-  if lengths.causal:
-    keys_seen = jnp.minimum(keys_seen, jnp.arange(q_len) + 1)
-  live = (keys_seen > 1)[:, None] & live_keys[None, :]
-  return jnp.where(live, scores, jax.lax.stop_gradient(scores))

@@ -284,3 +284,11 @@ def test_shared_scores_gradients_stay_finite_with_an_empty_example():
   for got, want in zip(*grads):
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_an_unknown_fused_implementation_is_a_clear_error():
+  x = helpers.inputs(19)
+  module = helpers.build('vanilla', fused='cuda')
+  with pytest.raises(ValueError, match=r"fused='cuda' is not a fused attention implementation; "
+                                       r"use one of 'cudnn', 'xla', 'auto'"):
+    module.init(jax.random.key(0), x, x)
