@@ -49,6 +49,7 @@ import numpy as np
 from synth_jax.attention import dense
 from synth_jax.attention import random as random_attention
 from synth_jax.attention import registry
+from synth_jax.attention import segment_slots as segment_slots_lib
 
 DEFAULT_TYPES = tuple(registry.names()) + ('random+vanilla',)
 
@@ -145,23 +146,35 @@ def attention_logit_matmuls(name: str, batch: int, q_len: int, k_len: int, max_k
 
 def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
                       max_key_length: int, embed: int, heads: int, head_dim: int,
-                      pack: bool = True) -> list[Matmul]:
+                      pack: bool = True, segment_slots: int = 0) -> list[Matmul]:
   """One attention layer: each member's logits and mix (PV), plus the shared value and output.
 
   A mixture's members each mix the shared value (`mixture.py` sums their outputs). Unpacked, a
   random synthesizer normalizes its shared logits once per step (`fused.shared_scores_attention`):
-  its softmax denominators are one more matmul. Packed, a trainable score map's gradient is one
-  (`packed_table`).
+  its softmax denominators are one more matmul. Packed with `segment_slots` (self-attention,
+  `T5Config.packed_segment_slots`), it does so slot by slot (`segment_slots`): the slots' padding,
+  their denominators and the forward recomputed in the backward pass are overhead. Packed
+  without slots, a trainable score map's gradient is one more (`packed_table`).
   """
   hd = heads * head_dim
   matmuls = []
   for member in registry.members(attention_type):
     matmuls += attention_logit_matmuls(member, batch, q_len, k_len, max_key_length, embed,
                                        heads, head_dim)
-    if registry.VARIANTS[member][0].shared_logits and not pack:
+    shared = registry.VARIANTS[member][0].shared_logits
+    if shared and not pack:
       matmuls.append(Matmul('denominators', 2 * batch * heads * q_len * k_len, gradients=1,
                             overhead=True))
-    if member in ('random', 'factorized_random') and pack:
+    if shared and pack and segment_slots:
+      cells = sum(c * c for c in segment_slots_lib.capacities(q_len, segment_slots))
+      matmuls += [
+          Matmul('slot padding', 2 * batch * heads * (cells - q_len * k_len) * head_dim,
+                 overhead=True),
+          Matmul('slot denominators', 2 * batch * heads * cells, gradients=1, overhead=True),
+          # The backward pass recomputes the slots' mix and denominators (`fused`).
+          Matmul('slot recompute', 2 * batch * heads * cells * (head_dim + 1), gradients=0,
+                 overhead=True)]
+    elif member in ('random', 'factorized_random') and pack:
       # The score map's gradient sums the examples' rows by position with a one-hot matmul
       # (`packed_table`), [max_q, batch*q] x [batch*q, heads*max_k]; backward only.
       matmuls.append(Matmul('score map gradient', 2 * max_key_length * batch * q_len * heads
@@ -190,14 +203,15 @@ def model_flops(cfg, batch: int, inputs_length: int, targets_length: int,
   mlp = lambda length: [Matmul(f'mlp_{i}', 2 * batch * length * e * cfg.mlp_dim)
                         for i in range(len(cfg.mlp_activations) + 1)]
   attend = functools.partial(attention_matmuls, batch=batch, embed=e, heads=h, head_dim=d)
+  slots = cfg.packed_segment_slots
   per_layer = {
       'encoder_attention': (cfg.num_encoder_layers, attend(
           cfg.encoder_attention, q_len=inputs_length, k_len=inputs_length,
-          max_key_length=cfg.max_encoder_length, pack=pack)),
+          max_key_length=cfg.max_encoder_length, pack=pack, segment_slots=slots)),
       'encoder_mlp': (cfg.num_encoder_layers, mlp(inputs_length)),
       'decoder_self_attention': (cfg.num_decoder_layers, attend(
           cfg.decoder_attention, q_len=targets_length, k_len=targets_length,
-          max_key_length=cfg.max_decoder_length, pack=pack)),
+          max_key_length=cfg.max_decoder_length, pack=pack, segment_slots=slots)),
       'decoder_cross_attention': (cfg.num_decoder_layers, attend(
           cfg.cross_attention, q_len=targets_length, k_len=inputs_length,
           max_key_length=cfg.max_encoder_length)),
@@ -222,7 +236,9 @@ def traced_matmul_flops(jaxpr) -> int:
 
   An independent count of what the traced program multiplies, to check `model_flops` against.
   Outer products (no contracted dim) are skipped: elementwise work, as in `model_flops`. Fused
-  attention kernels (cuDNN) are custom calls and do not appear.
+  attention kernels (cuDNN) are custom calls and do not appear. A `cond` counts the branch its
+  predicate selects when true (its last): ours choose a fast path when a batch allows it, and
+  the benchmark's batches do (see `run_one`).
   """
   jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
   total = 0
@@ -234,6 +250,9 @@ def traced_matmul_flops(jaxpr) -> int:
         total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contract)
       continue
     repeat = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
+    if eqn.primitive.name == 'cond':
+      total += traced_matmul_flops(eqn.params['branches'][-1])
+      continue
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else (param,):
         if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
@@ -410,6 +429,9 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
     data_sharding = partitioning.data_sharding(mesh)
     batch = synthetic_batch(batch_size, inputs_length, targets_length, cfg.vocab_size, pack,
                             seed)
+    if pack:  # more segments in a row than slots: the per-example path, not the one counted
+      row['segments_per_row_max'] = int(batch['encoder_segment_ids'].max())
+      row['packed_segment_slots'] = cfg.packed_segment_slots
     state, shardings, optimizer = create_state(model, make_optimizer, batch, mesh, seed,
                                                init_on_host)
     batch, rng = jax.device_put(batch, data_sharding), jax.random.key(seed + 1)

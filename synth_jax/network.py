@@ -53,6 +53,10 @@ class T5Config:
       (vanilla and orthogonal; self- and cross-attention) runs through
       `jax.nn.dot_product_attention` ('cudnn': flash attention on NVIDIA GPUs). See
       `attention/fused.py`; fastest on unpacked batches.
+    packed_segment_slots: on packed batches, self-attention whose logits are shared by the batch
+      (random synthesizers) moves each segment to one of this many slots per row and normalizes
+      once per step (`attention/segment_slots.py`); a batch with a row of more segments takes
+      the per-example path. 0 always takes the per-example path.
   """
   vocab_size: int
   dtype: Any = jnp.float32
@@ -72,6 +76,7 @@ class T5Config:
   max_encoder_length: int = 512
   max_decoder_length: int = 114
   fused_attention: Optional[str] = None
+  packed_segment_slots: int = 8
 
   def __post_init__(self):
     # Normalized so configs from gin (strings, lists) are hashable flax module attributes.
@@ -80,6 +85,9 @@ class T5Config:
     object.__setattr__(self, 'self_attention_options',
                        tuple(sorted(dict(self.self_attention_options).items())))
     attention.fused.check_implementation(self.fused_attention, 'T5Config.fused_attention')
+    if self.packed_segment_slots < 0:
+      raise ValueError(f'T5Config.packed_segment_slots={self.packed_segment_slots} must be >= 0 '
+                       f'(0 turns the slot layout off).')
     for field in ('encoder_attention', 'decoder_attention', 'cross_attention'):
       try:
         attention.is_position_dependent(getattr(self, field))
@@ -146,7 +154,8 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, inputs: Array, encoder_mask: Optional[Array], encoder_bias: Array,
                deterministic: bool = True, positions: Optional[Array] = None,
-               lengths: Optional[attention.SequenceLengths] = None) -> Array:
+               lengths: Optional[attention.SequenceLengths] = None,
+               segments: Optional[attention.PackedSegments] = None) -> Array:
     """`[batch, length, emb]` -> `[batch, length, emb]`.
 
     Args:
@@ -154,13 +163,14 @@ class EncoderLayer(nn.Module):
       encoder_bias: `[1, heads, length, length]` relative position bias.
       positions: `[batch, length]` positions within packed segments; None when not packed.
       lengths: the padding mask as lengths (unpacked batches), for the fused attention paths.
+      segments: the packing (packed batches), for the fused attention paths.
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.encoder_attention, cfg.max_encoder_length, cfg.max_encoder_length,
                    'attention', cfg.self_attention_options)(
                        x, x, encoder_mask, encoder_bias, deterministic=deterministic,
-                       segment_positions=positions, lengths=lengths)
+                       segment_positions=positions, lengths=lengths, segments=segments)
     x = _residual(cfg, x, inputs, deterministic)
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
     return _residual(cfg, _mlp(cfg)(y, deterministic=deterministic), x, deterministic)
@@ -176,7 +186,8 @@ class DecoderLayer(nn.Module):
                deterministic: bool = True, decode: bool = False,
                positions: Optional[Array] = None,
                self_lengths: Optional[attention.SequenceLengths] = None,
-               cross_lengths: Optional[attention.SequenceLengths] = None) -> Array:
+               cross_lengths: Optional[attention.SequenceLengths] = None,
+               self_segments: Optional[attention.PackedSegments] = None) -> Array:
     """`[batch, length, emb]` -> `[batch, length, emb]` (length 1 in decode steps).
 
     Args:
@@ -189,13 +200,15 @@ class DecoderLayer(nn.Module):
       decode: use and update the autoregressive cache of self-attention.
       positions: `[batch, length]` positions within packed segments; None when not packed.
       self_lengths, cross_lengths: the two masks as lengths (unpacked training batches).
+      self_segments: the packing of self-attention (packed batches).
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.decoder_attention, cfg.max_decoder_length, cfg.max_decoder_length,
                    'self_attention', cfg.self_attention_options)(
                        x, x, decoder_mask, decoder_bias, deterministic=deterministic,
-                       decode=decode, segment_positions=positions, lengths=self_lengths)
+                       decode=decode, segment_positions=positions, lengths=self_lengths,
+                       segments=self_segments)
     x = _residual(cfg, x, inputs, deterministic)
     # Cross-attention keys come whole from the encoder each step, so it is never cached.
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
@@ -221,11 +234,13 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, encoder_mask: Optional[Array] = None,
                deterministic: bool = True, encoder_positions: Optional[Array] = None,
-               encoder_lengths: Optional[attention.SequenceLengths] = None) -> Array:
+               encoder_lengths: Optional[attention.SequenceLengths] = None,
+               encoder_segments: Optional[attention.PackedSegments] = None) -> Array:
     """Token ids `[batch, length]` -> encodings `[batch, length, emb]`.
 
     `encoder_positions` `[batch, length]`: positions within packed segments (None if unpacked);
-    `encoder_lengths`: `encoder_mask` as lengths (unpacked only).
+    `encoder_lengths`: `encoder_mask` as lengths (unpacked only); `encoder_segments`: the
+    packing (packed only).
     """
     cfg = self.config
     length = encoder_input_tokens.shape[1]
@@ -236,7 +251,8 @@ class Encoder(nn.Module):
     x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f'layers_{i}')(x, encoder_mask, encoder_bias, deterministic,
-                                                encoder_positions, encoder_lengths)
+                                                encoder_positions, encoder_lengths,
+                                                encoder_segments)
     x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
     # T5X drops whole elements here (no broadcast over length).
     return _dropout(cfg, x, deterministic, broadcast_length=False)
@@ -253,11 +269,13 @@ class Decoder(nn.Module):
                encoder_decoder_mask: Optional[Array] = None, deterministic: bool = True,
                decode: bool = False, max_decode_length: Optional[int] = None,
                decoder_lengths: Optional[attention.SequenceLengths] = None,
-               encoder_decoder_lengths: Optional[attention.SequenceLengths] = None) -> Array:
+               encoder_decoder_lengths: Optional[attention.SequenceLengths] = None,
+               decoder_segments: Optional[attention.PackedSegments] = None) -> Array:
     """Token ids `[batch, length]` -> logits `[batch, length, vocab]` (float32).
 
     `decoder_positions` `[batch, length]`: positions within packed segments (None if unpacked);
-    `decoder_lengths`, `encoder_decoder_lengths`: the two masks as lengths (unpacked only).
+    `decoder_lengths`, `encoder_decoder_lengths`: the two masks as lengths (unpacked only);
+    `decoder_segments`: the packing of self-attention (packed only).
     """
     cfg = self.config
     length = decoder_input_tokens.shape[1]
@@ -274,7 +292,8 @@ class Decoder(nn.Module):
       y = DecoderLayer(cfg, name=f'layers_{i}')(
           y, encoded, decoder_mask, encoder_decoder_mask, decoder_bias,
           deterministic=deterministic, decode=decode, positions=decoder_positions,
-          self_lengths=decoder_lengths, cross_lengths=encoder_decoder_lengths)
+          self_lengths=decoder_lengths, cross_lengths=encoder_decoder_lengths,
+          self_segments=decoder_segments)
     y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
 
@@ -326,11 +345,20 @@ class Transformer(nn.Module):
       if encoder_positions is None:
         encoder_positions = segment_positions(encoder_segment_ids)
       lengths = None
+      segments = self._segments(encoder_segment_ids, nonpad, causal=False)
     else:
-      encoder_positions = None
+      encoder_positions = segments = None
       lengths = attention.SequenceLengths.from_tokens(encoder_input_tokens, encoder_input_tokens)
     return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout,
-                        encoder_positions=encoder_positions, encoder_lengths=lengths)
+                        encoder_positions=encoder_positions, encoder_lengths=lengths,
+                        encoder_segments=segments)
+
+  def _segments(self, segment_ids: Array, nonpad: Array,
+                causal: bool) -> Optional[attention.PackedSegments]:
+    if not self.config.packed_segment_slots:
+      return None
+    return attention.PackedSegments.from_segment_ids(
+        segment_ids, nonpad, self.config.packed_segment_slots, causal)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
@@ -383,7 +411,7 @@ class Transformer(nn.Module):
             attention.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal,
                                           dtype=cfg.dtype),
             dtype=cfg.dtype)
-    self_lengths = cross_lengths = None
+    self_lengths = cross_lengths = self_segments = None
     if decoder_segment_ids is None:
       decoder_positions = None
       if not decode:  # unpacked training or scoring: both masks are plain padding
@@ -391,13 +419,16 @@ class Transformer(nn.Module):
             decoder_target_tokens, decoder_target_tokens, causal=True)
         cross_lengths = attention.SequenceLengths.from_tokens(decoder_target_tokens,
                                                               encoder_input_tokens)
-    elif decoder_positions is None:
-      decoder_positions = segment_positions(decoder_segment_ids)
+    else:
+      if decoder_positions is None:
+        decoder_positions = segment_positions(decoder_segment_ids)
+      self_segments = self._segments(decoder_segment_ids, decoder_target_tokens > 0, causal=True)
     return self.decoder(
         encoded, decoder_input_tokens, decoder_positions=decoder_positions,
         decoder_mask=decoder_mask, encoder_decoder_mask=encoder_decoder_mask,
         deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length,
-        decoder_lengths=self_lengths, encoder_decoder_lengths=cross_lengths)
+        decoder_lengths=self_lengths, encoder_decoder_lengths=cross_lengths,
+        decoder_segments=self_segments)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,

@@ -2,6 +2,7 @@
 
 No timing is asserted: the CPU only proves that what the benchmark reports is computed right.
 """
+import dataclasses
 import functools
 import json
 import os
@@ -81,11 +82,13 @@ def test_model_flops_equal_the_closed_form(attention_type, preset):
     assert preset != 'base' or flops['training'] == 54_520_858_017_792 + 422_615_040
 
 
-def traced_step_flops(attention_type, pack):
+def traced_step_flops(attention_type, pack, segment_slots=None):
   """`traced_matmul_flops` of the tiny preset's train step, traced from shapes (nothing runs)."""
   shapes = bench.PRESETS['tiny']
   cfg = bench.model_config('tiny', attention_type, shapes['inputs_length'],
                            shapes['targets_length'])
+  if segment_slots is not None:
+    cfg = dataclasses.replace(cfg, packed_segment_slots=segment_slots)
   model = network.Transformer(cfg)
   batch = bench.synthetic_batch(shapes['batch_size'], shapes['inputs_length'],
                                 shapes['targets_length'], cfg.vocab_size, pack)
@@ -112,12 +115,20 @@ def test_analytic_flops_equal_the_dot_generals_of_the_traced_step(attention_type
   assert traced == analytic
 
 
-@pytest.mark.parametrize('attention_type',
-                         ['random', 'orthogonal', 'factorized_dense', 'factorized_random'])
+@pytest.mark.parametrize('attention_type', ['random', 'orthogonal', 'factorized_dense',
+                                            'factorized_random', 'random+vanilla'])
 def test_packed_batches_cost_the_same_matmuls(attention_type):
   # factorized_random: R1 R2^T once per step, also when packed (not once per example).
   traced, analytic = traced_step_flops(attention_type, pack=True)
   assert traced == analytic
+
+
+@pytest.mark.parametrize('attention_type', ['random', 'factorized_random'])
+def test_packed_batches_without_segment_slots_cost_the_per_example_matmuls(attention_type):
+  traced, analytic = traced_step_flops(attention_type, pack=True, segment_slots=0)
+  assert traced == analytic
+  _, with_slots = traced_step_flops(attention_type, pack=True)
+  assert with_slots != analytic  # the two paths' overheads differ, so each count is checked
 
 
 def test_synthetic_packed_batch_is_laid_out_like_the_feature_converter():
@@ -205,8 +216,10 @@ def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
     assert row['model_flops_per_step'] == closed_form(row['attention_type'], 'tiny')
     assert row['traced_matmul_flops'] == (row['model_flops_per_step']
                                           + row['overhead_flops_per_step'])
-    # Packed random: the score map's gradient is a one-hot matmul, outside the model FLOPs.
+    # Packed random: slot padding, denominators and recompute, outside the model FLOPs.
     assert (row['overhead_flops_per_step'] > 0) == (row['attention_type'] == 'random')
+    # The batches the FLOPs are counted for take the slot path.
+    assert row['segments_per_row_max'] <= row['packed_segment_slots']
     # Pipelined rounds (per-step means) give the step time; each-step-synced times are kept too.
     assert len(row['step_times_s']) == bench.PIPELINED_ROUNDS
     assert row['step_time_s'] == statistics.median(row['step_times_s'])

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from synth_jax import layers
 from synth_jax.attention import fused
 from synth_jax.attention import packed_table
+from synth_jax.attention import segment_slots
 
 Array = jax.Array
 # Large but finite: exp(NEG_INF - max) is exactly 0 in float32, and a fully masked row
@@ -116,6 +117,16 @@ def normalize(logits: Array, mask: Optional[Array], bias: Optional[Array]) -> Ar
 def mix(probabilities: Array, value: Array) -> Array:
   """`[batch | 1, heads, q, k]` x `[batch, k, heads, head_dim]` -> `[batch, q, heads, head_dim]`."""
   return jnp.einsum('bhqk,bkhd->bqhd', probabilities.astype(value.dtype), value)
+
+
+def packed_per_example_attention(scores: Array, value: Array,
+                                 segments: segment_slots.PackedSegments) -> Array:
+  """Batch-free `[heads, len, len]` scores read per example within packed segments, then mixed.
+
+  The general path of `fused.packed_shared_scores_attention`: `[batch, heads, len, len]` logits.
+  """
+  logits = packed_table.gather_within_segments(scores, segments.position)
+  return mix(normalize(logits, segments.mask(), None), value)
 
 
 def decode_step_mask_and_bias(mask: Optional[Array], bias: Optional[Array], step: Array,
@@ -294,19 +305,24 @@ class Attention(nn.Module):
     return normalize(self.attention_logits(inputs_q, features, positions), mask, bias)
 
   def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-             segment_positions=None, lengths: Optional[fused.SequenceLengths] = None) -> Array:
+             segment_positions=None, lengths: Optional[fused.SequenceLengths] = None,
+             segments: Optional[segment_slots.PackedSegments] = None) -> Array:
     """Mixes `value` `[batch, k_len, heads, head_dim]` -> `[batch, q_len, heads, head_dim]`."""
     dropout = not deterministic and self.dropout_rate > 0
-    if self.shared_logits and lengths is not None and step is None and not dropout:
+    batch_free_bias = bias is None or bias.shape[0] == 1
+    if (self.shared_logits and (lengths is not None or segments is not None) and step is None
+        and not dropout and batch_free_bias):
+      # Logits at unpacked positions: `[1, heads, q, k]`; packed segments are read in their
+      # own frames by the fused path.
       features, mask, bias, positions = self.scoring_inputs(
-          inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
+          inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode)
       logits = self.attention_logits(inputs_q, features, positions)
-      if logits.shape[0] == 1 and (bias is None or bias.shape[0] == 1):
+      if lengths is not None:
         return fused.shared_scores_attention(logits, bias, lengths, value)
-      probabilities = normalize(logits, mask, bias)  # packed: per-example logits
-    else:
-      probabilities = self.attention_probabilities(
-          inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
+      return fused.packed_shared_scores_attention(logits, bias, segments, value,
+                                                  packed_per_example_attention)
+    probabilities = self.attention_probabilities(
+        inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
     if dropout:
       probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
           probabilities, deterministic=False)
@@ -317,6 +333,7 @@ class Attention(nn.Module):
                bias: Optional[Array] = None, *, decode: bool = False, deterministic: bool = True,
                segment_positions: Optional[Array] = None,
                lengths: Optional[fused.SequenceLengths] = None,
+               segments: Optional[segment_slots.PackedSegments] = None,
                probabilities_only: bool = False, shared_value: Optional[Array] = None) -> Array:
     """Attention of `inputs_q` `[batch, q_len, embed]` over `inputs_kv` `[batch, k_len, embed]`.
 
@@ -331,6 +348,8 @@ class Attention(nn.Module):
       lengths: the same mask as `fused.SequenceLengths`, when it is plain padding (and
         causality): lets fused variants and shared-logit variants skip the dense mask. Callers
         pass both; `mask` stays the reference (and the only mask of the other variants).
+      segments: for self-attention over packed rows, the packing as `PackedSegments` (with
+        `segment_positions` and `mask`): lets shared-logit variants normalize once per step.
       probabilities_only: return the attention probabilities `[batch | 1, heads, q_len, k_len]`
         instead of the output (how a mixture reads its members under attention dropout).
       shared_value: mix this value `[batch, k_len, heads, head_dim]` (a mixture's, already
@@ -361,13 +380,13 @@ class Attention(nn.Module):
           inputs_q, inputs_kv, mask, bias, step, key_length, decode, segment_positions)
     if shared_value is not None:
       return self.attend(inputs_q, inputs_kv, shared_value, mask, bias, step, decode,
-                         deterministic, segment_positions, lengths)
+                         deterministic, segment_positions, lengths, segments)
 
     value = self.projection('value', (self.num_heads, self.head_size(inputs_kv.shape[-1])))(
         inputs_kv)
     value = self.cached('cached_value', value, step, decode)
     mixed = self.attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-                        segment_positions, lengths)
+                        segment_positions, lengths, segments)
     out = layers.DenseGeneral(
         features=inputs_q.shape[-1], axis=(-2, -1), kernel_axes=('joined_kv', 'embed'),
         dtype=self.dtype, kernel_init=self.kernel_init, name='out')

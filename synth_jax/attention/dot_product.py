@@ -49,12 +49,12 @@ class QueryKeyAttention(core.Attention):
     """Dot-product attention has no maximum length."""
 
   def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-             segment_positions=None, lengths=None):
+             segment_positions=None, lengths=None, segments=None):
     dropout = not deterministic and self.dropout_rate > 0
     single_query = inputs_q.shape[1] == 1  # decoding: nothing to fuse
     if self.fused is None or dropout or step is not None or single_query:
       return super().attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-                            segment_positions, lengths)
+                            segment_positions, lengths, segments)
     fused_lib.check_implementation(self.fused, f'{self.variant_name} attention option fused')
     keys, mask, bias, _ = self.scoring_inputs(inputs_q, inputs_kv, mask, bias, step,
                                               value.shape[1], decode)

@@ -14,13 +14,18 @@ padding (and causality), given as `SequenceLengths` instead of a dense mask:
       out[b, i] = sum_j E[i, j] m[b, j] v[b, j] / sum_j E[i, j] m[b, j],
   where m[b, j] = 1 for the keys of example b. This is softmax over the example's keys, exactly.
 
-Packed batches (segment ids) have no lengths form; they keep the dense mask.
+Packed batches (segment ids) have no lengths form. Query-key variants keep the dense mask there;
+shared scores move each segment to a slot of its own, where it is an unpacked example
+(`packed_shared_scores_attention`, `segment_slots`).
 """
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
+
+from synth_jax.attention import segment_slots
 
 Array = jax.Array
 
@@ -107,6 +112,53 @@ def flash_attention(query: Array, key: Array, value: Array, bias: Optional[Array
                                       implementation=implementation)
 
 
+def _batch_free_scores(logits: Array, bias: Optional[Array]) -> Array:
+  """`[1, heads, q, k]` logits (+ bias) -> `[heads, q, k]` float32 scores."""
+  scores = logits[0].astype(jnp.float32)
+  if bias is not None:
+    scores = scores + bias[0].astype(jnp.float32)
+  return scores
+
+
+def _shared_softmax_mix(scores: Array, key_valid: Array, longest: Array, value: Array,
+                        causal: bool) -> Array:
+  """Per-example softmax over the valid keys, with one softmax of `scores` for the batch.
+
+  Args:
+    scores: `[heads, q_len, k_len]` float32, shared by the batch.
+    key_valid: `[batch, k_len]` bool.
+    longest: scalar, no example has valid keys at or past this index.
+    value: `[batch, k_len, heads, head_dim]`.
+    causal: query i sees keys j <= i only.
+
+  Returns:
+    `[batch, q_len, heads, head_dim]` in `value.dtype`.
+  """
+  q_len, k_len = scores.shape[-2:]
+  # Keys past the longest example leave the softmax (at least key 0 stays), so their scores get
+  # an exactly zero gradient rather than the rounding noise of the ratio below, which
+  # Adafactor's normalized update would turn into full-size steps.
+  visible = jnp.broadcast_to(jnp.arange(k_len) < jnp.maximum(longest, 1), (q_len, k_len))
+  if causal:
+    visible = visible & jnp.tril(jnp.ones((q_len, k_len), bool))
+  scores = jnp.where(visible, scores, -jnp.inf)
+  # Any per-row scale cancels in the ratio, so E may be softmax(S) over the keys of the longest
+  # example: it keeps E <= 1, and a row with a single key (the first causal query) gets E = 1
+  # exactly and an exactly zero gradient, as the per-example softmax gives it. A shorter
+  # example's keys could underflow under a key of a longer one far above them: that takes a
+  # logit spread of ~80, far beyond trained score maps.
+  weights = jax.nn.softmax(scores, axis=-1)  # [heads, q, k]; 0 where causally masked
+  masked_value = jnp.where(key_valid[:, :, None, None], value, 0)
+  numerator = jnp.einsum('hqk,bkhd->bqhd', weights.astype(value.dtype), masked_value,
+                         preferred_element_type=jnp.float32)
+  denominator = jnp.einsum('hqk,bk->bqh', weights, key_valid.astype(jnp.float32))
+  # An example without keys (length 0) has denominator 0: its output is 0, and so is its
+  # gradient (a plain maximum(denominator, tiny) would give 0 * inf = NaN there).
+  has_keys = denominator > 0
+  out = numerator / jnp.where(has_keys, denominator, 1.0)[..., None]
+  return jnp.where(has_keys[..., None], out, 0).astype(value.dtype)
+
+
 def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: SequenceLengths,
                             value: Array) -> Array:
   """Attention with batch-independent logits, normalized once per step (see the module doc).
@@ -120,32 +172,74 @@ def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: Seque
   Returns:
     `[batch, q_len, heads, head_dim]` in `value.dtype`.
   """
-  scores = logits[0].astype(jnp.float32)
-  if bias is not None:
-    scores = scores + bias[0].astype(jnp.float32)
-  q_len, k_len = scores.shape[-2:]
-  # Keys that are padding in every example leave the softmax (at least key 0 stays), so their
-  # scores get an exactly zero gradient rather than the rounding noise of the ratio below, which
-  # Adafactor's normalized update would turn into full-size steps.
-  visible = jnp.broadcast_to(jnp.arange(k_len) < jnp.maximum(jnp.max(lengths.key), 1),
-                             (q_len, k_len))
-  if lengths.causal:
-    visible = visible & jnp.tril(jnp.ones((q_len, k_len), bool))
-  scores = jnp.where(visible, scores, -jnp.inf)
-  # Any per-row scale cancels in the ratio, so E may be softmax(S) over the keys of the longest
-  # example: it keeps E <= 1, and a row with a single key (the first causal query) gets E = 1
-  # exactly and an exactly zero gradient, as the per-example softmax gives it. A shorter
-  # example's keys could underflow under a key of a longer one far above them: that takes a
-  # logit spread of ~80, far beyond trained score maps.
-  weights = jax.nn.softmax(scores, axis=-1)  # [heads, q, k]; 0 where causally masked
-  key_valid = lengths.key_valid(k_len)
-  masked_value = jnp.where(key_valid[:, :, None, None], value, 0)
-  numerator = jnp.einsum('hqk,bkhd->bqhd', weights.astype(value.dtype), masked_value,
-                         preferred_element_type=jnp.float32)
-  denominator = jnp.einsum('hqk,bk->bqh', weights, key_valid.astype(jnp.float32))
-  # An example without keys (length 0) has denominator 0: its output is 0, and so is its
-  # gradient (a plain maximum(denominator, tiny) would give 0 * inf = NaN there).
-  has_keys = denominator > 0
-  out = numerator / jnp.where(has_keys, denominator, 1.0)[..., None]
-  return jnp.where(has_keys[..., None], out, 0).astype(value.dtype)
+  return _shared_softmax_mix(_batch_free_scores(logits, bias), lengths.key_valid(value.shape[1]),
+                             jnp.max(lengths.key), value, lengths.causal)
 
+
+def _segment_slots_attention(scores: Array, value: Array,
+                             segments: segment_slots.PackedSegments) -> Array:
+  """Shared-score attention of each slot (segment) alone, repacked into rows."""
+  mixed = []
+  for k, (slot_value, slot_valid) in enumerate(zip(
+      segment_slots.unpack(value, segments), segment_slots.unpack(segments.valid, segments))):
+    capacity = slot_value.shape[1]
+    mixed.append(_shared_softmax_mix(scores[:, :capacity, :capacity], slot_valid,
+                                     jnp.max(segments.length[:, k]), slot_value,
+                                     segments.causal))
+  return segment_slots.repack(mixed, segments)
+
+
+def packed_shared_scores_attention(logits: Array, bias: Optional[Array],
+                                   segments: segment_slots.PackedSegments, value: Array,
+                                   per_example: Callable[..., Array]) -> Array:
+  """Batch-independent logits over packed rows, normalized once per step when the rows fit.
+
+  Each segment is self-attention of one example that starts at position 0, as if it were alone:
+  logits[h, i, j] at the positions i, j within the segment. Moved to slots
+  (`segment_slots`), the segments are unpacked examples, so `shared_scores_attention`'s
+  two-matmul form applies to each slot. Batches whose rows hold more segments than slots take
+  `per_example(scores, value, segments)` instead (chosen on the device by `lax.cond`).
+
+  Args:
+    logits: `[1, heads, len, len]`, the same for every example (random synthesizers), indexed by
+      positions within a segment; bias: `[1, heads, len, len]` or None, read the same way (T5's
+      relative-position bias depends on j - i only, so each frame gives it the same values).
+    segments: the packing of the batch.
+    value: `[batch, len, heads, head_dim]`.
+    per_example: the general path, `([heads, len, len] float32 scores, value, segments)` ->
+      `[batch, len, heads, head_dim]`.
+
+  Returns:
+    `[batch, len, heads, head_dim]` in `value.dtype`; zero at padding.
+  """
+  return _fits_or_per_example(per_example, _batch_free_scores(logits, bias), value, segments)
+
+
+# Only the inputs are kept for the backward pass, which recomputes the taken branch: a `cond`
+# under autodiff would keep the residuals of both branches, the per-example path's
+# `[batch, heads, len, len]` probabilities among them.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fits_or_per_example(per_example, scores, value, segments):
+  return jax.lax.cond(segments.fits, _segment_slots_attention, per_example, scores, value,
+                      segments)
+
+
+def _fits_or_per_example_forward(per_example, scores, value, segments):
+  return _fits_or_per_example(per_example, scores, value, segments), (scores, value, segments)
+
+
+def _fits_or_per_example_backward(per_example, residuals, grad):
+  scores, value, segments = residuals
+
+  def gradients(path):
+    def branch(scores, value):
+      _, pullback = jax.vjp(lambda s, v: path(s, v, segments), scores, value)
+      return pullback(grad)
+    return branch
+
+  score_grad, value_grad = jax.lax.cond(
+      segments.fits, gradients(_segment_slots_attention), gradients(per_example), scores, value)
+  return score_grad, value_grad, None
+
+
+_fits_or_per_example.defvjp(_fits_or_per_example_forward, _fits_or_per_example_backward)

@@ -69,14 +69,15 @@ class MixtureAttention(core.Attention):
     return total
 
   def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-             segment_positions=None, lengths=None):
+             segment_positions=None, lengths=None, segments=None):
     if not deterministic and self.dropout_rate > 0:
       return super().attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-                            segment_positions, lengths)
+                            segment_positions, lengths, segments)
     weights = self.mixture_weights()
     total = 0.0
     for weight, member in zip(weights, self.member_modules()):
       mixed = member(inputs_q, inputs_kv, mask, bias, decode=decode,
-                     segment_positions=segment_positions, lengths=lengths, shared_value=value)
+                     segment_positions=segment_positions, lengths=lengths, segments=segments,
+                     shared_value=value)
       total = total + weight * mixed.astype(jnp.float32)
     return total.astype(value.dtype)

@@ -1,0 +1,162 @@
+"""Packed rows laid out as slots, one segment each, so shared score maps stay shared when packed.
+
+A random synthesizer reads its score map R at each token's position within its segment. On a
+packed row (several examples one after another) the logits are therefore per example, and the
+per-example softmax is what made packed random attention slower than vanilla. Moved to a slot,
+a segment starts at local position 0 and looks exactly like an unpacked example, so the
+batch-shared path (softmax of R once per step, `fused.shared_scores_attention`) applies slot by
+slot.
+
+Layout: the segments of a row, longest first, fill slots 0, 1, ..., `num_slots - 1`. The k-th
+longest of segments that share L positions has at most L / (k + 1) tokens, so slot k needs only
+`capacities(L, num_slots)[k]` = ceil(L / (k + 1)) positions (rounded up to a multiple of 8): the
+slots hold about L * (1 + 1/2 + ... + 1/K) positions and cost sum_k (L / (k+1))^2 < 1.65 L^2 of
+attention work per row, however the row is split. A row with more segments than slots does not
+fit (`PackedSegments.fits`); callers then take the per-example path.
+
+`unpack` and `repack` move rows between the two layouts. Each is a partial permutation of rows
+and the other's transpose, so each one's gradient is the other (no scatter).
+"""
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_ALIGNMENT = 8
+
+
+def capacities(length: int, num_slots: int) -> tuple[int, ...]:
+  """Positions of each slot for rows of `length`: ceil(length / (k + 1)), aligned, <= length."""
+  align = lambda n: min(length, -(-n // _ALIGNMENT) * _ALIGNMENT)
+  return tuple(align(math.ceil(length / (k + 1))) for k in range(num_slots))
+
+
+@flax.struct.dataclass
+class PackedSegments:
+  """Where each segment of a packed batch sits, and which slot it takes.
+
+  Attributes:
+    ordinal: `[batch, len]` int32, the index of each token's segment in its row (0, 1, ...), or
+      -1 for a token outside every segment (trailing padding).
+    valid: `[batch, len]` bool, the tokens that are not padding.
+    position: `[batch, len]` int32, each token's position within its segment.
+    slot: `[batch, len]` int32, the slot of each token's segment; `num_slots` outside slots.
+    start: `[batch, num_slots]` int32, the row offset of each slot's segment.
+    length: `[batch, num_slots]` int32, its length in tokens (0: an empty slot).
+    fits: `[]` bool, every row's segments fit in the slots (else `slot` is meaningless).
+    causal: the attention these segments mask is causal (decoder self-attention).
+  """
+  ordinal: Array
+  valid: Array
+  position: Array
+  slot: Array
+  start: Array
+  length: Array
+  fits: Array
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+  @property
+  def num_slots(self) -> int:
+    return self.start.shape[1]
+
+  @classmethod
+  def from_segment_ids(cls, segment_ids: Array, valid: Array, num_slots: int,
+                       causal: bool = False) -> 'PackedSegments':
+    """Segments of seqio's packed layout.
+
+    Args:
+      segment_ids: `[batch, len]`; a segment is a run of equal ids.
+      valid: `[batch, len]` bool, the tokens that are not padding (token id > 0). A run without
+        any valid token (the row's trailing padding) is no segment.
+      num_slots: slots per row.
+      causal: see the attribute.
+    """
+    batch, length = segment_ids.shape
+    valid = valid.astype(bool)
+    index = jnp.arange(length)
+    previous = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+    run_start = segment_ids != previous
+    run = jnp.cumsum(run_start, axis=1, dtype=jnp.int32) - 1  # [b, len]
+    position = index - jax.lax.cummax(jnp.where(run_start, index, 0), axis=1)
+    # Runs holding a valid token are segments, numbered in order.
+    run_is_segment = jnp.zeros((batch, length), bool).at[
+        jnp.arange(batch)[:, None], run].max(valid)
+    segment_number = jnp.cumsum(run_is_segment, axis=1, dtype=jnp.int32) - 1  # per run
+    ordinal = jnp.where(jnp.take_along_axis(run_is_segment, run, axis=1),
+                        jnp.take_along_axis(segment_number, run, axis=1), -1)
+    fits = jnp.all(ordinal < num_slots)
+
+    one_hot = ordinal[:, :, None] == jnp.arange(num_slots)  # [b, len, K]
+    sizes = jnp.sum(one_hot, axis=1, dtype=jnp.int32)  # [b, K] by ordinal
+    starts = jnp.min(jnp.where(one_hot, index[None, :, None], length), axis=1)
+    # Slot of each ordinal: its rank by length, longest first, ties in row order.
+    longer = sizes[:, None, :] > sizes[:, :, None]  # [b, k, j]: segment j longer than k
+    tied_before = (sizes[:, None, :] == sizes[:, :, None]) & (
+        jnp.arange(num_slots)[None, :] < jnp.arange(num_slots)[:, None])
+    rank = jnp.sum(longer | tied_before, axis=2, dtype=jnp.int32)  # [b, K]
+    to_slot = rank[:, :, None] == jnp.arange(num_slots)  # [b, ordinal, slot]
+    slot_start = jnp.sum(jnp.where(to_slot, starts[:, :, None], 0), axis=1)
+    slot_length = jnp.sum(jnp.where(to_slot, sizes[:, :, None], 0), axis=1)
+    in_slots = (ordinal >= 0) & (ordinal < num_slots)
+    slot = jnp.where(in_slots, jnp.take_along_axis(
+        rank, jnp.clip(ordinal, 0, num_slots - 1), axis=1), num_slots)
+    return cls(ordinal, valid, position, slot, slot_start, slot_length, fits, causal)
+
+  def mask(self) -> Array:
+    """The dense mask `[batch, 1, len, len]` (bool): valid tokens of one segment (and causal)."""
+    same = ((self.ordinal[:, :, None] == self.ordinal[:, None, :])
+            & self.valid[:, :, None] & self.valid[:, None, :])
+    if self.causal:
+      same = same & jnp.tril(jnp.ones(same.shape[1:], bool))
+    return same[:, None]
+
+  def slot_indices(self, k: int, capacity: int):
+    """Row index of each position of slot k, `[batch, capacity]`, and whether it is in use."""
+    t = jnp.arange(capacity)
+    used = t[None, :] < self.length[:, k:k + 1]
+    return jnp.where(used, self.start[:, k:k + 1] + t[None, :], 0), used
+
+
+def _gather_slots(rows: Array, segments: PackedSegments) -> list[Array]:
+  out = []
+  for k, capacity in enumerate(capacities(rows.shape[1], segments.num_slots)):
+    index, used = segments.slot_indices(k, capacity)
+    trailing = (1,) * (rows.ndim - 2)
+    gathered = jnp.take_along_axis(rows, index.reshape(index.shape + trailing), axis=1)
+    out.append(jnp.where(used.reshape(used.shape + trailing), gathered, 0))
+  return out
+
+
+def _scatter_slots(slots: list[Array], segments: PackedSegments) -> Array:
+  offsets = [0]
+  for s in slots:
+    offsets.append(offsets[-1] + s.shape[1])
+  stacked = jnp.concatenate(slots, axis=1)  # [b, sum of capacities, ...]
+  inside = segments.slot < segments.num_slots
+  base = jnp.asarray(offsets[:-1], jnp.int32)[jnp.minimum(segments.slot, segments.num_slots - 1)]
+  index = jnp.where(inside, base + segments.position, 0)
+  trailing = (1,) * (stacked.ndim - 2)
+  rows = jnp.take_along_axis(stacked, index.reshape(index.shape + trailing), axis=1)
+  return jnp.where(inside.reshape(inside.shape + trailing), rows, 0)
+
+
+@jax.custom_vjp
+def unpack(rows: Array, segments: PackedSegments) -> list[Array]:
+  """`[batch, len, ...]` -> one `[batch, capacity_k, ...]` per slot; zero past each segment."""
+  return _gather_slots(rows, segments)
+
+
+@jax.custom_vjp
+def repack(slots: list[Array], segments: PackedSegments) -> Array:
+  """The inverse layout change: slots -> `[batch, len, ...]`; zero outside every segment."""
+  return _scatter_slots(slots, segments)
+
+
+unpack.defvjp(lambda rows, segments: (unpack(rows, segments), segments),
+              lambda segments, grads: (repack(grads, segments), None))
+repack.defvjp(lambda slots, segments: (repack(slots, segments), segments),
+              lambda segments, grad: (unpack(grad, segments), None))
+
