@@ -55,8 +55,9 @@ class T5Config:
       `attention/fused.py`; fastest on unpacked batches.
     packed_segment_slots: on packed batches, self-attention whose logits are shared by the batch
       (random synthesizers) moves each segment to one of this many slots per row and normalizes
-      once per step (`attention/segment_slots.py`); a batch with a row of more segments takes
-      the per-example path. 0 always takes the per-example path.
+      once per step (`attention/segment_slots.py`; 15 slots come in 4 groups of equal size,
+      for rows of up to 15 examples); a batch with a row of more segments takes the per-example
+      path. 0 always takes the per-example path.
   """
   vocab_size: int
   dtype: Any = jnp.float32
@@ -76,7 +77,7 @@ class T5Config:
   max_encoder_length: int = 512
   max_decoder_length: int = 114
   fused_attention: Optional[str] = None
-  packed_segment_slots: int = 8
+  packed_segment_slots: int = 15
 
   def __post_init__(self):
     # Normalized so configs from gin (strings, lists) are hashable flax module attributes.

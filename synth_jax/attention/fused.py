@@ -179,13 +179,18 @@ def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: Seque
 def _segment_slots_attention(scores: Array, value: Array,
                              segments: segment_slots.PackedSegments) -> Array:
   """Shared-score attention of each slot (segment) alone, repacked into rows."""
+  batch = value.shape[0]
+  groups = segment_slots.slot_groups(value.shape[1], segments.num_slots)
   mixed = []
-  for k, (slot_value, slot_valid) in enumerate(zip(
-      segment_slots.unpack(value, segments), segment_slots.unpack(segments.valid, segments))):
-    capacity = slot_value.shape[1]
-    mixed.append(_shared_softmax_mix(scores[:, :capacity, :capacity], slot_valid,
-                                     jnp.max(segments.length[:, k]), slot_value,
-                                     segments.causal))
+  for (first, count, capacity), group_value, group_valid in zip(
+      groups, segment_slots.unpack(value, segments),
+      segment_slots.unpack(segments.valid, segments)):
+    # The slots of a group are examples of one length: [batch * slots, capacity, ...].
+    out = _shared_softmax_mix(
+        scores[:, :capacity, :capacity], group_valid.reshape(batch * count, capacity),
+        jnp.max(segments.group_lengths(first, count)),
+        group_value.reshape((batch * count,) + group_value.shape[2:]), segments.causal)
+    mixed.append(out.reshape(group_value.shape))
   return segment_slots.repack(mixed, segments)
 
 

@@ -8,11 +8,13 @@ batch-shared path (softmax of R once per step, `fused.shared_scores_attention`) 
 slot.
 
 Layout: the segments of a row, longest first, fill slots 0, 1, ..., `num_slots - 1`. The k-th
-longest of segments that share L positions has at most L / (k + 1) tokens, so slot k needs only
-`capacities(L, num_slots)[k]` = ceil(L / (k + 1)) positions (rounded up to a multiple of 8): the
-slots hold about L * (1 + 1/2 + ... + 1/K) positions and cost sum_k (L / (k+1))^2 < 1.65 L^2 of
-attention work per row, however the row is split. A row with more segments than slots does not
-fit (`PackedSegments.fits`); callers then take the per-example path.
+longest of segments that share L positions has at most L / (k + 1) tokens, so the slots come in
+groups of equal capacity: group g holds slots 2^g - 1 ... 2^(g+1) - 2, each of ceil(L / 2^g)
+positions (rounded up to a multiple of 8): one slot of L, two of L/2, four of L/4, ... Each group
+holds about L positions and costs L^2 / 2^g of attention work per row, so 15 slots (4 groups)
+cost < 1.9 L^2 however the row is split, in one batched matmul per group. A row with more
+segments than slots does not fit (`PackedSegments.fits`); callers then take the per-example
+path.
 
 `unpack` and `repack` move rows between the two layouts. Each is a partial permutation of rows
 and the other's transpose, so each one's gradient is the other (no scatter).
@@ -28,10 +30,21 @@ Array = jax.Array
 _ALIGNMENT = 8
 
 
+def slot_groups(length: int, num_slots: int) -> tuple[tuple[int, int, int], ...]:
+  """`(first slot, number of slots, capacity)` of each group, for rows of `length`."""
+  groups = []
+  first = 0
+  while first < num_slots:
+    count = min(first + 1, num_slots - first)  # group g starts at slot 2^g - 1, has 2^g slots
+    capacity = min(length, -(-math.ceil(length / (first + 1)) // _ALIGNMENT) * _ALIGNMENT)
+    groups.append((first, count, capacity))
+    first += count
+  return tuple(groups)
+
+
 def capacities(length: int, num_slots: int) -> tuple[int, ...]:
-  """Positions of each slot for rows of `length`: ceil(length / (k + 1)), aligned, <= length."""
-  align = lambda n: min(length, -(-n // _ALIGNMENT) * _ALIGNMENT)
-  return tuple(align(math.ceil(length / (k + 1))) for k in range(num_slots))
+  """Positions of each slot: slot k holds at most length / (k + 1) tokens; see `slot_groups`."""
+  return tuple(c for _, count, c in slot_groups(length, num_slots) for _ in range(count))
 
 
 @flax.struct.dataclass
@@ -113,46 +126,52 @@ class PackedSegments:
       same = same & jnp.tril(jnp.ones(same.shape[1:], bool))
     return same[:, None]
 
-  def slot_indices(self, k: int, capacity: int):
-    """Row index of each position of slot k, `[batch, capacity]`, and whether it is in use."""
-    t = jnp.arange(capacity)
-    used = t[None, :] < self.length[:, k:k + 1]
-    return jnp.where(used, self.start[:, k:k + 1] + t[None, :], 0), used
+  def group_lengths(self, first: int, count: int) -> Array:
+    """`[batch, count]` segment lengths of the slots of one group."""
+    return self.length[:, first:first + count]
+
+
+def _trailing(x: Array, ndim: int) -> Array:
+  return x.reshape(x.shape + (1,) * (ndim - x.ndim))
 
 
 def _gather_slots(rows: Array, segments: PackedSegments) -> list[Array]:
+  batch, length = rows.shape[:2]
   out = []
-  for k, capacity in enumerate(capacities(rows.shape[1], segments.num_slots)):
-    index, used = segments.slot_indices(k, capacity)
-    trailing = (1,) * (rows.ndim - 2)
-    gathered = jnp.take_along_axis(rows, index.reshape(index.shape + trailing), axis=1)
-    out.append(jnp.where(used.reshape(used.shape + trailing), gathered, 0))
+  for first, count, capacity in slot_groups(length, segments.num_slots):
+    t = jnp.arange(capacity)
+    used = t < segments.group_lengths(first, count)[:, :, None]  # [b, count, capacity]
+    index = jnp.where(used, segments.start[:, first:first + count, None] + t, 0)
+    gathered = jnp.take_along_axis(rows, _trailing(index.reshape(batch, -1), rows.ndim), axis=1)
+    gathered = gathered.reshape((batch, count, capacity) + rows.shape[2:])
+    out.append(jnp.where(_trailing(used, gathered.ndim), gathered, 0))
   return out
 
 
-def _scatter_slots(slots: list[Array], segments: PackedSegments) -> Array:
-  offsets = [0]
-  for s in slots:
-    offsets.append(offsets[-1] + s.shape[1])
-  stacked = jnp.concatenate(slots, axis=1)  # [b, sum of capacities, ...]
+def _scatter_slots(groups: list[Array], segments: PackedSegments) -> Array:
+  batch, length = segments.slot.shape
+  offsets, offset = [], 0  # where each slot starts in the groups laid end to end
+  for _, count, capacity in slot_groups(length, segments.num_slots):
+    offsets += [offset + i * capacity for i in range(count)]
+    offset += count * capacity
+  flat = jnp.concatenate([g.reshape((batch, -1) + g.shape[3:]) for g in groups], axis=1)
   inside = segments.slot < segments.num_slots
-  base = jnp.asarray(offsets[:-1], jnp.int32)[jnp.minimum(segments.slot, segments.num_slots - 1)]
+  base = jnp.asarray(offsets, jnp.int32)[jnp.minimum(segments.slot, segments.num_slots - 1)]
   index = jnp.where(inside, base + segments.position, 0)
-  trailing = (1,) * (stacked.ndim - 2)
-  rows = jnp.take_along_axis(stacked, index.reshape(index.shape + trailing), axis=1)
-  return jnp.where(inside.reshape(inside.shape + trailing), rows, 0)
+  rows = jnp.take_along_axis(flat, _trailing(index, flat.ndim), axis=1)
+  return jnp.where(_trailing(inside, rows.ndim), rows, 0)
 
 
 @jax.custom_vjp
 def unpack(rows: Array, segments: PackedSegments) -> list[Array]:
-  """`[batch, len, ...]` -> one `[batch, capacity_k, ...]` per slot; zero past each segment."""
+  """`[batch, len, ...]` -> per slot group `[batch, slots, capacity, ...]`; zero past segments."""
   return _gather_slots(rows, segments)
 
 
 @jax.custom_vjp
-def repack(slots: list[Array], segments: PackedSegments) -> Array:
-  """The inverse layout change: slots -> `[batch, len, ...]`; zero outside every segment."""
-  return _scatter_slots(slots, segments)
+def repack(groups: list[Array], segments: PackedSegments) -> Array:
+  """The inverse layout change: slot groups -> `[batch, len, ...]`; zero outside segments."""
+  return _scatter_slots(groups, segments)
 
 
 unpack.defvjp(lambda rows, segments: (unpack(rows, segments), segments),
