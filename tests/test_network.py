@@ -180,11 +180,16 @@ def test_segment_positions_restart_at_each_segment():
                                 [[0, 1, 2, 0, 1, 0, 0, 1], [0, 0, 1, 2, 3, 4, 5, 6]])
 
 
-@pytest.mark.parametrize('attention_type', ['vanilla', 'random', 'factorized_random', 'dense'])
-def test_packed_sequences_give_the_logits_of_each_run_alone(attention_type):
+# Random synthesizers: segments in slots (15), rows of more segments than slots (1: the
+# per-example path), and slots off (0).
+@pytest.mark.parametrize('attention_type,slots', [
+    ('vanilla', 15), ('dense', 15), ('factorized_random', 15), ('random', 15), ('random', 1),
+    ('random', 0)])
+def test_packed_sequences_give_the_logits_of_each_run_alone(attention_type, slots):
   """Packing is invisible, also to synthesizers whose logits depend on absolute positions."""
   model = network.Transformer(tiny_config(encoder_attention=attention_type,
-                                          decoder_attention=attention_type))
+                                          decoder_attention=attention_type,
+                                          packed_segment_slots=slots))
   rng = np.random.default_rng(5)
   enc_a, enc_b = rng.integers(1, VOCAB, 3), rng.integers(1, VOCAB, 4)
   tgt_a, tgt_b = rng.integers(1, VOCAB, 3), rng.integers(1, VOCAB, 2)
@@ -391,6 +396,38 @@ def test_attention_gin_files_set_the_attention_type(gin_file):
     assert config.cross_attention == 'vanilla'
   finally:
     gin.clear_config()
+
+
+@pytest.mark.parametrize('attention_type', ['random', 'factorized_random', 'random+vanilla'])
+def test_packed_segment_slots_change_no_loss_or_gradient(attention_type):
+  """Random synthesizers on packed rows: the slot path (default) equals the per-example path."""
+  enc, dec_in, tgt = batch(seed=6, size=3, enc_len=9, dec_len=6)
+  enc, tgt, dec_in = enc.at[2, 7:].set(0), tgt.at[2].set(0), dec_in.at[2].set(0)
+  packing = dict(
+      encoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 2, 2, 3, 3], [1] * 9,
+                                     [1, 1, 2, 2, 2, 2, 2, 0, 0]]),
+      decoder_segment_ids=jnp.array([[1, 1, 2, 2, 2, 3], [1] * 6, [0] * 6]))
+  models = [network.Transformer(tiny_config(encoder_attention=attention_type,
+                                            decoder_attention=attention_type,
+                                            packed_segment_slots=slots)) for slots in (15, 0)]
+  variables = noise_variables(models[0], enc, dec_in, tgt)
+
+  def loss(params, model):
+    logits = model.apply({**variables, 'params': params}, enc, dec_in, tgt,
+                         enable_dropout=False, **packing)
+    return jnp.sum(jnp.where((tgt > 0)[..., None], jax.nn.log_softmax(logits), 0)[..., :7])
+
+  (got, got_grads), (want, want_grads) = (
+      jax.value_and_grad(loss)(variables['params'], m) for m in models)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_negative_packed_segment_slots_are_a_clear_error():
+  with pytest.raises(ValueError, match=r'T5Config.packed_segment_slots=-1 must be >= 0'):
+    tiny_config(packed_segment_slots=-1)
 
 
 @pytest.mark.parametrize('attention_type', ['random', 'random+vanilla'])

@@ -78,6 +78,19 @@ def assert_frozen_untouched(module, variables, x, frozen_shapes):
     assert shape not in state_shapes, f'optimizer state holds a {shape} array'
 
 
+def all_equations(jaxpr) -> list:
+  """Every equation of a (closed) jaxpr, sub-jaxprs included."""
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  equations = []
+  for eqn in jaxpr.eqns:
+    equations.append(eqn)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
+          equations += all_equations(sub)
+  return equations
+
+
 def traced_shapes(jaxpr) -> set:
   """The shapes of every value a (closed) jaxpr computes, sub-jaxprs included."""
   jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)

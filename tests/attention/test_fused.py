@@ -11,6 +11,7 @@ import pytest
 from synth_jax.attention import core
 from synth_jax.attention import fused
 from synth_jax.attention import registry
+from synth_jax.attention import segment_slots
 from tests.attention import helpers
 
 BATCH, HEADS, HEAD_DIM = 3, 2, 8
@@ -292,3 +293,139 @@ def test_an_unknown_fused_implementation_is_a_clear_error():
   with pytest.raises(ValueError, match=r"fused='cuda' is not a fused attention implementation; "
                                        r"use one of 'cudnn', 'xla', 'auto'"):
     module.init(jax.random.key(0), x, x)
+
+
+# ----------------------------------------------------------------------------- packed rows
+# Segment ids of packed rows (seqio layout, 0 = trailing padding) and their valid tokens: a row of
+# three segments with one padding token inside the first, one segment filling the row, four
+# segments with a tie in length, and a row of padding only.
+PACKED_IDS = np.array([[1, 1, 1, 1, 2, 2, 2, 3, 3, 0],
+                       [1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+                       [1, 1, 2, 2, 3, 3, 3, 4, 0, 0],
+                       [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+PACKED_VALID = (PACKED_IDS > 0) & ~(np.arange(10) == 2)[None] | (PACKED_IDS == 2)
+
+
+def packed_inputs(seed, causal):
+  length = PACKED_IDS.shape[1]
+  _, _, value, _ = tensors(seed, length, length, batch=len(PACKED_IDS))
+  logits = 2.0 * jax.random.normal(jax.random.key(seed + 1), (1, HEADS, length, length))
+  distance = jnp.abs(jnp.arange(length)[:, None] - jnp.arange(length)[None, :])
+  bias = jnp.stack([0.3 * distance, -0.2 * distance])[None]  # depends on j - i, like T5's
+  return logits, bias, value
+
+
+def each_segment_alone(logits, bias, value, causal):
+  """Every segment as an unpacked example of its own, through the core: the packed reference."""
+  rows = []
+  for ids, valid, row_value in zip(PACKED_IDS, PACKED_VALID, value):
+    out = jnp.zeros_like(row_value)
+    for segment in set(ids[valid].tolist()):
+      where = np.flatnonzero(ids == segment)
+      start, n = where[0], len(where)
+      tokens = jnp.asarray(valid[start:start + n])[None]
+      mask = dense_mask(tokens, tokens, causal)
+      alone = core_attention(logits[..., :n, :n], mask, bias[..., :n, :n],
+                             row_value[None, start:start + n])[0]
+      out = out.at[start:start + n].set(jnp.where(tokens[0][:, None, None], alone, 0))
+    rows.append(out)
+  return jnp.stack(rows)
+
+
+def packed_attention(num_slots, causal, rows=slice(None)):
+  """Attention over `PACKED_IDS[rows]`, zero at padding, and its `PackedSegments`."""
+  valid = jnp.asarray(PACKED_VALID[rows])
+  segments = segment_slots.PackedSegments.from_segment_ids(
+      jnp.asarray(PACKED_IDS[rows]), valid, num_slots, causal)
+
+  def attend(logits, bias, value):
+    out = fused.packed_shared_scores_attention(logits, bias, segments, value,
+                                               core.packed_per_example_attention)
+    return jnp.where(valid[:, :, None, None], out, 0)
+  return attend, segments
+
+
+@pytest.mark.parametrize('causal', [False, True])
+@pytest.mark.parametrize('num_slots', [15, 4, 3])  # 3: row 2 has 4 segments, the batch does not fit
+def test_packed_shared_scores_attention_equals_each_segment_alone(num_slots, causal):
+  logits, bias, value = packed_inputs(20, causal)
+  attend, segments = packed_attention(num_slots, causal)
+  assert bool(segments.fits) == (num_slots >= 4)
+  reference = lambda *a: each_segment_alone(*a, causal=causal)
+  np.testing.assert_allclose(attend(logits, bias, value), reference(logits, bias, value),
+                             rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(23), value.shape)
+  grads = [jax.jit(jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2)))(
+      logits, bias, value) for f in (attend, reference)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_shared_scores_attention_normalizes_once_for_the_whole_batch():
+  """The branch taken when rows fit has no `[batch, heads, len, len]` value, backward included."""
+  logits, bias, value = packed_inputs(24, causal=False)
+  attend, _ = packed_attention(15, causal=False)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(attend(*a) ** 2), argnums=(0, 2)))(
+      logits, bias, value)
+  conds = [e for e in helpers.all_equations(jaxpr) if e.primitive.name == 'cond']
+  assert len(conds) == 2  # forward, and the backward that recomputes the taken branch
+  per_example = (len(PACKED_IDS), HEADS, 10, 10)
+  for cond in conds:
+    fits_branch, general_branch = cond.params['branches'][1], cond.params['branches'][0]
+    assert per_example not in helpers.traced_shapes(fits_branch)
+    assert per_example in helpers.traced_shapes(general_branch)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_packed_shared_scores_gradient_is_exactly_zero_where_no_output_depends_on_the_score(causal):
+  """Positions past the longest segment (4 of 10 here), and the first causal row."""
+  logits, _, value = packed_inputs(25, causal)
+  rows = [0, 2, 3]  # without the row of one long segment
+  attend, _ = packed_attention(15, causal, rows)
+  value = value[np.array(rows)]
+  cotangent = jax.random.normal(jax.random.key(26), value.shape)
+  grad = jax.grad(lambda s: jnp.sum(attend(s, None, value) * cotangent))(logits)
+  np.testing.assert_array_equal(grad[..., 4:], 0.0)
+  np.testing.assert_array_equal(grad[..., 4:, :], 0.0)
+  if causal:
+    np.testing.assert_array_equal(grad[..., 0, :], 0.0)
+  assert np.all(np.abs(grad[..., 1:4, :2]) > 0)  # the rest does learn
+
+
+def test_packed_shared_scores_attention_sharded_over_the_batch_equals_unsharded():
+  logits, bias, value = packed_inputs(27, causal=True)
+  attend, _ = packed_attention(15, causal=True)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('data',))
+  by_example = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  got = jax.jit(attend, out_shardings=by_example)(logits, bias,
+                                                  jax.device_put(value, by_example))
+  np.testing.assert_allclose(got, attend(logits, bias, value), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('attention_type', ['random', 'fixed_random', 'factorized_random',
+                                            'random+vanilla'])
+@pytest.mark.parametrize('num_slots', [15, 3])
+def test_random_synthesizers_with_segments_equal_their_packed_dense_mask_path(attention_type,
+                                                                             num_slots):
+  length = PACKED_IDS.shape[1]
+  ids, valid = jnp.asarray(PACKED_IDS), jnp.asarray(PACKED_VALID)
+  packing = segment_slots.PackedSegments.from_segment_ids(ids, valid, num_slots, causal=True)
+  mask = core.combine_masks(core.make_attention_mask(valid, valid),
+                            core.make_attention_mask(ids, ids, jnp.equal),
+                            core.make_causal_mask(ids))
+  x = helpers.inputs(28, len(PACKED_IDS), length)
+  bias = packed_inputs(29, True)[1]
+  module = helpers.build(attention_type, max_query_length=length, max_key_length=length)
+  variables = helpers.init(module, x)
+
+  def run(params, x, segments):  # segments=None: the dense mask and per-example logits
+    out = module.apply({**variables, 'params': params}, x, x, mask, bias,
+                       segment_positions=packing.position, segments=segments)
+    return jnp.where(valid[:, :, None], out, 0)
+
+  want = run(variables['params'], x, None)
+  np.testing.assert_allclose(run(variables['params'], x, packing), want, rtol=1e-5, atol=1e-5)
+  loss = lambda p, x, s: jnp.sum(jnp.sin(run(p, x, s)))
+  grads = [jax.grad(loss, argnums=(0, 1))(variables['params'], x, s) for s in (packing, None)]
+  for got, want in zip(*map(jax.tree.leaves, grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
