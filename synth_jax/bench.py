@@ -237,8 +237,9 @@ def traced_matmul_flops(jaxpr) -> int:
   An independent count of what the traced program multiplies, to check `model_flops` against.
   Outer products (no contracted dim) are skipped: elementwise work, as in `model_flops`. Fused
   attention kernels (cuDNN) are custom calls and do not appear. A `cond` counts the branch its
-  predicate selects when true (its last): ours choose a fast path when a batch allows it, and
-  the benchmark's batches do (see `run_one`).
+  predicate selects when true (its last): the step's only conds choose the packed slot path
+  (`packed_shared_scores`) when a batch allows it, and the benchmark's batches do (`measure`
+  records `segments_per_row_max`). A new cond must keep its fast path in the true branch.
   """
   jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
   total = 0
@@ -434,7 +435,8 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
     batch = synthetic_batch(batch_size, inputs_length, targets_length, cfg.vocab_size, pack,
                             seed)
     if pack:  # more segments in a row than slots: the per-example path, not the one counted
-      row['segments_per_row_max'] = int(batch['encoder_segment_ids'].max())
+      row['segments_per_row_max'] = int(max(batch['encoder_segment_ids'].max(),
+                                            batch['decoder_segment_ids'].max()))
       row['packed_segment_slots'] = cfg.packed_segment_slots
     state, shardings, optimizer = create_state(model, make_optimizer, batch, mesh, seed,
                                                init_on_host)

@@ -55,9 +55,10 @@ class T5Config:
       `attention/fused.py`; fastest on unpacked batches.
     packed_segment_slots: on packed batches, self-attention whose logits are shared by the batch
       (random synthesizers) moves each segment to one of this many slots per row and normalizes
-      once per step (`attention/segment_slots.py`; 15 slots come in 4 groups of equal size,
-      for rows of up to 15 examples); a batch with a row of more segments takes the per-example
-      path. 0 always takes the per-example path.
+      once per step (`attention/packed_shared_scores.py`; 15 slots come in 4 groups of equal
+      size, for rows of up to 15 examples). A batch with a row of more segments takes the
+      per-example path, at the cost of one more forward pass of its attention than with 0,
+      which always takes it. Attention dropout takes the per-example path too.
   """
   vocab_size: int
   dtype: Any = jnp.float32
@@ -329,7 +330,8 @@ class Transformer(nn.Module):
     """Token ids `[batch, enc_length]` (0 = padding) -> encodings `[batch, enc_length, emb]`.
 
     `encoder_segment_ids` `[batch, enc_length]` (packing) keep attention within each segment;
-    `encoder_positions`, each token's position in its segment, are derived from them if absent.
+    `encoder_positions`, each token's position in its segment, are derived from them if absent
+    (random synthesizers on the slot path, `T5Config.packed_segment_slots`, always derive them).
     Without segment ids, positions are ignored.
     """
     if encoder_input_tokens.ndim != 2:

@@ -419,6 +419,10 @@ def test_packed_segment_slots_change_no_loss_or_gradient(attention_type):
 
   (got, got_grads), (want, want_grads) = (
       jax.value_and_grad(loss)(variables['params'], m) for m in models)
+  # The slot path is taken: encoder and decoder self-attention choose it per layer (lax.cond).
+  conds = [str(jax.make_jaxpr(functools.partial(loss, model=m))(variables['params'])).count(
+      ' cond[') for m in models]
+  assert conds[0] >= 4 and conds[1] == 0
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
     assert np.all(np.isfinite(g))

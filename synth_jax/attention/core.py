@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from synth_jax import layers
 from synth_jax.attention import fused
+from synth_jax.attention import packed_shared_scores
 from synth_jax.attention import packed_table
 from synth_jax.attention import segment_slots
 
@@ -123,7 +124,8 @@ def packed_per_example_attention(scores: Array, value: Array,
                                  segments: segment_slots.PackedSegments) -> Array:
   """Batch-free `[heads, len, len]` scores read per example within packed segments, then mixed.
 
-  The general path of `fused.packed_shared_scores_attention`: `[batch, heads, len, len]` logits.
+  The general path of `packed_shared_scores.packed_shared_scores_attention`:
+  `[batch, heads, len, len]` logits.
   """
   logits = packed_table.gather_within_segments(scores, segments.position)
   return mix(normalize(logits, segments.mask(), None), value)
@@ -219,9 +221,9 @@ class Attention(nn.Module):
   # Whether logits depend on absolute query positions (then the variant cannot be
   # cross-attention in incremental decoding, which does not know the target position).
   position_dependent = False
-  # Whether logits are `[1, heads, q, k]`, shared by every example, on unpacked batches (random
-  # synthesizers): with `lengths` they are then normalized once per step
-  # (`fused.shared_scores_attention`).
+  # Whether logits are `[1, heads, q, k]` at unpacked positions, shared by every example (random
+  # synthesizers): with `lengths` or `segments` they are then normalized once per step
+  # (`fused.shared_scores_attention`, `packed_shared_scores`).
   shared_logits = False
 
   # -- hooks a variant implements --------------------------------------------------------------
@@ -319,8 +321,8 @@ class Attention(nn.Module):
       logits = self.attention_logits(inputs_q, features, positions)
       if lengths is not None:
         return fused.shared_scores_attention(logits, bias, lengths, value)
-      return fused.packed_shared_scores_attention(logits, bias, segments, value,
-                                                  packed_per_example_attention)
+      return packed_shared_scores.packed_shared_scores_attention(
+          logits, bias, segments, value, packed_per_example_attention)
     probabilities = self.attention_probabilities(
         inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode, segment_positions)
     if dropout:
@@ -348,8 +350,10 @@ class Attention(nn.Module):
       lengths: the same mask as `fused.SequenceLengths`, when it is plain padding (and
         causality): lets fused variants and shared-logit variants skip the dense mask. Callers
         pass both; `mask` stays the reference (and the only mask of the other variants).
-      segments: for self-attention over packed rows, the packing as `PackedSegments` (with
-        `segment_positions` and `mask`): lets shared-logit variants normalize once per step.
+      segments: for self-attention over packed rows, the packing as `PackedSegments` (callers
+        pass `segment_positions` and `mask` too): lets shared-logit variants normalize once per
+        step. They then read positions, mask and bias in each segment's own frame from
+        `segments` (the bias must depend on j - i only, as T5's relative-position bias does).
       probabilities_only: return the attention probabilities `[batch | 1, heads, q_len, k_len]`
         instead of the output (how a mixture reads its members under attention dropout).
       shared_value: mix this value `[batch, k_len, heads, head_dim]` (a mixture's, already

@@ -16,16 +16,13 @@ padding (and causality), given as `SequenceLengths` instead of a dense mask:
 
 Packed batches (segment ids) have no lengths form. Query-key variants keep the dense mask there;
 shared scores move each segment to a slot of its own, where it is an unpacked example
-(`packed_shared_scores_attention`, `segment_slots`).
+(`packed_shared_scores.py`).
 """
-import functools
-from typing import Callable, Optional
+from typing import Optional
 
 import flax
 import jax
 import jax.numpy as jnp
-
-from synth_jax.attention import segment_slots
 
 Array = jax.Array
 
@@ -112,7 +109,7 @@ def flash_attention(query: Array, key: Array, value: Array, bias: Optional[Array
                                       implementation=implementation)
 
 
-def _batch_free_scores(logits: Array, bias: Optional[Array]) -> Array:
+def batch_free_scores(logits: Array, bias: Optional[Array]) -> Array:
   """`[1, heads, q, k]` logits (+ bias) -> `[heads, q, k]` float32 scores."""
   scores = logits[0].astype(jnp.float32)
   if bias is not None:
@@ -120,7 +117,7 @@ def _batch_free_scores(logits: Array, bias: Optional[Array]) -> Array:
   return scores
 
 
-def _shared_softmax_mix(scores: Array, key_valid: Array, longest: Array, value: Array,
+def shared_softmax_mix(scores: Array, key_valid: Array, longest: Array, value: Array,
                         causal: bool) -> Array:
   """Per-example softmax over the valid keys, with one softmax of `scores` for the batch.
 
@@ -146,7 +143,8 @@ def _shared_softmax_mix(scores: Array, key_valid: Array, longest: Array, value: 
   # example: it keeps E <= 1, and a row with a single key (the first causal query) gets E = 1
   # exactly and an exactly zero gradient, as the per-example softmax gives it. A shorter
   # example's keys could underflow under a key of a longer one far above them: that takes a
-  # logit spread of ~80, far beyond trained score maps.
+  # logit spread of ~87, far beyond trained score maps (packed rows check it:
+  # `packed_shared_scores.slots_apply`).
   weights = jax.nn.softmax(scores, axis=-1)  # [heads, q, k]; 0 where causally masked
   masked_value = jnp.where(key_valid[:, :, None, None], value, 0)
   numerator = jnp.einsum('hqk,bkhd->bqhd', weights.astype(value.dtype), masked_value,
@@ -172,79 +170,5 @@ def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: Seque
   Returns:
     `[batch, q_len, heads, head_dim]` in `value.dtype`.
   """
-  return _shared_softmax_mix(_batch_free_scores(logits, bias), lengths.key_valid(value.shape[1]),
+  return shared_softmax_mix(batch_free_scores(logits, bias), lengths.key_valid(value.shape[1]),
                              jnp.max(lengths.key), value, lengths.causal)
-
-
-def _segment_slots_attention(scores: Array, value: Array,
-                             segments: segment_slots.PackedSegments) -> Array:
-  """Shared-score attention of each slot (segment) alone, repacked into rows."""
-  batch = value.shape[0]
-  groups = segment_slots.slot_groups(value.shape[1], segments.num_slots)
-  mixed = []
-  for (first, count, capacity), group_value, group_valid in zip(
-      groups, segment_slots.unpack(value, segments),
-      segment_slots.unpack(segments.valid, segments)):
-    # The slots of a group are examples of one length: [batch * slots, capacity, ...].
-    out = _shared_softmax_mix(
-        scores[:, :capacity, :capacity], group_valid.reshape(batch * count, capacity),
-        jnp.max(segments.group_lengths(first, count)),
-        group_value.reshape((batch * count,) + group_value.shape[2:]), segments.causal)
-    mixed.append(out.reshape(group_value.shape))
-  return segment_slots.repack(mixed, segments)
-
-
-def packed_shared_scores_attention(logits: Array, bias: Optional[Array],
-                                   segments: segment_slots.PackedSegments, value: Array,
-                                   per_example: Callable[..., Array]) -> Array:
-  """Batch-independent logits over packed rows, normalized once per step when the rows fit.
-
-  Each segment is self-attention of one example that starts at position 0, as if it were alone:
-  logits[h, i, j] at the positions i, j within the segment. Moved to slots
-  (`segment_slots`), the segments are unpacked examples, so `shared_scores_attention`'s
-  two-matmul form applies to each slot. Batches whose rows hold more segments than slots take
-  `per_example(scores, value, segments)` instead (chosen on the device by `lax.cond`).
-
-  Args:
-    logits: `[1, heads, len, len]`, the same for every example (random synthesizers), indexed by
-      positions within a segment; bias: `[1, heads, len, len]` or None, read the same way (T5's
-      relative-position bias depends on j - i only, so each frame gives it the same values).
-    segments: the packing of the batch.
-    value: `[batch, len, heads, head_dim]`.
-    per_example: the general path, `([heads, len, len] float32 scores, value, segments)` ->
-      `[batch, len, heads, head_dim]`.
-
-  Returns:
-    `[batch, len, heads, head_dim]` in `value.dtype`; zero at padding.
-  """
-  return _fits_or_per_example(per_example, _batch_free_scores(logits, bias), value, segments)
-
-
-# Only the inputs are kept for the backward pass, which recomputes the taken branch: a `cond`
-# under autodiff would keep the residuals of both branches, the per-example path's
-# `[batch, heads, len, len]` probabilities among them.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fits_or_per_example(per_example, scores, value, segments):
-  return jax.lax.cond(segments.fits, _segment_slots_attention, per_example, scores, value,
-                      segments)
-
-
-def _fits_or_per_example_forward(per_example, scores, value, segments):
-  return _fits_or_per_example(per_example, scores, value, segments), (scores, value, segments)
-
-
-def _fits_or_per_example_backward(per_example, residuals, grad):
-  scores, value, segments = residuals
-
-  def gradients(path):
-    def branch(scores, value):
-      _, pullback = jax.vjp(lambda s, v: path(s, v, segments), scores, value)
-      return pullback(grad)
-    return branch
-
-  score_grad, value_grad = jax.lax.cond(
-      segments.fits, gradients(_segment_slots_attention), gradients(per_example), scores, value)
-  return score_grad, value_grad, None
-
-
-_fits_or_per_example.defvjp(_fits_or_per_example_forward, _fits_or_per_example_backward)

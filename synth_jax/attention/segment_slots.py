@@ -11,10 +11,10 @@ Layout: the segments of a row, longest first, fill slots 0, 1, ..., `num_slots -
 longest of segments that share L positions has at most L / (k + 1) tokens, so the slots come in
 groups of equal capacity: group g holds slots 2^g - 1 ... 2^(g+1) - 2, each of ceil(L / 2^g)
 positions (rounded up to a multiple of 8): one slot of L, two of L/2, four of L/4, ... Each group
-holds about L positions and costs L^2 / 2^g of attention work per row, so 15 slots (4 groups)
-cost < 1.9 L^2 however the row is split, in one batched matmul per group. A row with more
-segments than slots does not fit (`PackedSegments.fits`); callers then take the per-example
-path.
+holds about L positions and costs about L^2 / 2^g of attention work per row, whatever the split,
+in one batched matmul per group: 15 slots (4 groups) cost 1.875 L^2 at L = 512 (2.1 L^2 at 114,
+where rounding adds more). A batch with a row of more segments than slots does not fit
+(`PackedSegments.fits`); callers then take the per-example path for the whole batch.
 
 `unpack` and `repack` move rows between the two layouts. Each is a partial permutation of rows
 and the other's transpose, so each one's gradient is the other (no scatter).
@@ -59,7 +59,8 @@ class PackedSegments:
     slot: `[batch, len]` int32, the slot of each token's segment; `num_slots` outside slots.
     start: `[batch, num_slots]` int32, the row offset of each slot's segment.
     length: `[batch, num_slots]` int32, its length in tokens (0: an empty slot).
-    fits: `[]` bool, every row's segments fit in the slots (else `slot` is meaningless).
+    fits: `[]` bool, every row's segments fit in the slots (else the segments past the slots
+      of a row have none: `slot` is `num_slots` for them).
     causal: the attention these segments mask is causal (decoder self-attention).
   """
   ordinal: Array
@@ -81,25 +82,28 @@ class PackedSegments:
     """Segments of seqio's packed layout.
 
     Args:
-      segment_ids: `[batch, len]`; a segment is a run of equal ids.
+      segment_ids: `[batch, len]`; a segment is a run of equal ids (seqio numbers the examples
+        of a row 1, 2, ...; a dense mask built by id equality joins runs of one id that are
+        apart, which seqio never produces).
       valid: `[batch, len]` bool, the tokens that are not padding (token id > 0). A run without
         any valid token (the row's trailing padding) is no segment.
       num_slots: slots per row.
       causal: see the attribute.
     """
-    batch, length = segment_ids.shape
+    length = segment_ids.shape[1]
     valid = valid.astype(bool)
     index = jnp.arange(length)
-    previous = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
-    run_start = segment_ids != previous
+    run_start = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
     run = jnp.cumsum(run_start, axis=1, dtype=jnp.int32) - 1  # [b, len]
     position = index - jax.lax.cummax(jnp.where(run_start, index, 0), axis=1)
-    # Runs holding a valid token are segments, numbered in order.
-    run_is_segment = jnp.zeros((batch, length), bool).at[
-        jnp.arange(batch)[:, None], run].max(valid)
-    segment_number = jnp.cumsum(run_is_segment, axis=1, dtype=jnp.int32) - 1  # per run
-    ordinal = jnp.where(jnp.take_along_axis(run_is_segment, run, axis=1),
-                        jnp.take_along_axis(segment_number, run, axis=1), -1)
+    # A token's run is a segment if a valid token of the same run lies at or before it, or at or
+    # after it (running max / min along the row; no scatter, so each row stays on its device).
+    valid_run = lambda fill: jnp.where(valid, run, fill)
+    is_segment = ((jax.lax.cummax(valid_run(-1), axis=1) == run)
+                  | (jax.lax.cummin(valid_run(length), axis=1, reverse=True) == run))
+    ordinal = jnp.where(
+        is_segment, jnp.cumsum(run_start & is_segment, axis=1, dtype=jnp.int32) - 1, -1)
     fits = jnp.all(ordinal < num_slots)
 
     one_hot = ordinal[:, :, None] == jnp.arange(num_slots)  # [b, len, K]
