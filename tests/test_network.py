@@ -354,6 +354,12 @@ def test_gin_binds_fused_attention_as_the_readme_says(clean_gin):
                              rtol=1e-5, atol=1e-5)
 
 
+def test_gin_binds_packed_segment_slots_as_the_readme_says(clean_gin):
+  gin.parse_config_files_and_bindings(
+      [TINY_GIN], ['T5Config.packed_segment_slots = 0', f'VOCAB_SIZE = {VOCAB}'])
+  assert gin.get_configurable('synth_jax.network.Transformer')().config.packed_segment_slots == 0
+
+
 def test_gin_tiny_default_is_vanilla_t5x_tree(clean_gin):
   gin.parse_config_files_and_bindings([TINY_GIN], [f'VOCAB_SIZE = {VOCAB}'])
   model = gin.get_configurable('synth_jax.network.Transformer')()

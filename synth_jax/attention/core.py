@@ -314,8 +314,8 @@ class Attention(nn.Module):
     batch_free_bias = bias is None or bias.shape[0] == 1
     if (self.shared_logits and (lengths is not None or segments is not None) and step is None
         and not dropout and batch_free_bias):
-      # Logits at unpacked positions: `[1, heads, q, k]`; packed segments are read in their
-      # own frames by the fused path.
+      # Logits at unpacked positions: `[1, heads, q, k]`; `packed_shared_scores` reads packed
+      # segments in their own frames.
       features, mask, bias, positions = self.scoring_inputs(
           inputs_q, inputs_kv, mask, bias, step, value.shape[1], decode)
       logits = self.attention_logits(inputs_q, features, positions)

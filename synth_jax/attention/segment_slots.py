@@ -148,7 +148,8 @@ def _gather_slots(rows: Array, segments: PackedSegments) -> list[Array]:
     index = jnp.where(used, segments.start[:, first:first + count, None] + t, 0)
     gathered = jnp.take_along_axis(rows, _trailing(index.reshape(batch, -1), rows.ndim), axis=1)
     gathered = gathered.reshape((batch, count, capacity) + rows.shape[2:])
-    out.append(jnp.where(_trailing(used, gathered.ndim), gathered, 0))
+    out.append(jnp.where(_trailing(used, gathered.ndim), gathered,
+                         jnp.zeros((), gathered.dtype)))
   return out
 
 
@@ -163,7 +164,7 @@ def _scatter_slots(groups: list[Array], segments: PackedSegments) -> Array:
   base = jnp.asarray(offsets, jnp.int32)[jnp.minimum(segments.slot, segments.num_slots - 1)]
   index = jnp.where(inside, base + segments.position, 0)
   rows = jnp.take_along_axis(flat, _trailing(index, flat.ndim), axis=1)
-  return jnp.where(_trailing(inside, rows.ndim), rows, 0)
+  return jnp.where(_trailing(inside, rows.ndim), rows, jnp.zeros((), rows.dtype))
 
 
 @jax.custom_vjp
