@@ -57,23 +57,24 @@ def slots_apply(scores: Array, segments: segment_slots.PackedSegments) -> Array:
   """`[]` bool: every row fits the slots, and no segment loses its weights to the shared softmax.
 
   A slot group normalizes each query row over the keys up to its longest segment. Non-causal,
-  a shorter segment's query i reads the keys j < n of its own segment only, so its weights are
-  exp(score - best of the row) with the best perhaps past n: underflow needs a gap of ~87, and
-  this refuses gaps over `SHARED_SOFTMAX_RANGE`. Causal queries see only keys j <= i, all in
-  their own segment, so they are always safe.
+  a shorter segment's query reads only the keys j < n of its own segment, with weights
+  exp(score - best of the row), the best perhaps past n: underflow takes a gap of ~87. This
+  refuses gaps over `SHARED_SOFTMAX_RANGE`, measured for each group's shortest segment, which
+  bounds the gap of every other (two row reductions of the score map per group). Causal queries
+  see only keys j <= i, all of their own segment, so they are always safe.
   """
   applies = segments.fits
   if segments.causal:
     return applies
   for first, count, capacity in segment_slots.slot_groups(scores.shape[-1], segments.num_slots):
-    lengths = segments.group_lengths(first, count).reshape(-1)  # [batch * count]
-    visible = jnp.arange(capacity) < jnp.maximum(jnp.max(lengths), 1)
-    group_scores = jnp.where(visible, scores[:, :capacity, :capacity], -jnp.inf)
-    best_before = jax.lax.cummax(group_scores, axis=2)  # [h, q, k]: max over keys <= k
-    own_best = jnp.take(best_before, jnp.maximum(lengths - 1, 0), axis=2)  # [h, q, segments]
-    gap = best_before[:, :, -1:] - own_best
-    own_queries = jnp.arange(capacity)[:, None] < lengths[None, :]  # [q, segments]
-    applies &= jnp.all(jnp.where(own_queries, gap, 0.0) < SHARED_SOFTMAX_RANGE)
+    lengths = segments.group_lengths(first, count)
+    longest = jnp.max(lengths)
+    shortest = jnp.min(jnp.where(lengths > 0, lengths, capacity))
+    keys = jnp.arange(capacity)
+    group_scores = scores[:, :capacity, :capacity]
+    row_max = lambda below: jnp.max(jnp.where(keys < below, group_scores, -jnp.inf), axis=-1)
+    gap = row_max(jnp.maximum(longest, 1)) - row_max(shortest)  # [heads, q]
+    applies &= jnp.all(jnp.where(keys < longest, gap, 0.0) < SHARED_SOFTMAX_RANGE)
   return applies
 
 
