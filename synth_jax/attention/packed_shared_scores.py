@@ -7,9 +7,10 @@ the shared scores once per step, two matmuls, no `[batch, heads, len, len]` tens
 each group of slots.
 
 Two conditions send a batch to the general, per-example path instead, chosen on the device by
-`lax.cond`: a row with more segments than slots, and a segment whose keys all score more than
-`SHARED_SOFTMAX_RANGE` below the best key of its slot group's rows (the shared softmax would
-then underflow its weights in float32; trained score maps stay far inside this range).
+`lax.cond`: a row with more segments than slots, and a slot group whose shortest segment's keys
+all score more than `SHARED_SOFTMAX_RANGE` below the best key the group normalizes with (the
+shared softmax could then underflow their weights in float32; trained score maps stay far
+inside this range).
 """
 import functools
 from typing import Callable, Optional
@@ -43,8 +44,8 @@ def packed_shared_scores_attention(logits: Array, bias: Optional[Array],
       `[batch, len, heads, head_dim]` (`core.packed_per_example_attention`).
 
   Returns:
-    `[batch, len, heads, head_dim]` in `value.dtype`. Rows of padding tokens are arbitrary (no
-    key and no loss reads them).
+    `[batch, len, heads, head_dim]` in `value.dtype`. Rows of padding tokens are arbitrary: no
+    query attends to them and the loss skips them.
   """
   if logits.shape[-2] != value.shape[1] or logits.shape[-1] != value.shape[1]:
     raise ValueError(f'packed shared-score attention is self-attention: logits '
