@@ -161,7 +161,7 @@ def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
   for member in registry.members(attention_type):
     matmuls += attention_logit_matmuls(member, batch, q_len, k_len, max_key_length, embed,
                                        heads, head_dim)
-    shared = registry.VARIANTS[member][0].shared_logits
+    shared = registry.has_shared_logits(member)
     if shared and not pack:
       matmuls.append(Matmul('denominators', 2 * batch * heads * q_len * k_len, gradients=1,
                             overhead=True))

@@ -13,12 +13,13 @@ segment, so position-dependent synthesizers (random: row i of R is query positio
 example exactly as they would see it alone.
 """
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from synth_jax import attention
 from synth_jax import layers
@@ -147,6 +148,31 @@ def segment_positions(segment_ids: Array) -> Array:
   previous = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
   starts = jnp.where(segment_ids != previous, index, 0)
   return index - jax.lax.cummax(starts, axis=1)
+
+
+def packed_slots_note(cfg: T5Config, batch: Mapping[str, Any]) -> Optional[str]:
+  """A note when a packed batch's rows hold more examples than `cfg.packed_segment_slots`.
+
+  Shared-logit self-attention (random synthesizers) then takes the per-example path for the
+  whole batch, which is slower than with the slots turned off; None when nothing is lost.
+  """
+  slots = cfg.packed_segment_slots
+  types = sorted({t for t in (cfg.encoder_attention, cfg.decoder_attention)
+                  if attention.has_shared_logits(t)})
+  if not (types and slots and 'encoder_segment_ids' in batch):
+    return None
+  most = 0
+  for ids, tokens in (('encoder_segment_ids', 'encoder_input_tokens'),
+                      ('decoder_segment_ids', 'decoder_target_tokens')):
+    ids = np.asarray(batch[ids])
+    starts = np.concatenate([np.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], 1)
+    most = max(most, int(np.max(np.sum(starts & (np.asarray(batch[tokens]) > 0), axis=1))))
+  if most <= slots:
+    return None
+  return (f'Packed rows of this batch hold up to {most} examples, more than '
+          f'T5Config.packed_segment_slots={slots}: {" and ".join(types)} self-attention takes '
+          f'the per-example path for such batches, slower than with packed_segment_slots=0. '
+          f'Set T5Config.packed_segment_slots to {most} or more, to 0, or train unpacked.')
 
 
 class EncoderLayer(nn.Module):

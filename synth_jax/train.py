@@ -238,7 +238,10 @@ def train(*,
 
   with _Preemption() as preemption:
     for step in range(start + 1, train_steps + 1):
-      state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
+      batch = next(batches)
+      if step == start + 1 and (note := network.packed_slots_note(model.config, batch)):
+        print(note, flush=True)
+      state, step_metrics = step_fn(state, _to_global(batch, batch_sharding), rng)
       pending.append((step, step_metrics))
       log_now = step % log_period == 0 or step == train_steps
       eval_now = eval_period and (step % eval_period == 0 or step == train_steps)

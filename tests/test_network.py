@@ -435,6 +435,23 @@ def test_packed_segment_slots_change_no_loss_or_gradient(attention_type):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
+def test_packed_slots_note_names_the_knob_when_rows_hold_more_examples_than_slots():
+  ids = np.array([[1, 1, 2, 3, 3, 0], [1, 2, 3, 4, 0, 0]])  # 3 and 4 examples
+  packed = dict(encoder_segment_ids=ids, encoder_input_tokens=(ids > 0) * 7,
+                decoder_segment_ids=ids[:, :4], decoder_target_tokens=(ids[:, :4] > 0) * 7)
+  note = network.packed_slots_note(tiny_config(encoder_attention='random', packed_segment_slots=3),
+                                   packed)
+  assert note.startswith('Packed rows of this batch hold up to 4 examples, more than '
+                         'T5Config.packed_segment_slots=3: random self-attention')
+  for config in (tiny_config(encoder_attention='random', packed_segment_slots=4),
+                 tiny_config(encoder_attention='random', packed_segment_slots=0),
+                 tiny_config(packed_segment_slots=3)):  # vanilla: nothing to lose
+    assert network.packed_slots_note(config, packed) is None
+  unpacked = {k: v for k, v in packed.items() if 'segment' not in k}
+  assert network.packed_slots_note(tiny_config(decoder_attention='random+vanilla'),
+                                   unpacked) is None
+
+
 def test_negative_packed_segment_slots_are_a_clear_error():
   with pytest.raises(ValueError, match=r'T5Config.packed_segment_slots=-1 must be >= 0'):
     tiny_config(packed_segment_slots=-1)

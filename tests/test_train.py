@@ -184,6 +184,13 @@ def test_training_writes_events_config_and_evaluates(tmp_path):
   np.testing.assert_allclose(evaluated['eval']['loss'], result['eval']['loss'], rtol=1e-5)
 
 
+def test_packed_rows_with_more_examples_than_slots_print_a_note_naming_the_knob(capsys):
+  run(None, 1, model=fixtures.tiny_model('random', packed_segment_slots=1))
+  assert 'more than T5Config.packed_segment_slots=1: random self-attention' in capsys.readouterr().out
+  run(None, 1, model=fixtures.tiny_model('random'))
+  assert 'packed_segment_slots' not in capsys.readouterr().out
+
+
 def test_indivisible_sharded_dimension_names_the_parameter_and_the_fix():
   model = fixtures.tiny_model(vocab_size=259)  # 259 does not split over model=2
   with pytest.raises(ValueError, match=r"\['kernel'\] has 259 along logical axis 'vocab'.*128"):

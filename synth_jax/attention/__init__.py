@@ -8,6 +8,7 @@ from synth_jax.attention.fused import SequenceLengths
 from synth_jax.attention.registry import accepts_option
 from synth_jax.attention.registry import axis_rules
 from synth_jax.attention.registry import build
+from synth_jax.attention.registry import has_shared_logits
 from synth_jax.attention.registry import is_position_dependent
 from synth_jax.attention.registry import names
 from synth_jax.attention.segment_slots import PackedSegments

@@ -49,6 +49,11 @@ def is_position_dependent(name: str) -> bool:
   return any(VARIANTS[m][0].position_dependent for m in members(name))
 
 
+def has_shared_logits(name: str) -> bool:
+  """Whether a member's logits are shared by the batch (random synthesizers): see `core.Attention`."""
+  return any(VARIANTS[m][0].shared_logits for m in members(name))
+
+
 def accepts_option(name: str, option: str) -> bool:
   """Whether the module `build(name)` makes has the constructor option `option`."""
   parts = members(name)
