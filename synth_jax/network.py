@@ -19,7 +19,6 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from synth_jax import attention
 from synth_jax import layers
@@ -144,10 +143,7 @@ def segment_positions(segment_ids: Array) -> Array:
 
   For packed batches that come without `*_positions` (seqio's packing provides them).
   """
-  index = jnp.broadcast_to(jnp.arange(segment_ids.shape[1]), segment_ids.shape)
-  previous = jnp.pad(segment_ids, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
-  starts = jnp.where(segment_ids != previous, index, 0)
-  return index - jax.lax.cummax(starts, axis=1)
+  return attention.segment_slots.runs(segment_ids)[2]
 
 
 def packed_slots_note(cfg: T5Config, batch: Mapping[str, Any]) -> Optional[str]:
@@ -164,9 +160,9 @@ def packed_slots_note(cfg: T5Config, batch: Mapping[str, Any]) -> Optional[str]:
   most = 0
   for ids, tokens in (('encoder_segment_ids', 'encoder_input_tokens'),
                       ('decoder_segment_ids', 'decoder_target_tokens')):
-    ids = np.asarray(batch[ids])
-    starts = np.concatenate([np.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], 1)
-    most = max(most, int(np.max(np.sum(starts & (np.asarray(batch[tokens]) > 0), axis=1))))
+    segments = attention.PackedSegments.from_segment_ids(
+        jnp.asarray(batch[ids]), jnp.asarray(batch[tokens]) > 0, slots)
+    most = max(most, int(jnp.max(segments.ordinal)) + 1)
   if most <= slots:
     return None
   return (f'Packed rows of this batch hold up to {most} examples, more than '

@@ -193,6 +193,16 @@ def test_out_of_memory_rows_are_retried_at_half_the_batch(monkeypatch):
   assert row['batch_size'] == 32 and row['out_of_memory_batch_sizes'] == [128, 64]
 
 
+def test_segment_slots_flag_reaches_the_measured_config(monkeypatch):
+  seen = []
+  monkeypatch.setattr(bench, 'measure', lambda *args: seen.append(args) or {'error': None})
+  args = bench.parse_args(['--types', 'random', '--no-isolate', '--segment_slots', '0'])
+  bench.run_point(args, 'random', 32, 8)
+  assert seen[0][-1] == 0
+  assert bench.model_config('tiny', 'random', 32, 16, segment_slots=0).packed_segment_slots == 0
+  assert bench.model_config('tiny', 'random', 32, 16).packed_segment_slots == 15  # the default
+
+
 def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
   out = tmp_path / 'bench.json'
   env = dict(os.environ, JAX_PLATFORMS='cpu')

@@ -11,4 +11,5 @@ from synth_jax.attention.registry import build
 from synth_jax.attention.registry import has_shared_logits
 from synth_jax.attention.registry import is_position_dependent
 from synth_jax.attention.registry import names
+from synth_jax.attention import segment_slots
 from synth_jax.attention.segment_slots import PackedSegments

@@ -27,8 +27,8 @@ class QueryKeyAttention(core.Attention):
     fused: None computes through the shared core. 'cudnn', 'xla' or 'auto' computes
       softmax(q k^T scale + bias) v with `jax.nn.dot_product_attention` (cuDNN flash attention
       on GPU; 'auto' lets JAX choose), without attention dropout or single-position queries
-      (decode steps; those take the core path). Fastest with `lengths` (unpacked batches): packed batches fold their
-      dense mask into a `[batch, heads, q, k]` bias.
+      (decode steps; those take the core path). Fastest with `lengths` (unpacked batches):
+      packed batches fold their dense mask into a `[batch, heads, q, k]` bias.
   """
   fused: Optional[str] = None
 

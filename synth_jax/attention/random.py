@@ -6,9 +6,11 @@ query i attends with row i of R whatever the input: logits[1, h, i, j] = R[h, i,
 
 The factorized form (Sec. 3.3) is R_h = R1_h R2_h^T with R1_h: [max_query, k], R2_h: [max_key, k].
 
-Unpacked, the logits are `[1, heads, q, k]` and, given the mask as lengths, softmax(R) is taken
-once per step for the whole batch (`fused.shared_scores_attention`). Packed, each token reads R
-at its position within its segment (`packed_table`), so the logits are per example.
+The logits are `[1, heads, q, k]` and softmax(R) is taken once per step for the whole batch:
+unpacked given the mask as lengths (`fused.shared_scores_attention`), packed with each segment
+in a slot of its own (`packed_shared_scores`). Otherwise (attention dropout, rows of more
+examples than slots) each token reads R at its position within its segment (`packed_table`),
+so the logits are per example.
 """
 import flax.linen as nn
 import jax.numpy as jnp

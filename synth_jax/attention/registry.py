@@ -50,7 +50,7 @@ def is_position_dependent(name: str) -> bool:
 
 
 def has_shared_logits(name: str) -> bool:
-  """Whether a member's logits are shared by the batch (random synthesizers): see `core.Attention`."""
+  """Whether a member's logits are shared by the batch (random synthesizers; `core.Attention`)."""
   return any(VARIANTS[m][0].shared_logits for m in members(name))
 
 

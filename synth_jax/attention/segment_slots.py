@@ -47,6 +47,20 @@ def capacities(length: int, num_slots: int) -> tuple[int, ...]:
   return tuple(c for _, count, c in slot_groups(length, num_slots) for _ in range(count))
 
 
+def runs(segment_ids: Array) -> tuple[Array, Array, Array]:
+  """Runs of equal ids along each row of `[batch, len]` `segment_ids`.
+
+  Returns `[batch, len]` arrays: whether each token starts a run (bool), the index of its run in
+  the row (int32), and its position within the run (int32).
+  """
+  index = jnp.arange(segment_ids.shape[1])
+  start = jnp.concatenate(
+      [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+  run = jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1
+  position = index - jax.lax.cummax(jnp.where(start, index, 0), axis=1)
+  return start, run, position
+
+
 @flax.struct.dataclass
 class PackedSegments:
   """Where each segment of a packed batch sits, and which slot it takes.
@@ -93,10 +107,7 @@ class PackedSegments:
     length = segment_ids.shape[1]
     valid = valid.astype(bool)
     index = jnp.arange(length)
-    run_start = jnp.concatenate(
-        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
-    run = jnp.cumsum(run_start, axis=1, dtype=jnp.int32) - 1  # [b, len]
-    position = index - jax.lax.cummax(jnp.where(run_start, index, 0), axis=1)
+    run_start, run, position = runs(segment_ids)
     # A token's run is a segment if a valid token of the same run lies at or before it, or at or
     # after it (running max / min along the row; no scatter, so each row stays on its device).
     valid_run = lambda fill: jnp.where(valid, run, fill)

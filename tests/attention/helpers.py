@@ -93,12 +93,4 @@ def all_equations(jaxpr) -> list:
 
 def traced_shapes(jaxpr) -> set:
   """The shapes of every value a (closed) jaxpr computes, sub-jaxprs included."""
-  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
-  shapes = set()
-  for eqn in jaxpr.eqns:
-    shapes |= {v.aval.shape for v in eqn.outvars}
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
-          shapes |= traced_shapes(sub)
-  return shapes
+  return {v.aval.shape for eqn in all_equations(jaxpr) for v in eqn.outvars}
