@@ -117,8 +117,63 @@ def batch_free_scores(logits: Array, bias: Optional[Array]) -> Array:
   return scores
 
 
+def shared_weights(scores: Array, longest: Array, causal: bool) -> Array:
+  """E = softmax of `[heads, q_len, k_len]` float32 `scores` over the keys before `longest`.
+
+  Keys at or past `longest` (no example has valid keys there; at least key 0 stays) leave the
+  softmax, so their scores get an exactly zero gradient rather than the rounding noise of the
+  ratio in `mix_keys_minor`, which Adafactor's normalized update would turn into full-size steps.
+  Causal: query i sees keys j <= i only; E is 0 elsewhere.
+  """
+  q_len, k_len = scores.shape[-2:]
+  visible = jnp.broadcast_to(jnp.arange(k_len) < jnp.maximum(longest, 1), (q_len, k_len))
+  if causal:
+    visible = visible & jnp.tril(jnp.ones((q_len, k_len), bool))
+  return jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+
+
+def to_keys_minor(x: Array) -> Array:
+  """`[batch, len, heads, head_dim]` <-> `[heads, head_dim, batch, len]` (its own inverse)."""
+  return jnp.transpose(x, (2, 3, 0, 1))
+
+
+def mix_keys_minor(weights: Array, key_valid: Array, value: Array) -> Array:
+  """out[h, :, b, i] = sum_j E[h, i, j] m[b, j] v[h, :, b, j] / sum_j E[h, i, j] m[b, j].
+
+  The softmax over each example's valid keys (m[b, j] = 1), from one E for the batch. The layout
+  keeps the mixed axis minor-most and the heads major-most, so both matmuls are plain GEMMs
+  batched over heads: `[heads, head_dim x batch, k] x [heads, q, k]^T`. With the batch before
+  the keys (`[batch, len, heads, head_dim]`) XLA transposes operands and results around each
+  matmul instead, which cost packed random synthesizers more than their matmuls
+  (`BENCHMARKS.md`).
+
+  Args:
+    weights: E, `[heads, q_len, k_len]` float32 (`shared_weights`).
+    key_valid: `[*batch, k_len]` bool; `*batch` is one or more example axes.
+    value: `[heads, head_dim, *batch, k_len]`.
+
+  Returns:
+    `[heads, head_dim, *batch, q_len]` in `value.dtype`.
+  """
+  masked_value = jnp.where(key_valid, value, 0)
+  numerator = jnp.einsum('hd...k,hqk->hd...q', masked_value, weights.astype(value.dtype),
+                         preferred_element_type=jnp.float32)
+  # Any per-row scale of E cancels in the ratio, so E may be normalized over the keys of the
+  # longest example: it keeps E <= 1, and a row with a single key (the first causal query) gets
+  # E = 1 exactly and an exactly zero gradient, as the per-example softmax gives it. A shorter
+  # example's keys could underflow under a key of a longer one far above them: that takes a
+  # logit spread of ~87, far beyond trained score maps (packed rows check it:
+  # `packed_shared_scores.slots_apply`).
+  denominator = jnp.einsum('...k,hqk->h...q', key_valid.astype(jnp.float32), weights)
+  # An example without keys (length 0) has denominator 0: its output is 0, and so is its
+  # gradient (a plain maximum(denominator, tiny) would give 0 * inf = NaN there).
+  has_keys = (denominator > 0)[:, None]
+  out = numerator / jnp.where(has_keys, denominator[:, None], 1.0)
+  return jnp.where(has_keys, out, 0).astype(value.dtype)
+
+
 def shared_softmax_mix(scores: Array, key_valid: Array, longest: Array, value: Array,
-                        causal: bool) -> Array:
+                       causal: bool) -> Array:
   """Per-example softmax over the valid keys, with one softmax of `scores` for the batch.
 
   Args:
@@ -131,30 +186,8 @@ def shared_softmax_mix(scores: Array, key_valid: Array, longest: Array, value: A
   Returns:
     `[batch, q_len, heads, head_dim]` in `value.dtype`.
   """
-  q_len, k_len = scores.shape[-2:]
-  # Keys past the longest example leave the softmax (at least key 0 stays), so their scores get
-  # an exactly zero gradient rather than the rounding noise of the ratio below, which
-  # Adafactor's normalized update would turn into full-size steps.
-  visible = jnp.broadcast_to(jnp.arange(k_len) < jnp.maximum(longest, 1), (q_len, k_len))
-  if causal:
-    visible = visible & jnp.tril(jnp.ones((q_len, k_len), bool))
-  scores = jnp.where(visible, scores, -jnp.inf)
-  # Any per-row scale cancels in the ratio, so E may be softmax(S) over the keys of the longest
-  # example: it keeps E <= 1, and a row with a single key (the first causal query) gets E = 1
-  # exactly and an exactly zero gradient, as the per-example softmax gives it. A shorter
-  # example's keys could underflow under a key of a longer one far above them: that takes a
-  # logit spread of ~87, far beyond trained score maps (packed rows check it:
-  # `packed_shared_scores.slots_apply`).
-  weights = jax.nn.softmax(scores, axis=-1)  # [heads, q, k]; 0 where causally masked
-  masked_value = jnp.where(key_valid[:, :, None, None], value, 0)
-  numerator = jnp.einsum('hqk,bkhd->bqhd', weights.astype(value.dtype), masked_value,
-                         preferred_element_type=jnp.float32)
-  denominator = jnp.einsum('hqk,bk->bqh', weights, key_valid.astype(jnp.float32))
-  # An example without keys (length 0) has denominator 0: its output is 0, and so is its
-  # gradient (a plain maximum(denominator, tiny) would give 0 * inf = NaN there).
-  has_keys = denominator > 0
-  out = numerator / jnp.where(has_keys, denominator, 1.0)[..., None]
-  return jnp.where(has_keys[..., None], out, 0).astype(value.dtype)
+  weights = shared_weights(scores, longest, causal)
+  return to_keys_minor(mix_keys_minor(weights, key_valid, to_keys_minor(value)))
 
 
 def shared_scores_attention(logits: Array, bias: Optional[Array], lengths: SequenceLengths,

@@ -2,7 +2,7 @@
 
 Each segment of a packed row is self-attention of one example that starts at position 0, as if it
 were alone: logits[h, i, j] at the positions i, j within the segment. Moved to a slot of its own
-(`segment_slots`), a segment is an unpacked example, so `fused.shared_softmax_mix` (softmax of
+(`segment_slots`), a segment is an unpacked example, so `fused.mix_keys_minor` (softmax of
 the shared scores once per step, two matmuls, no `[batch, heads, len, len]` tensor) applies to
 each group of slots.
 
@@ -81,20 +81,23 @@ def slots_apply(scores: Array, segments: segment_slots.PackedSegments) -> Array:
 
 def _segment_slots_attention(scores: Array, value: Array,
                              segments: segment_slots.PackedSegments) -> Array:
-  """Shared-score attention of each slot (segment) alone, repacked into rows."""
-  batch = value.shape[0]
+  """Shared-score attention of each slot (segment) alone, repacked into rows.
+
+  Works in `fused.mix_keys_minor`'s layout, `[heads, head_dim, batch, len]`: rows move to slots
+  and back along the minor-most axis, and the only transposes are of the packed rows, once in
+  and once out.
+  """
   groups = segment_slots.slot_groups(value.shape[1], segments.num_slots)
   mixed = []
   for (first, count, capacity), group_value, group_valid in zip(
-      groups, segment_slots.unpack(value, segments),
+      groups, segment_slots.unpack(fused.to_keys_minor(value), segments, 3),
       segment_slots.unpack(segments.valid, segments)):
-    # The slots of a group are examples of one length: [batch * slots, capacity, ...].
-    out = fused.shared_softmax_mix(
-        scores[:, :capacity, :capacity], group_valid.reshape(batch * count, capacity),
-        jnp.max(segments.group_lengths(first, count)),
-        group_value.reshape((batch * count,) + group_value.shape[2:]), segments.causal)
-    mixed.append(out.reshape(group_value.shape))
-  return segment_slots.repack(mixed, segments)
+    # The slots of a group are `[batch, slots]` examples of one length, `capacity`.
+    weights = fused.shared_weights(scores[:, :capacity, :capacity],
+                                   jnp.max(segments.group_lengths(first, count)),
+                                   segments.causal)
+    mixed.append(fused.mix_keys_minor(weights, group_valid, group_value))
+  return fused.to_keys_minor(segment_slots.repack(mixed, segments, 3))
 
 
 # Only the inputs are kept for the backward pass, which recomputes the taken branch: a `cond`

@@ -19,6 +19,7 @@ where rounding adds more). A batch with a row of more segments than slots does n
 `unpack` and `repack` move rows between the two layouts. Each is a partial permutation of rows
 and the other's transpose, so each one's gradient is the other (no scatter).
 """
+import functools
 import math
 
 import flax
@@ -146,52 +147,64 @@ class PackedSegments:
     return self.length[:, first:first + count]
 
 
-def _trailing(x: Array, ndim: int) -> Array:
-  return x.reshape(x.shape + (1,) * (ndim - x.ndim))
+def _at(x: Array, ndim: int, axis: int) -> Array:
+  """`[batch, n, ...]` -> rank `ndim`, its first two axes at `axis - 1` and `axis`, ones elsewhere."""
+  shape = [1] * ndim
+  shape[axis - 1:axis - 1 + x.ndim] = x.shape
+  return x.reshape(shape)
 
 
-def _gather_slots(rows: Array, segments: PackedSegments) -> list[Array]:
-  batch, length = rows.shape[:2]
+def _gather_slots(rows: Array, segments: PackedSegments, axis: int) -> list[Array]:
+  batch, length = rows.shape[axis - 1:axis + 1]
   out = []
   for first, count, capacity in slot_groups(length, segments.num_slots):
     t = jnp.arange(capacity)
     used = t < segments.group_lengths(first, count)[:, :, None]  # [b, count, capacity]
     index = jnp.where(used, segments.start[:, first:first + count, None] + t, 0)
-    gathered = jnp.take_along_axis(rows, _trailing(index.reshape(batch, -1), rows.ndim), axis=1)
-    gathered = gathered.reshape((batch, count, capacity) + rows.shape[2:])
-    out.append(jnp.where(_trailing(used, gathered.ndim), gathered,
-                         jnp.zeros((), gathered.dtype)))
+    gathered = jnp.take_along_axis(rows, _at(index.reshape(batch, -1), rows.ndim, axis), axis)
+    gathered = gathered.reshape(rows.shape[:axis] + (count, capacity) + rows.shape[axis + 1:])
+    out.append(jnp.where(_at(used, gathered.ndim, axis), gathered, jnp.zeros((), gathered.dtype)))
   return out
 
 
-def _scatter_slots(groups: list[Array], segments: PackedSegments) -> Array:
+def _scatter_slots(groups: list[Array], segments: PackedSegments, axis: int) -> Array:
   batch, length = segments.slot.shape
   offsets, offset = [], 0  # where each slot starts in the groups laid end to end
   for _, count, capacity in slot_groups(length, segments.num_slots):
     offsets += [offset + i * capacity for i in range(count)]
     offset += count * capacity
-  flat = jnp.concatenate([g.reshape((batch, -1) + g.shape[3:]) for g in groups], axis=1)
+  flat = jnp.concatenate(
+      [g.reshape(g.shape[:axis] + (-1,) + g.shape[axis + 2:]) for g in groups], axis=axis)
   inside = segments.slot < segments.num_slots
   base = jnp.asarray(offsets, jnp.int32)[jnp.minimum(segments.slot, segments.num_slots - 1)]
   index = jnp.where(inside, base + segments.position, 0)
-  rows = jnp.take_along_axis(flat, _trailing(index, flat.ndim), axis=1)
-  return jnp.where(_trailing(inside, rows.ndim), rows, jnp.zeros((), rows.dtype))
+  rows = jnp.take_along_axis(flat, _at(index, flat.ndim, axis), axis)
+  return jnp.where(_at(inside, rows.ndim, axis), rows, jnp.zeros((), rows.dtype))
 
 
-@jax.custom_vjp
-def unpack(rows: Array, segments: PackedSegments) -> list[Array]:
-  """`[batch, len, ...]` -> per slot group `[batch, slots, capacity, ...]`; zero past segments."""
-  return _gather_slots(rows, segments)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def unpack(rows: Array, segments: PackedSegments, axis: int = 1) -> list[Array]:
+  """Rows -> slot groups, zero past each segment.
+
+  Args:
+    rows: `[..., batch, len, ...]`, the row axis at `axis` and the batch axis just before it.
+    segments: the packing of the rows.
+    axis: the row axis. The matmuls that mix along the row want it minor-most, after the batch
+      (`packed_shared_scores`); plain `[batch, len, ...]` arrays take the default.
+
+  Returns:
+    Per slot group, `[..., batch, slots, capacity, ...]`.
+  """
+  return _gather_slots(rows, segments, axis)
 
 
-@jax.custom_vjp
-def repack(groups: list[Array], segments: PackedSegments) -> Array:
-  """The inverse layout change: slot groups -> `[batch, len, ...]`; zero outside segments."""
-  return _scatter_slots(groups, segments)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def repack(groups: list[Array], segments: PackedSegments, axis: int = 1) -> Array:
+  """The inverse layout change: slot groups -> `[..., batch, len, ...]`; zero outside segments."""
+  return _scatter_slots(groups, segments, axis)
 
 
-unpack.defvjp(lambda rows, segments: (unpack(rows, segments), segments),
-              lambda segments, grads: (repack(grads, segments), None))
-repack.defvjp(lambda slots, segments: (repack(slots, segments), segments),
-              lambda segments, grad: (unpack(grad, segments), None))
-
+unpack.defvjp(lambda rows, segments, axis: (unpack(rows, segments, axis), segments),
+              lambda axis, segments, grads: (repack(grads, segments, axis), None))
+repack.defvjp(lambda groups, segments, axis: (repack(groups, segments, axis), segments),
+              lambda axis, segments, grad: (unpack(grad, segments, axis), None))

@@ -385,7 +385,7 @@ def test_gradient_of_unpack_is_repack_of_the_cotangent_and_equals_autodiff():
   grad = grad_unpack(x, y, segments)
   np.testing.assert_array_equal(grad, repack_jit(y, segments))
   # The true derivative of the gather (plain autodiff, through a scatter) agrees.
-  naive = jax.jit(jax.grad(lambda r, s: dot(segment_slots._gather_slots(r, s), y)))(x, segments)
+  naive = jax.jit(jax.grad(lambda r, s: dot(segment_slots._gather_slots(r, s, 1), y)))(x, segments)
   np.testing.assert_allclose(grad, naive, rtol=1e-6, atol=1e-6)
 
 
@@ -395,7 +395,7 @@ def test_gradient_of_repack_is_unpack_of_the_cotangent_and_equals_autodiff():
   for g, w in zip(got, unpack_jit(x, segments)):
     np.testing.assert_array_equal(g, w)
   grad = grad_repack(y, x, segments)
-  naive = jax.jit(jax.grad(lambda t, s: dot(segment_slots._scatter_slots(t, s), x)))(y, segments)
+  naive = jax.jit(jax.grad(lambda t, s: dot(segment_slots._scatter_slots(t, s, 1), x)))(y, segments)
   for g, n, w in zip(grad, naive, unpack_jit(x, segments)):
     np.testing.assert_array_equal(g, w)
     np.testing.assert_allclose(g, n, rtol=1e-6, atol=1e-6)
@@ -405,7 +405,7 @@ def test_gradients_have_no_scatter():
   segments, x, y = random_case(5)
   assert 'scatter' not in str(jax.make_jaxpr(jax.grad(unpack_loss))(x, y, segments))
   assert 'scatter' not in str(jax.make_jaxpr(jax.grad(repack_loss))(y, x, segments))
-  naive = jax.make_jaxpr(jax.grad(lambda r: dot(segment_slots._gather_slots(r, segments), y)))(x)
+  naive = jax.make_jaxpr(jax.grad(lambda r: dot(segment_slots._gather_slots(r, segments, 1), y)))(x)
   assert 'scatter' in str(naive)  # what the custom rule replaces
 
 
