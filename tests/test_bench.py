@@ -200,7 +200,7 @@ def test_segment_slots_flag_reaches_the_measured_config(monkeypatch):
   bench.run_point(args, 'random', 32, 8)
   assert seen[0][-1] == 0
   assert bench.model_config('tiny', 'random', 32, 16, segment_slots=0).packed_segment_slots == 0
-  assert bench.model_config('tiny', 'random', 32, 16).packed_segment_slots == 15  # the default
+  assert bench.model_config('tiny', 'random', 32, 16).packed_segment_slots == 3  # the default
 
 
 def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
