@@ -136,6 +136,24 @@ def test_packed_shared_scores_attention_normalizes_once_for_the_whole_batch():
     assert per_example in helpers.traced_shapes(general_branch)
 
 
+def test_slot_branch_transposes_only_the_packed_rows():
+  """Slot tensors stay keys-minor: the one large transpose is of the rows, in and out.
+
+  On the H100, transposing slot tensors around head-batched matmuls cost more than the
+  matmuls (BENCHMARKS.md, run I). Denominators `[heads, q, batch, slots]` may move (no
+  head_dim axis: smaller than the values).
+  """
+  logits, bias, value = random_inputs(27, *PACKED_IDS.shape)
+  attend, _ = packed_attention(PACKED_IDS, PACKED_VALID, 15, causal=False)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(attend(*a) ** 2), argnums=(0, 2)))(
+      logits, bias, value)
+  conds = [e for e in helpers.all_equations(jaxpr) if e.primitive.name == 'cond']
+  for cond in conds:
+    moved = [e.invars[0].aval.shape for e in helpers.all_equations(cond.params['branches'][1])
+             if e.primitive.name == 'transpose' and e.invars[0].aval.size >= value.size]
+    assert moved and all(sorted(shape) == sorted(value.shape) for shape in moved), moved
+
+
 @pytest.mark.parametrize('causal', [False, True])
 def test_packed_shared_scores_gradient_is_exactly_zero_where_no_output_depends_on_the_score(causal):
   """Positions past the longest segment (4 of 10 here), and the first causal row."""

@@ -341,6 +341,24 @@ def test_repack_of_unpack_is_the_identity_inside_segments_and_zero_outside(lengt
                                   reference_repack(ys, ref))
 
 
+def test_unpack_and_repack_along_a_later_axis_equal_moving_the_axes():
+  """`axis=3` on `[h, d, batch, len]` (the keys-minor layout) moves the same rows as axis 1."""
+  length, num_slots = CASES[1]
+  ids, valid = random_rows(4, BATCH, length, max_segments=num_slots)
+  segments = segments_of(jnp.asarray(ids), jnp.asarray(valid), num_slots)
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3, BATCH, length)), jnp.float32)
+  rows_first = jnp.moveaxis(x, (2, 3), (0, 1))  # [batch, len, h, d]
+  minor = jax.jit(unpack, static_argnums=2)(x, segments, 3)
+  for got, want in zip(minor, unpack_jit(rows_first, segments)):
+    np.testing.assert_array_equal(got, jnp.moveaxis(want, (0, 1, 2), (2, 3, 4)))
+  back = jax.jit(repack, static_argnums=2)(minor, segments, 3)
+  np.testing.assert_array_equal(jnp.moveaxis(back, (2, 3), (0, 1)),
+                                repack_jit(unpack_jit(rows_first, segments), segments))
+  # Each is still the other's gradient along the later axis.
+  (grad,) = jax.vjp(lambda r: unpack(r, segments, 3), x)[1](minor)
+  np.testing.assert_array_equal(grad, back)
+
+
 def random_case(seed, trailing=(3,)):
   length, num_slots = CASES[1]
   ids, valid = random_rows(seed, BATCH, length, max_segments=num_slots)
