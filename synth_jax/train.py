@@ -111,6 +111,7 @@ def train(*,
           seed: int = 0,
           model_parallelism: Optional[int] = None,
           pack: bool = True,
+          unpack_single_example_rows: bool = True,
           checkpoint_period: int = 1000,
           keep_checkpoints: Optional[int] = 3,
           eval_period: int = 1000,
@@ -133,6 +134,11 @@ def train(*,
     train_steps: the step to stop at (a resumed run continues up to it).
     learning_rate: schedule `step -> rate` (T5's rsqrt with 10k warmup by default).
     make_optimizer: `(factor_plan, learning_rate) -> optax transform`.
+    unpack_single_example_rows: packed batches whose rows each hold one example train as the
+      unpacked batches they equal, on the faster unpacked attention paths
+      (`data.unpack_single_example_rows`; nearly every C4 pretraining batch). The step then
+      compiles once for each form the data brings. Single-host runs only: hosts would have to
+      agree on every batch's form.
     checkpoint_period, keep_checkpoints: save every N steps (and at the end), keep the newest K.
     initial_checkpoint_path: a checkpoint step directory to start a *new* run from (finetuning);
       ignored when `model_dir` already has checkpoints.
@@ -153,16 +159,16 @@ def train(*,
   state, shardings, optimizer = train_state.create(
       model, functools.partial(make_optimizer, learning_rate=learning_rate), example, mesh,
       jax.random.key(seed))
-  batch_sharding = partitioning.data_sharding(mesh)
-  batch_shardings = {k: batch_sharding for k in example}
+  batch_sharding = partitioning.data_sharding(mesh)  # every feature, packed or not
+  unpack_single_example_rows &= pack and jax.process_count() == 1
 
   step_fn = jax.jit(
       functools.partial(train_state.train_step, model, optimizer, z_loss=z_loss,
                         label_smoothing=label_smoothing),
-      in_shardings=(shardings, batch_shardings, None),
+      in_shardings=(shardings, batch_sharding, None),
       out_shardings=(shardings, None), donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(train_state.eval_step, model),
-                    in_shardings=(shardings, batch_shardings))
+                    in_shardings=(shardings, batch_sharding))
 
   manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
   start = 0
@@ -218,6 +224,7 @@ def train(*,
   # host needs them (to log, evaluate, save, stop or call `on_step`). Every loss is checked
   # before any checkpoint is written, so a NaN never reaches one.
   pending = []
+  forms_seen = set()  # 'packed' / 'unpacked': each compiles the step once
 
   def read_pending():
     nonlocal metrics
@@ -241,6 +248,13 @@ def train(*,
       batch = next(batches)
       if step == start + 1 and (note := network.packed_slots_note(model.config, batch)):
         print(note, flush=True)
+      if unpack_single_example_rows:
+        batch = data_lib.unpack_single_example_rows(batch)
+        form = 'packed' if 'encoder_segment_ids' in batch else 'unpacked'
+        if forms_seen and form not in forms_seen:
+          print(f'step {step}: the first {form} batch of this run; compiling the step for it '
+                '(once).', flush=True)
+        forms_seen.add(form)
       state, step_metrics = step_fn(state, _to_global(batch, batch_sharding), rng)
       pending.append((step, step_metrics))
       log_now = step % log_period == 0 or step == train_steps

@@ -24,3 +24,86 @@ def test_batches_are_packed_feature_converted_and_resume_at_a_step():
 def test_unknown_task_is_a_clear_error():
   with pytest.raises(ValueError, match=r"unknown MIXTURE_OR_TASK_NAME 'no_such_task'"):
     data.Dataset('no_such_task', fixtures.LENGTHS, batch_size=4)
+
+
+def converted_rows(lengths, pack):
+  """Examples of more than half of each feature length, so a packed row holds one each."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  examples = [{'inputs': rng.integers(2, 200, int(n_in)).astype(np.int32),
+               'targets': rng.integers(2, 200, int(n_out)).astype(np.int32)}
+              for n_in, n_out in zip(rng.integers(9, 17, 6), rng.integers(9, 17, 6))]
+  dataset = tf.data.Dataset.from_generator(
+      lambda: iter(examples), output_signature={
+          k: tf.TensorSpec([None], tf.int32) for k in ('inputs', 'targets')})
+  converted = seqio.EncDecFeatureConverter(pack=pack)(dataset, lengths)
+  return next(converted.batch(6).as_numpy_iterator())
+
+
+def test_packed_rows_of_one_example_each_become_the_unpacked_batch():
+  lengths = {'inputs': 16, 'targets': 16}
+  packed, unpacked = converted_rows(lengths, pack=True), converted_rows(lengths, pack=False)
+  assert packed['encoder_segment_ids'].max() == 1  # one example a row, as constructed
+  got = data.unpack_single_example_rows(packed)
+  assert set(got) == set(unpacked)
+  for key in unpacked:
+    if key == 'decoder_input_tokens':  # unpacked shifts the last target into the padding
+      valid = unpacked['decoder_target_tokens'] > 0
+      np.testing.assert_array_equal(got[key][valid], unpacked[key][valid])
+      assert not np.all(got[key] == unpacked[key])
+    else:
+      np.testing.assert_array_equal(got[key], unpacked[key])
+  assert data.unpack_single_example_rows(unpacked).keys() == unpacked.keys()
+
+
+def test_rows_of_several_examples_or_not_from_position_0_stay_packed():
+  ids = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+  packed = dict(encoder_input_tokens=ids * 5, encoder_segment_ids=ids,
+                encoder_positions=np.array([[0, 1, 2, 0], [0, 1, 0, 0]]),
+                decoder_target_tokens=ids * 6, decoder_input_tokens=ids * 7,
+                decoder_segment_ids=ids, decoder_positions=np.array([[0, 1, 2, 0], [0, 1, 0, 0]]),
+                decoder_loss_weights=ids)
+  assert 'encoder_segment_ids' not in data.unpack_single_example_rows(packed)
+  variants = {
+      'two examples in the decoder': dict(decoder_segment_ids=np.array([[1, 2, 2, 0],
+                                                                        [1, 1, 0, 0]])),
+      'an example after padding': dict(encoder_segment_ids=np.array([[0, 1, 1, 0], [1, 1, 0, 0]]),
+                                       encoder_input_tokens=np.array([[0, 5, 5, 0],
+                                                                      [5, 5, 0, 0]])),
+      'positions not from 0': dict(encoder_positions=np.array([[1, 2, 3, 0], [0, 1, 0, 0]])),
+  }
+  for name, change in variants.items():
+    got = data.unpack_single_example_rows({**packed, **change})
+    assert set(got) == set(packed), name
+
+
+@pytest.mark.parametrize('attention_type,fused', [
+    ('vanilla', None), ('vanilla', 'xla'), ('random', None), ('factorized_dense', None),
+    ('random+vanilla', None)])
+def test_unpacked_single_example_rows_give_the_packed_loss_and_gradients(attention_type, fused):
+  """The network on the converted batch (padding masks, lengths) equals it on the packed one."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from synth_jax import train_state  # pylint: disable=g-import-not-at-top
+  packed = converted_rows({'inputs': 16, 'targets': 16}, pack=True)
+  unpacked = data.unpack_single_example_rows(packed)
+  assert 'encoder_segment_ids' not in unpacked
+  model = fixtures.tiny_model(attention_type, fused_attention=fused)
+  inputs = {k: jnp.asarray(v) for k, v in train_state.model_inputs(packed).items()}
+  variables = model.init(jax.random.key(0), **inputs, enable_dropout=False)
+  weights = jnp.asarray(packed['decoder_loss_weights'])
+
+  def loss(params, batch):
+    logits = model.apply({**variables, 'params': params}, enable_dropout=False,
+                         **{k: jnp.asarray(v) for k, v in train_state.model_inputs(batch).items()})
+    log_probs = jax.nn.log_softmax(logits)
+    picked = jnp.take_along_axis(log_probs, jnp.asarray(batch['decoder_target_tokens'])[..., None],
+                                 axis=-1)[..., 0]
+    return -jnp.sum(picked * weights)
+
+  (want, want_grads), (got, got_grads) = (
+      jax.jit(jax.value_and_grad(loss))(variables['params'], b) for b in (packed, unpacked))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)

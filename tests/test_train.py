@@ -191,6 +191,17 @@ def test_packed_rows_with_more_examples_than_slots_print_a_note_naming_the_knob(
   assert 'packed_segment_slots' not in capsys.readouterr().out
 
 
+def test_batches_of_single_example_rows_train_unpacked_with_the_same_losses(capsys):
+  """The copy task's packed batches alternate between rows of one and of two examples."""
+  _, converted = run(None, 6, 'random')
+  printed = capsys.readouterr().out
+  assert 'step 3: the first unpacked batch of this run' in printed, printed
+  _, kept = run(None, 6, 'random', unpack_single_example_rows=False)
+  assert 'the first' not in capsys.readouterr().out
+  assert [s for s, _ in converted] == [s for s, _ in kept] == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([l for _, l in converted], [l for _, l in kept], rtol=1e-4)
+
+
 def test_indivisible_sharded_dimension_names_the_parameter_and_the_fix():
   model = fixtures.tiny_model(vocab_size=259)  # 259 does not split over model=2
   with pytest.raises(ValueError, match=r"\['kernel'\] has 259 along logical axis 'vocab'.*128"):
