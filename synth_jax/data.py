@@ -49,8 +49,8 @@ def unpack_single_example_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.
       ('encoder_segment_ids', 'encoder_input_tokens', 'encoder_positions'),
       ('decoder_segment_ids', 'decoder_target_tokens', 'decoder_positions')):
     valid = np.asarray(batch[tokens]) > 0
-    if not (np.array_equal(np.asarray(batch[ids]), valid.astype(np.asarray(batch[ids]).dtype))
-            and np.all(valid[:, 1:] <= valid[:, :-1])):  # one run of tokens, from position 0
+    # Segment id 1 exactly on the tokens, and the tokens one run from position 0.
+    if not (np.array_equal(batch[ids], valid) and np.all(valid[:, 1:] <= valid[:, :-1])):
       return dict(batch)
     if positions in batch and not np.array_equal(
         batch[positions], np.where(valid, np.arange(valid.shape[1]), 0)):
