@@ -21,7 +21,7 @@ def _register_tasks():
   import synth_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
 
 
-PACKING_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
+_PACKING_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
                     'decoder_positions')
 
 
@@ -40,10 +40,16 @@ def unpack_single_example_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.
     batch: feature-converted `[batch, length]` arrays.
 
   Returns:
-    `batch` without `PACKING_FEATURES` if every row of the encoder and the decoder holds at most
-    one example starting at position 0; otherwise (or unpacked already) `batch` as it is.
+    `batch` without segment ids and positions if every row of the encoder and the decoder
+    holds at most one example starting at position 0, and each row's inputs and targets are both
+    empty or both not; otherwise (or unpacked already) `batch` as it is.
   """
   if 'encoder_segment_ids' not in batch:
+    return dict(batch)
+  # A row of targets without inputs: its decoder sees no encoder key, which the packed dense
+  # mask and the unpacked lengths treat differently (a uniform average against zeros).
+  if not np.array_equal(np.any(batch['encoder_input_tokens'] > 0, axis=1),
+                        np.any(batch['decoder_target_tokens'] > 0, axis=1)):
     return dict(batch)
   for ids, tokens, positions in (
       ('encoder_segment_ids', 'encoder_input_tokens', 'encoder_positions'),
@@ -55,7 +61,7 @@ def unpack_single_example_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.
     if positions in batch and not np.array_equal(
         batch[positions], np.where(valid, np.arange(valid.shape[1]), 0)):
       return dict(batch)
-  return {k: v for k, v in batch.items() if k not in PACKING_FEATURES}
+  return {k: v for k, v in batch.items() if k not in _PACKING_FEATURES}
 
 
 class Dataset:

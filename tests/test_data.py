@@ -1,8 +1,13 @@
-"""seqio batches for the trainer: shapes, determinism, resumable position."""
+"""seqio batches for the trainer: shapes, determinism, resumable position, one-example rows."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
+import tensorflow as tf
 
 from synth_jax import data
+from synth_jax import train_state
 from tests import fixtures
 
 
@@ -28,8 +33,6 @@ def test_unknown_task_is_a_clear_error():
 
 def converted_rows(lengths, pack):
   """Examples of more than half of each feature length, so a packed row holds one each."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(5)
   examples = [{'inputs': rng.integers(2, 200, int(n_in)).astype(np.int32),
                'targets': rng.integers(2, 200, int(n_out)).astype(np.int32)}
@@ -72,6 +75,10 @@ def test_rows_of_several_examples_or_not_from_position_0_stay_packed():
                                        encoder_input_tokens=np.array([[0, 5, 5, 0],
                                                                       [5, 5, 0, 0]])),
       'positions not from 0': dict(encoder_positions=np.array([[1, 2, 3, 0], [0, 1, 0, 0]])),
+      # Its decoder would see no encoder key: the packed and unpacked masks differ there.
+      'targets without inputs': dict(encoder_input_tokens=np.array([[0, 0, 0, 0], [5, 5, 0, 0]]),
+                                     encoder_segment_ids=np.array([[0, 0, 0, 0], [1, 1, 0, 0]]),
+                                     encoder_positions=np.array([[0, 0, 0, 0], [0, 1, 0, 0]])),
   }
   for name, change in variants.items():
     got = data.unpack_single_example_rows({**packed, **change})
@@ -83,9 +90,6 @@ def test_rows_of_several_examples_or_not_from_position_0_stay_packed():
     ('random+vanilla', None)])
 def test_unpacked_single_example_rows_give_the_packed_loss_and_gradients(attention_type, fused):
   """The network on the converted batch (padding masks, lengths) equals it on the packed one."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from synth_jax import train_state  # pylint: disable=g-import-not-at-top
   packed = converted_rows({'inputs': 16, 'targets': 16}, pack=True)
   unpacked = data.unpack_single_example_rows(packed)
   assert 'encoder_segment_ids' not in unpacked

@@ -192,7 +192,7 @@ def test_packed_rows_with_more_examples_than_slots_print_a_note_naming_the_knob(
 
 
 def test_batches_of_single_example_rows_train_unpacked_with_the_same_losses(capsys):
-  """The copy task's packed batches alternate between rows of one and of two examples."""
+  """The copy task's packed batches mix: steps 1-2 have rows of two examples, step 3 has none."""
   _, converted = run(None, 6, 'random')
   printed = capsys.readouterr().out
   assert 'step 3: the first unpacked batch of this run' in printed, printed

@@ -148,7 +148,7 @@ class PackedSegments:
 
 
 def _at(x: Array, ndim: int, axis: int) -> Array:
-  """`[batch, n, ...]` -> rank `ndim`, its first two axes at `axis - 1` and `axis`, ones elsewhere."""
+  """`[batch, n, ...]` -> rank `ndim`: its axes from `axis - 1` on, ones elsewhere."""
   shape = [1] * ndim
   shape[axis - 1:axis - 1 + x.ndim] = x.shape
   return x.reshape(shape)

@@ -148,6 +148,7 @@ def test_slot_branch_transposes_only_the_packed_rows():
   jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(attend(*a) ** 2), argnums=(0, 2)))(
       logits, bias, value)
   conds = [e for e in helpers.all_equations(jaxpr) if e.primitive.name == 'cond']
+  assert len(conds) == 2  # forward, and the backward that recomputes the taken branch
   for cond in conds:
     moved = [e.invars[0].aval.shape for e in helpers.all_equations(cond.params['branches'][1])
              if e.primitive.name == 'transpose' and e.invars[0].aval.size >= value.size]

@@ -354,9 +354,17 @@ def test_unpack_and_repack_along_a_later_axis_equal_moving_the_axes():
   back = jax.jit(repack, static_argnums=2)(minor, segments, 3)
   np.testing.assert_array_equal(jnp.moveaxis(back, (2, 3), (0, 1)),
                                 repack_jit(unpack_jit(rows_first, segments), segments))
-  # Each is still the other's gradient along the later axis.
+  # Each one's gradient is still the other along the later axis, as plain autodiff of the
+  # gathers gives it.
   (grad,) = jax.vjp(lambda r: unpack(r, segments, 3), x)[1](minor)
+  (naive,) = jax.vjp(lambda r: segment_slots._gather_slots(r, segments, 3), x)[1](minor)
   np.testing.assert_array_equal(grad, back)
+  np.testing.assert_allclose(grad, naive, rtol=1e-6)
+  (grads,) = jax.vjp(lambda g: repack(g, segments, 3), minor)[1](x)
+  (naives,) = jax.vjp(lambda g: segment_slots._scatter_slots(g, segments, 3), minor)[1](x)
+  for g, n, w in zip(grads, naives, jax.jit(unpack, static_argnums=2)(x, segments, 3)):
+    np.testing.assert_array_equal(g, w)
+    np.testing.assert_allclose(g, n, rtol=1e-6)
 
 
 def random_case(seed, trailing=(3,)):
