@@ -33,8 +33,7 @@ def unpack_single_example_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.
   tokens of `pack=False` output (decoder inputs differ at padding only, which neither the loss
   nor any real token reads) plus segment ids and positions that say nothing more. Without them
   the network masks by padding alone, which reaches cuDNN as sequence lengths and lets
-  random synthesizers normalize once per step without slots: on an H100 at T5-base, 168 against
-  182 ms per step for vanilla and 140 against 177 ms for random (BENCHMARKS.md).
+  random synthesizers normalize once per step without slots (BENCHMARKS.md has the step times).
 
   Args:
     batch: feature-converted `[batch, length]` arrays.

@@ -161,10 +161,11 @@ def train(*,
       model, functools.partial(make_optimizer, learning_rate=learning_rate), example, mesh,
       jax.random.key(seed))
   batch_sharding = partitioning.data_sharding(mesh)  # every feature, packed or not
-  if unpack_single_example_rows and pack and jax.process_count() > 1:
+  unpack_single_example_rows = unpack_single_example_rows and pack
+  if unpack_single_example_rows and jax.process_count() > 1:
     print('train.unpack_single_example_rows is off: it needs one host (hosts would have to agree '
           'on every batch\'s form).', flush=True)
-  unpack_single_example_rows &= pack and jax.process_count() == 1
+    unpack_single_example_rows = False
 
   step_fn = jax.jit(
       functools.partial(train_state.train_step, model, optimizer, z_loss=z_loss,

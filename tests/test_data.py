@@ -101,10 +101,8 @@ def test_unpacked_single_example_rows_give_the_packed_loss_and_gradients(attenti
   def loss(params, batch):
     logits = model.apply({**variables, 'params': params}, enable_dropout=False,
                          **{k: jnp.asarray(v) for k, v in train_state.model_inputs(batch).items()})
-    log_probs = jax.nn.log_softmax(logits)
-    picked = jnp.take_along_axis(log_probs, jnp.asarray(batch['decoder_target_tokens'])[..., None],
-                                 axis=-1)[..., 0]
-    return -jnp.sum(picked * weights)
+    return train_state.cross_entropy(logits, jnp.asarray(batch['decoder_target_tokens']),
+                                     weights)[0]
 
   (want, want_grads), (got, got_grads) = (
       jax.jit(jax.value_and_grad(loss))(variables['params'], b) for b in (packed, unpacked))

@@ -154,7 +154,14 @@ def _at(x: Array, ndim: int, axis: int) -> Array:
   return x.reshape(shape)
 
 
+def _check_axis(axis: int, ndim: int):
+  if not 1 <= axis < ndim:
+    raise ValueError(f'segment_slots: axis={axis} must name the row axis of a rank-{ndim} array, '
+                     f'after its batch axis: 1 <= axis < {ndim}.')
+
+
 def _gather_slots(rows: Array, segments: PackedSegments, axis: int) -> list[Array]:
+  _check_axis(axis, rows.ndim)
   batch, length = rows.shape[axis - 1:axis + 1]
   out = []
   for first, count, capacity in slot_groups(length, segments.num_slots):
@@ -168,6 +175,7 @@ def _gather_slots(rows: Array, segments: PackedSegments, axis: int) -> list[Arra
 
 
 def _scatter_slots(groups: list[Array], segments: PackedSegments, axis: int) -> Array:
+  _check_axis(axis, groups[0].ndim - 1)
   batch, length = segments.slot.shape
   offsets, offset = [], 0  # where each slot starts in the groups laid end to end
   for _, count, capacity in slot_groups(length, segments.num_slots):

@@ -121,14 +121,20 @@ def test_segments_whose_keys_would_underflow_the_shared_softmax_take_the_per_exa
   assert bool(packed_shared_scores.slots_apply(logits[0], causal))  # only own keys: always safe
 
 
-def test_packed_shared_scores_attention_normalizes_once_for_the_whole_batch():
-  """The branch taken when rows fit has no `[batch, heads, len, len]` value, backward included."""
-  logits, bias, value = random_inputs(24, *PACKED_IDS.shape)
+def gradient_conds(seed):
+  """The `cond`s of the gradient of packed attention over `PACKED_IDS`, and the values."""
+  logits, bias, value = random_inputs(seed, *PACKED_IDS.shape)
   attend, _ = packed_attention(PACKED_IDS, PACKED_VALID, 15, causal=False)
   jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(attend(*a) ** 2), argnums=(0, 2)))(
       logits, bias, value)
   conds = [e for e in helpers.all_equations(jaxpr) if e.primitive.name == 'cond']
   assert len(conds) == 2  # forward, and the backward that recomputes the taken branch
+  return conds, value
+
+
+def test_packed_shared_scores_attention_normalizes_once_for_the_whole_batch():
+  """The branch taken when rows fit has no `[batch, heads, len, len]` value, backward included."""
+  conds, _ = gradient_conds(seed=24)
   per_example = PACKED_IDS.shape[:1] + (HEADS,) + PACKED_IDS.shape[1:] * 2
   for cond in conds:
     slots_branch, general_branch = cond.params['branches'][1], cond.params['branches'][0]
@@ -143,12 +149,7 @@ def test_slot_branch_transposes_only_the_packed_rows():
   matmuls (BENCHMARKS.md, run I). Denominators `[heads, q, batch, slots]` may move (no
   head_dim axis: smaller than the values).
   """
-  logits, bias, value = random_inputs(27, *PACKED_IDS.shape)
-  attend, _ = packed_attention(PACKED_IDS, PACKED_VALID, 15, causal=False)
-  jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(attend(*a) ** 2), argnums=(0, 2)))(
-      logits, bias, value)
-  conds = [e for e in helpers.all_equations(jaxpr) if e.primitive.name == 'cond']
-  assert len(conds) == 2  # forward, and the backward that recomputes the taken branch
+  conds, value = gradient_conds(seed=27)
   for cond in conds:
     moved = [e.invars[0].aval.shape for e in helpers.all_equations(cond.params['branches'][1])
              if e.primitive.name == 'transpose' and e.invars[0].aval.size >= value.size]

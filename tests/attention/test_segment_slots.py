@@ -367,6 +367,16 @@ def test_unpack_and_repack_along_a_later_axis_equal_moving_the_axes():
     np.testing.assert_allclose(g, n, rtol=1e-6)
 
 
+def test_a_row_axis_without_a_batch_axis_before_it_is_a_clear_error():
+  segments = segments_of(jnp.asarray(HAND_IDS), jnp.asarray(HAND_VALID), K)
+  x = jnp.zeros((BATCH, 16))
+  for axis in (0, 2):
+    with pytest.raises(ValueError, match=rf'axis={axis} must name the row axis.*1 <= axis < 2'):
+      unpack(x, segments, axis)
+  with pytest.raises(ValueError, match=r'axis=0 must name the row axis'):
+    repack(unpack(x, segments), segments, 0)
+
+
 def random_case(seed, trailing=(3,)):
   length, num_slots = CASES[1]
   ids, valid = random_rows(seed, BATCH, length, max_segments=num_slots)
