@@ -318,12 +318,14 @@ def synthetic_batch(batch_size: int, inputs_length: int, targets_length: int, vo
 
 # ----------------------------------------------------------------------------- one measurement
 def model_config(preset: str, attention_type: str, inputs_length: int, targets_length: int,
-                 fused: Optional[str] = None, segment_slots: Optional[int] = None):
+                 fused: Optional[str] = None, segment_slots: Optional[int] = None,
+                 logits_matmul_dtype: Optional[str] = None):
   """The `T5Config` of `preset` with `attention_type` self-attention, score maps sized to fit.
 
   fused: `T5Config.fused_attention` ('cudnn', 'xla', 'auto'): every vanilla or orthogonal
     attention (self and cross) through `jax.nn.dot_product_attention`.
   segment_slots: `T5Config.packed_segment_slots` (None: its default).
+  logits_matmul_dtype: `T5Config.logits_matmul_dtype` (None: its default, float32).
   """
   from synth_jax import network  # pylint: disable=g-import-not-at-top (imports gin)
   return network.T5Config(
@@ -332,7 +334,8 @@ def model_config(preset: str, attention_type: str, inputs_length: int, targets_l
       decoder_attention=attention_type, cross_attention='vanilla',
       max_encoder_length=inputs_length, max_decoder_length=targets_length,
       fused_attention=fused,
-      **({} if segment_slots is None else {'packed_segment_slots': segment_slots}))
+      **({} if segment_slots is None else {'packed_segment_slots': segment_slots}),
+      **({} if logits_matmul_dtype is None else {'logits_matmul_dtype': logits_matmul_dtype}))
 
 
 LOCK_VARIABLE = 'SYNTH_JAX_BENCH_DEVICE_LOCK'
@@ -391,7 +394,8 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
             steps: int = 10, warmup: int = 2, pack: bool = True, fused: Optional[str] = None,
             peak_tflops: Optional[float] = None, seed: int = 0,
             profile_dir: Optional[str] = None, init_on_host: bool = True,
-            segment_slots: Optional[int] = None) -> dict:
+            segment_slots: Optional[int] = None,
+            logits_matmul_dtype: Optional[str] = None) -> dict:
   """Times `steps` training steps of one attention type in this process; returns one row.
 
   profile_dir: also trace two more steps there and add their device time by kernel
@@ -408,7 +412,7 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
   inputs_length = inputs_length or shapes['inputs_length']
   targets_length = targets_length or shapes['targets_length']
   cfg = model_config(preset, attention_type, inputs_length, targets_length, fused,
-                     segment_slots)
+                     segment_slots, logits_matmul_dtype)
   devices = jax.devices()
   peak = peak_tflops or peak_tflops_for(devices[0].device_kind)
   flops = model_flops(cfg, batch_size, inputs_length, targets_length, pack)
@@ -419,7 +423,8 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
          'model_flops_forward': flops['forward'], 'model_flops_by_part': flops['parts'],
          'overhead_flops_per_step': flops['overhead'],
          'device_kind': devices[0].device_kind, 'num_devices': len(devices),
-         'peak_tflops_per_device': peak, 'error': None}
+         'peak_tflops_per_device': peak, 'logits_matmul_dtype': cfg.logits_matmul_dtype.name,
+         'xla_flags': os.environ.get('XLA_FLAGS', ''), 'error': None}
   if batch_size % len(devices):
     raise ValueError(f'--batch_size {batch_size} must be a multiple of the {len(devices)} '
                      f'devices the batch is split over.')
@@ -563,6 +568,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--segment_slots', type=int,
                       help='packed batches: T5Config.packed_segment_slots (0: random '
                            'synthesizers take the per-example path)')
+  parser.add_argument('--logits_matmul_dtype', choices=('float32', 'bfloat16'),
+                      help='T5Config.logits_matmul_dtype (default float32, as T5X): bfloat16 '
+                           'runs the output projection on bf16 tensor cores, float32 logits')
   parser.add_argument('--init_on_host', action=argparse.BooleanOptionalAction, default=True,
                       help='build the train state on the host CPU, then copy it to the device '
                            '(much faster to compile on GPUs)')
@@ -616,7 +624,8 @@ def run_in_subprocess(args, attention_type: str, length: int, batch: int,
                '--warmup', str(args.warmup), '--seed', str(args.seed),
                '--pack' if args.pack else '--no-pack',
                '--init_on_host' if args.init_on_host else '--no-init_on_host']
-    for flag in ('targets_length', 'fused', 'peak_tflops', 'profile', 'segment_slots'):
+    for flag in ('targets_length', 'fused', 'peak_tflops', 'profile', 'segment_slots',
+                 'logits_matmul_dtype'):
       if getattr(args, flag) is not None:
         command += [f'--{flag}', str(getattr(args, flag))]
     env = dict(os.environ)
@@ -645,7 +654,8 @@ def run_point(args, attention_type: str, length: int, batch: int,
     else:
       row = measure(attention_type, args.preset, batch, length, args.targets_length, args.steps,
                     args.warmup, args.pack, args.fused, args.peak_tflops, args.seed,
-                    args.profile, args.init_on_host, args.segment_slots)
+                    args.profile, args.init_on_host, args.segment_slots,
+                    args.logits_matmul_dtype)
     row['out_of_memory_batch_sizes'] = tried
     if not (row.get('out_of_memory') and args.halve_on_oom and batch // 2 >= 1):
       return row
@@ -730,6 +740,7 @@ def main(argv=None) -> dict:
       'command': 'python -m synth_jax.bench ' + ' '.join(sys.argv[1:] if argv is None else argv),
       'device_kind': None, 'jax_version': jax.__version__, 'preset': args.preset,
       'pack': args.pack, 'fused': args.fused, 'segment_slots': args.segment_slots,
+      'logits_matmul_dtype': args.logits_matmul_dtype, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'steps': args.steps, 'warmup': args.warmup,
       'memory_per_row': args.isolate, 'source_sha256': source_digests(), 'rows': []}
   rows = report['rows']

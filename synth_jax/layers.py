@@ -3,7 +3,7 @@
 Kernels are stored as 2-D matrices `[prod(input dims), prod(output dims)]`, as T5X stores them,
 so checkpoints convert with an identity map; they are reshaped to their full rank when used.
 """
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -25,11 +25,14 @@ class DenseGeneral(nn.Module):
     axis: input axes contracted, e.g. `(-2, -1)` for an output projection over `[heads, head_dim]`.
     kernel_axes: two logical axis names of the stored 2-D kernel, e.g. `('embed', 'joined_kv')`.
     dtype: computation dtype; the kernel is stored in float32.
+    output_dtype: dtype of the result, accumulated in float32 (None: `dtype`). bfloat16 operands
+      with a float32 output keep the matmul on the fast bfloat16 units.
   """
   features: Union[int, Sequence[int]]
   kernel_axes: tuple[str, str]
   axis: Union[int, Sequence[int]] = -1
   dtype: jnp.dtype = jnp.float32
+  output_dtype: Optional[jnp.dtype] = None
   kernel_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 
   @nn.compact
@@ -44,7 +47,8 @@ class DenseGeneral(nn.Module):
         jnp.float32)
     kernel = jnp.reshape(kernel.astype(self.dtype), in_shape + features)
     contract = (axis, tuple(range(len(axis))))
-    return jax.lax.dot_general(inputs.astype(self.dtype), kernel, (contract, ((), ())))
+    return jax.lax.dot_general(inputs.astype(self.dtype), kernel, (contract, ((), ())),
+                               preferred_element_type=self.output_dtype)
 
 
 default_embed_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', out_axis=0)
@@ -57,14 +61,16 @@ class Embed(nn.Module):
     num_embeddings: vocabulary size.
     features: embedding width.
     dtype: dtype of the looked-up vectors; the table is stored in float32.
-    attend_dtype: dtype of `attend` (tied output logits); None means `dtype`. T5 uses float32
-      for the logits' numerical stability.
+    attend_dtype: operand dtype of `attend` (tied output logits); None means `dtype`. T5 uses
+      float32 for the logits' numerical stability.
+    attend_output_dtype: dtype of `attend`'s result, accumulated in float32 (None: the operands').
     embedding_init: initializer of the table.
   """
   num_embeddings: int
   features: int
   dtype: jnp.dtype = jnp.float32
   attend_dtype: jnp.dtype | None = None
+  attend_output_dtype: jnp.dtype | None = None
   embedding_init: Initializer = default_embed_init
 
   def setup(self):
@@ -84,7 +90,8 @@ class Embed(nn.Module):
   def attend(self, query: jax.Array) -> jax.Array:
     """Tied logits: `[..., features]` x `[vocab, features]^T` -> `[..., vocab]`."""
     dtype = self.attend_dtype or self.dtype
-    return jnp.dot(query.astype(dtype), self.embedding.astype(dtype).T)
+    return jnp.dot(query.astype(dtype), self.embedding.astype(dtype).T,
+                   preferred_element_type=self.attend_output_dtype)
 
 
 class LayerNorm(nn.Module):

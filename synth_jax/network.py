@@ -40,6 +40,9 @@ class T5Config:
     mlp_activations: ('gelu', 'linear') is T5 v1.1's gated GELU; ('relu',) is T5 v1.0's MLP.
     dropout_rate: dropout everywhere T5 has it (0 for v1.1 pretraining, 0.1 for fine-tuning).
     logits_via_embedding: tie the output projection to the token embedding.
+    logits_matmul_dtype: operand dtype of the output projection; the logits are float32 either
+      way. float32 is T5X's (TF32 matmuls on NVIDIA GPUs); bfloat16 rounds the decoder output
+      and the kernel, accumulates in float32, and takes the bfloat16 tensor cores.
     encoder_attention, decoder_attention: registry names of encoder / decoder self-attention
       (gin macro `ATTENTION_TYPE` sets both).
     cross_attention: registry name of encoder-decoder attention; must be position-free.
@@ -75,6 +78,7 @@ class T5Config:
   mlp_activations: Sequence[str] = ('gelu', 'linear')
   dropout_rate: float = 0.1
   logits_via_embedding: bool = False
+  logits_matmul_dtype: Any = jnp.float32
   encoder_attention: str = 'vanilla'
   decoder_attention: str = 'vanilla'
   cross_attention: str = 'vanilla'
@@ -87,6 +91,7 @@ class T5Config:
   def __post_init__(self):
     # Normalized so configs from gin (strings, lists) are hashable flax module attributes.
     object.__setattr__(self, 'dtype', jnp.dtype(self.dtype))
+    object.__setattr__(self, 'logits_matmul_dtype', jnp.dtype(self.logits_matmul_dtype))
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
     object.__setattr__(self, 'self_attention_options',
                        tuple(sorted(dict(self.self_attention_options).items())))
@@ -330,7 +335,8 @@ class Decoder(nn.Module):
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(jnp.float32)
     else:
       logits = layers.DenseGeneral(cfg.vocab_size, kernel_axes=('embed', 'vocab'),
-                                   dtype=jnp.float32, name='logits_dense')(y)
+                                   dtype=cfg.logits_matmul_dtype, output_dtype=jnp.float32,
+                                   name='logits_dense')(y)
     return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
@@ -346,7 +352,8 @@ class Transformer(nn.Module):
     cfg = self.config
     self.shared_embedding = layers.Embed(
         num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype,
-        attend_dtype=jnp.float32, embedding_init=nn.initializers.normal(stddev=1.0),
+        attend_dtype=cfg.logits_matmul_dtype, attend_output_dtype=jnp.float32,
+        embedding_init=nn.initializers.normal(stddev=1.0),
         name='token_embedder')
     self.encoder = Encoder(config=cfg, shared_embedding=self.shared_embedding)
     self.decoder = Decoder(config=cfg, shared_embedding=self.shared_embedding)

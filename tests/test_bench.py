@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -198,9 +199,21 @@ def test_segment_slots_flag_reaches_the_measured_config(monkeypatch):
   monkeypatch.setattr(bench, 'measure', lambda *args: seen.append(args) or {'error': None})
   args = bench.parse_args(['--types', 'random', '--no-isolate', '--segment_slots', '0'])
   bench.run_point(args, 'random', 32, 8)
-  assert seen[0][-1] == 0
+  assert seen[0][-2] == 0  # segment_slots, then logits_matmul_dtype
   assert bench.model_config('tiny', 'random', 32, 16, segment_slots=0).packed_segment_slots == 0
   assert bench.model_config('tiny', 'random', 32, 16).packed_segment_slots == 3  # the default
+
+
+def test_logits_matmul_dtype_flag_reaches_the_measured_config(monkeypatch):
+  seen = []
+  monkeypatch.setattr(bench, 'measure', lambda *args: seen.append(args) or {'error': None})
+  args = bench.parse_args(['--types', 'vanilla', '--no-isolate',
+                           '--logits_matmul_dtype', 'bfloat16'])
+  bench.run_point(args, 'vanilla', 32, 8)
+  assert seen[0][-1] == 'bfloat16'
+  cfg = bench.model_config('tiny', 'vanilla', 32, 16, logits_matmul_dtype='bfloat16')
+  assert cfg.logits_matmul_dtype == jnp.bfloat16
+  assert bench.model_config('tiny', 'vanilla', 32, 16).logits_matmul_dtype == jnp.float32
 
 
 def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):

@@ -147,6 +147,36 @@ def test_embed_looks_up_rows_and_attend_is_tied_logits():
   np.testing.assert_allclose(logits, query @ table.T, rtol=1e-5, atol=1e-6)
 
 
+def _bf16(x):
+  """`x` rounded to bfloat16, back in float32."""
+  return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+
+
+def test_dense_output_dtype_keeps_bf16_operands_and_a_float32_result():
+  x = _rng().normal(size=(2, 3, 8)).astype(np.float32)
+  module = layers.DenseGeneral(5, kernel_axes=('embed', 'vocab'), dtype=jnp.bfloat16,
+                               output_dtype=jnp.float32)
+  variables = module.init(jax.random.key(0), x)
+  kernel = np.asarray(_params(variables)['kernel'])
+  out = module.apply(variables, x)
+  assert out.dtype == jnp.float32 and out.shape == (2, 3, 5)
+  # Rounded operands, float32 sums: no bfloat16 rounding of the result.
+  np.testing.assert_allclose(out, _bf16(x) @ _bf16(kernel), rtol=1e-6, atol=1e-6)
+  rounded = layers.DenseGeneral(5, kernel_axes=('embed', 'vocab'), dtype=jnp.bfloat16)
+  assert rounded.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_embed_attend_output_dtype_keeps_bf16_operands_and_a_float32_result():
+  module = layers.Embed(num_embeddings=10, features=4, attend_dtype=jnp.bfloat16,
+                        attend_output_dtype=jnp.float32)
+  variables = module.init(jax.random.key(0), jnp.array([[1, 2]]))
+  table = np.asarray(_params(variables)['embedding'])
+  query = _rng().normal(size=(2, 3, 4)).astype(np.float32)
+  logits = module.apply(variables, query, method=layers.Embed.attend)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, _bf16(query) @ _bf16(table).T, rtol=1e-6, atol=1e-6)
+
+
 def test_embed_rejects_float_ids():
   module = layers.Embed(num_embeddings=10, features=4)
   with pytest.raises(ValueError, match='integer'):

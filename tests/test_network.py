@@ -117,6 +117,25 @@ def test_logits_are_float32_batch_length_vocab_even_in_bfloat16(vanilla):
   np.testing.assert_allclose(logits, full, atol=0.1 * float(jnp.std(full)))
 
 
+def test_bfloat16_logits_matmul_rounds_its_operands_and_keeps_float32_logits(vanilla):
+  _, variables = vanilla
+  enc, dec_in, tgt = batch()
+  model = network.Transformer(tiny_config(logits_matmul_dtype='bfloat16'))
+  logits, state = model.apply(
+      variables, enc, dec_in, tgt, enable_dropout=False,
+      capture_intermediates=lambda module, _: module.name == 'decoder_norm')
+  decoded = np.asarray(state['intermediates']['decoder']['decoder_norm']['__call__'][0])
+  kernel = np.asarray(nn.unbox(variables)['params']['decoder']['logits_dense']['kernel'])
+  round_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, round_bf16(decoded) @ round_bf16(kernel), rtol=1e-5,
+                             atol=1e-5)
+  # The default (T5X's) multiplies in float32: the same decoder output, unrounded.
+  np.testing.assert_allclose(network.Transformer(tiny_config()).apply(
+      variables, enc, dec_in, tgt, enable_dropout=False), decoded @ kernel, rtol=1e-5,
+                             atol=1e-5)
+
+
 def test_tied_logits_use_the_scaled_embedding(vanilla):
   _, variables = vanilla
   model = network.Transformer(tiny_config(logits_via_embedding=True))
