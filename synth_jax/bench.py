@@ -588,6 +588,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                            'device to compile and time, so timings are unaffected, but each '
                            'waiting row holds its train state (a few GiB at base): rows near '
                            'the memory limit then run out of memory')
+  parser.add_argument('--xla_flags', action='append',
+                      help='repeatable: every row is measured once per value, in a worker with '
+                           'these XLA_FLAGS, e.g. --xla_flags= --xla_flags=--xla_gpu_triton_gemm_any=true '
+                           'to A/B a compiler option (the = keeps a leading -- a value)')
   parser.add_argument('--json', help='write the rows and the run\'s setup here')
   parser.add_argument('--profile',
                       help='trace 2 extra steps into this dir; print device time by kernel')
@@ -596,6 +600,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   args.types = [t.strip() for t in args.types.split(',') if t.strip()]
   for name in args.types:
     registry.members(name)  # unknown names fail here, with the list of valid ones
+  if args.xla_flags and not args.isolate:
+    parser.error('--xla_flags needs --isolate (XLA reads its flags once per process); for one '
+                 'process set the XLA_FLAGS environment variable instead.')
   return args
 
 
@@ -611,10 +618,11 @@ def points(args) -> list[tuple[str, int, int]]:
 
 
 def run_in_subprocess(args, attention_type: str, length: int, batch: int,
-                      lock: Optional[str] = None) -> dict:
+                      lock: Optional[str] = None, xla_flags: Optional[str] = None) -> dict:
   """`measure` in a fresh Python process (its own device memory and peak counter).
 
   lock: a file the `--jobs` workers take turns on (see `device_lock`).
+  xla_flags: the worker's `XLA_FLAGS` (None: ours).
   """
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'row.json')
@@ -629,6 +637,8 @@ def run_in_subprocess(args, attention_type: str, length: int, batch: int,
       if getattr(args, flag) is not None:
         command += [f'--{flag}', str(getattr(args, flag))]
     env = dict(os.environ)
+    if xla_flags is not None:
+      env['XLA_FLAGS'] = xla_flags
     # JAX preallocates 75% of the GPU by default; a benchmark row may use nearly all of it.
     env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.95')
     if lock:
@@ -638,19 +648,19 @@ def run_in_subprocess(args, attention_type: str, length: int, batch: int,
     result = subprocess.run(command, env=env, check=False, stdout=subprocess.DEVNULL)
     if result.returncode or not os.path.exists(out):
       return {'attention_type': attention_type, 'inputs_length': length, 'batch_size': batch,
-              'fused': args.fused, 'out_of_memory': False,
+              'fused': args.fused, 'xla_flags': env.get('XLA_FLAGS', ''), 'out_of_memory': False,
               'error': f'worker exited with status {result.returncode}'}
     with open(out) as f:
       return json.load(f)['rows'][0]
 
 
 def run_point(args, attention_type: str, length: int, batch: int,
-              lock: Optional[str] = None) -> dict:
+              lock: Optional[str] = None, xla_flags: Optional[str] = None) -> dict:
   """One row, halving the batch after each out-of-memory failure when `--halve_on_oom`."""
   tried = []
   while True:
     if args.isolate:
-      row = run_in_subprocess(args, attention_type, length, batch, lock)
+      row = run_in_subprocess(args, attention_type, length, batch, lock, xla_flags)
     else:
       row = measure(attention_type, args.preset, batch, length, args.targets_length, args.steps,
                     args.warmup, args.pack, args.fused, args.peak_tflops, args.seed,
@@ -704,7 +714,8 @@ def results_table(rows) -> str:
       continue
     mfu = f'{100 * row["mfu"]:.1f}%' if row.get('mfu') is not None else '-'
     oom = row.get('out_of_memory_batch_sizes')
-    note = f'OOM at batch {",".join(map(str, oom))}' if oom else ''
+    note = ' '.join(filter(None, [f'OOM at batch {",".join(map(str, oom))}' if oom else '',
+                                  row.get('xla_flags', '')]))
     lines.append(head + f'{1e3 * row["step_time_s"]:>10.1f}{row["tokens_per_s"]:>12,.0f}'
                  f'{row["model_flops_per_step"] / 1e12:>11.2f}{row["achieved_tflops"]:>9.1f}'
                  f'{mfu:>7}{_gib(row.get("peak_memory_bytes")):>9}  {note}')
@@ -748,7 +759,8 @@ def main(argv=None) -> dict:
   if args.jobs > 1 and args.isolate:
     lock = os.path.join(tempfile.mkdtemp(), 'device.lock')
   with concurrent.futures.ThreadPoolExecutor(args.jobs if lock else 1) as pool:
-    futures = [pool.submit(run_point, args, *point, lock) for point in points(args)]
+    futures = [pool.submit(run_point, args, *point, lock, flags)
+               for point in points(args) for flags in (args.xla_flags or [None])]
     for future in futures:  # rows in order, each reported once it and those before are done
       row = future.result()
       rows.append(row)

@@ -216,6 +216,31 @@ def test_logits_matmul_dtype_flag_reaches_the_measured_config(monkeypatch):
   assert bench.model_config('tiny', 'vanilla', 32, 16).logits_matmul_dtype == jnp.float32
 
 
+def test_each_xla_flags_value_measures_every_type_in_a_worker_with_those_flags(monkeypatch):
+  workers = []
+
+  def fake_run(command, env, **kwargs):
+    workers.append((command[command.index('--types') + 1], env.get('XLA_FLAGS')))
+    with open(command[command.index('--json') + 1], 'w') as f:
+      json.dump({'rows': [{'attention_type': workers[-1][0], 'xla_flags': env.get('XLA_FLAGS'),
+                           'batch_size': 128, 'inputs_length': 512, 'error': 'not measured'}]}, f)
+    return subprocess.CompletedProcess(command, 0)
+
+  monkeypatch.setattr(bench.subprocess, 'run', fake_run)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_mine')
+  report = bench.main(['--types', 'vanilla,random', '--xla_flags=',
+                       '--xla_flags=--xla_gpu_triton_gemm_any=true'])
+  expected = [('vanilla', ''), ('vanilla', '--xla_gpu_triton_gemm_any=true'),
+              ('random', ''), ('random', '--xla_gpu_triton_gemm_any=true')]
+  assert workers == expected
+  assert [(r['attention_type'], r['xla_flags']) for r in report['rows']] == expected
+  workers.clear()
+  bench.main(['--types', 'vanilla'])  # no --xla_flags: the worker inherits ours
+  assert workers == [('vanilla', '--xla_mine')]
+  with pytest.raises(SystemExit):
+    bench.parse_args(['--no-isolate', '--xla_flags='])
+
+
 def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
   out = tmp_path / 'bench.json'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
