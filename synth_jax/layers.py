@@ -5,6 +5,8 @@ so checkpoints convert with an identity map; they are reshaped to their full ran
 """
 from typing import Callable, Optional, Sequence, Union
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,39 @@ def _as_tuple(x) -> tuple:
   return tuple(x) if isinstance(x, Sequence) else (x,)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def wide_output_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers,
+                            output_dtype) -> jax.Array:
+  """`lax.dot_general` of narrow operands (bfloat16) into a wider `output_dtype` (float32).
+
+  The gradient matmuls run in the operands' dtype, as every other matmul of the network does:
+  the cotangent is rounded to it first. Plain autodiff would multiply the float32 cotangent with
+  the bfloat16 operands, which XLA runs as float32 (TF32) matmuls at a fraction of the speed.
+  """
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=output_dtype)
+
+
+def _wide_output_forward(lhs, rhs, dimension_numbers, output_dtype):
+  return wide_output_dot_general(lhs, rhs, dimension_numbers, output_dtype), (lhs, rhs)
+
+
+def _wide_output_backward(dimension_numbers, output_dtype, residuals, grad):
+  del output_dtype
+  lhs, rhs = residuals
+  _, pullback = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dimension_numbers), lhs, rhs)
+  return pullback(grad.astype(jnp.result_type(lhs, rhs)))
+
+
+wide_output_dot_general.defvjp(_wide_output_forward, _wide_output_backward)
+
+
+def _dot_general(lhs, rhs, dimension_numbers, output_dtype):
+  """`lax.dot_general`, into `output_dtype` when given (see `wide_output_dot_general`)."""
+  if output_dtype is None or jnp.dtype(output_dtype) == jnp.result_type(lhs, rhs):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers)
+  return wide_output_dot_general(lhs, rhs, dimension_numbers, jnp.dtype(output_dtype))
+
+
 class DenseGeneral(nn.Module):
   """A bias-free linear map over one or more trailing axes.
 
@@ -26,7 +61,8 @@ class DenseGeneral(nn.Module):
     kernel_axes: two logical axis names of the stored 2-D kernel, e.g. `('embed', 'joined_kv')`.
     dtype: computation dtype; the kernel is stored in float32.
     output_dtype: dtype of the result, accumulated in float32 (None: `dtype`). bfloat16 operands
-      with a float32 output keep the matmul on the fast bfloat16 units.
+      with a float32 output keep the matmul and its gradient matmuls on the bfloat16 units
+      (`wide_output_dot_general`).
   """
   features: Union[int, Sequence[int]]
   kernel_axes: tuple[str, str]
@@ -47,8 +83,8 @@ class DenseGeneral(nn.Module):
         jnp.float32)
     kernel = jnp.reshape(kernel.astype(self.dtype), in_shape + features)
     contract = (axis, tuple(range(len(axis))))
-    return jax.lax.dot_general(inputs.astype(self.dtype), kernel, (contract, ((), ())),
-                               preferred_element_type=self.output_dtype)
+    return _dot_general(inputs.astype(self.dtype), kernel, (contract, ((), ())),
+                        self.output_dtype)
 
 
 default_embed_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', out_axis=0)
@@ -90,8 +126,9 @@ class Embed(nn.Module):
   def attend(self, query: jax.Array) -> jax.Array:
     """Tied logits: `[..., features]` x `[vocab, features]^T` -> `[..., vocab]`."""
     dtype = self.attend_dtype or self.dtype
-    return jnp.dot(query.astype(dtype), self.embedding.astype(dtype).T,
-                   preferred_element_type=self.attend_output_dtype)
+    contract = (((query.ndim - 1,), (1,)), ((), ()))
+    return _dot_general(query.astype(dtype), self.embedding.astype(dtype), contract,
+                        self.attend_output_dtype)
 
 
 class LayerNorm(nn.Module):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from synth_jax import layers
+from tests.attention import helpers
 
 
 def _rng(seed=0):
@@ -164,6 +165,26 @@ def test_dense_output_dtype_keeps_bf16_operands_and_a_float32_result():
   np.testing.assert_allclose(out, _bf16(x) @ _bf16(kernel), rtol=1e-6, atol=1e-6)
   rounded = layers.DenseGeneral(5, kernel_axes=('embed', 'vocab'), dtype=jnp.bfloat16)
   assert rounded.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_wide_output_gradients_are_bf16_matmuls_of_the_rounded_cotangent():
+  rng = _rng()
+  x = jnp.asarray(rng.normal(size=(6, 8)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.normal(size=(8, 5)), jnp.bfloat16)
+  weights = rng.normal(size=(6, 5)).astype(np.float32)  # d loss / d out, float32
+  contract = (((1,), (0,)), ((), ()))
+  loss = lambda a, b: jnp.sum(layers.wide_output_dot_general(a, b, contract, jnp.float32)
+                              * weights)
+  grad_x, grad_kernel = jax.grad(loss, argnums=(0, 1))(x, kernel)
+  assert grad_x.dtype == grad_kernel.dtype == jnp.bfloat16
+  f32 = lambda a: np.asarray(a, np.float32)
+  np.testing.assert_allclose(f32(grad_x), _bf16(_bf16(weights) @ f32(kernel).T), rtol=1e-2)
+  np.testing.assert_allclose(f32(grad_kernel), _bf16(f32(x).T @ _bf16(weights)), rtol=1e-2)
+  # Every matmul of the gradient takes bfloat16 operands (none runs in float32).
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  dots = [e for e in helpers.all_equations(jaxpr) if e.primitive.name == 'dot_general']
+  assert len(dots) >= 3
+  assert all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars), dots
 
 
 def test_embed_attend_output_dtype_keeps_bf16_operands_and_a_float32_result():
