@@ -360,6 +360,13 @@ def test_cudnn_gin_file_turns_on_fused_attention(clean_gin):
   assert model.config.fused_attention == 'cudnn'
 
 
+def test_bf16_logits_gin_file_sets_the_logits_matmul_dtype(clean_gin):
+  gin.parse_config_files_and_bindings(
+      [TINY_GIN, os.path.join(REPO, 'gin', 'runs', 'bf16_logits.gin')], [f'VOCAB_SIZE = {VOCAB}'])
+  model = gin.get_configurable('synth_jax.network.Transformer')()
+  assert model.config.logits_matmul_dtype == jnp.bfloat16
+
+
 def test_gin_binds_fused_attention_as_the_readme_says(clean_gin):
   gin.parse_config_files_and_bindings(
       [TINY_GIN], ["T5Config.fused_attention = 'xla'", f'VOCAB_SIZE = {VOCAB}'])
