@@ -400,6 +400,7 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
 
   profile_dir: also trace two more steps there and add their device time by kernel
     (`row['profile']`, see `summarize_trace`).
+  segment_slots, logits_matmul_dtype: the `T5Config` fields (None: their defaults).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from synth_jax import network  # pylint: disable=g-import-not-at-top
@@ -589,9 +590,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                            'waiting row holds its train state (a few GiB at base): rows near '
                            'the memory limit then run out of memory')
   parser.add_argument('--xla_flags', action='append',
-                      help='repeatable: every row is measured once per value, in a worker with '
-                           'these XLA_FLAGS, e.g. --xla_flags= --xla_flags=--xla_gpu_triton_gemm_any=true '
-                           'to A/B a compiler option (the = keeps a leading -- a value)')
+                      help='repeatable: every row is measured once per value, in a worker whose '
+                           'XLA_FLAGS are this value (not added to ours), e.g. --xla_flags= '
+                           '--xla_flags=--xla_gpu_triton_gemm_any=true to A/B a compiler '
+                           'option (the = keeps a leading -- a value)')
   parser.add_argument('--json', help='write the rows and the run\'s setup here')
   parser.add_argument('--profile',
                       help='trace 2 extra steps into this dir; print device time by kernel')
@@ -648,7 +650,8 @@ def run_in_subprocess(args, attention_type: str, length: int, batch: int,
     result = subprocess.run(command, env=env, check=False, stdout=subprocess.DEVNULL)
     if result.returncode or not os.path.exists(out):
       return {'attention_type': attention_type, 'inputs_length': length, 'batch_size': batch,
-              'fused': args.fused, 'xla_flags': env.get('XLA_FLAGS', ''), 'out_of_memory': False,
+              'fused': args.fused, 'logits_matmul_dtype': args.logits_matmul_dtype,
+              'xla_flags': env.get('XLA_FLAGS', ''), 'out_of_memory': False,
               'error': f'worker exited with status {result.returncode}'}
     with open(out) as f:
       return json.load(f)['rows'][0]
@@ -664,8 +667,9 @@ def run_point(args, attention_type: str, length: int, batch: int,
     else:
       row = measure(attention_type, args.preset, batch, length, args.targets_length, args.steps,
                     args.warmup, args.pack, args.fused, args.peak_tflops, args.seed,
-                    args.profile, args.init_on_host, args.segment_slots,
-                    args.logits_matmul_dtype)
+                    profile_dir=args.profile, init_on_host=args.init_on_host,
+                    segment_slots=args.segment_slots,
+                    logits_matmul_dtype=args.logits_matmul_dtype)
     row['out_of_memory_batch_sizes'] = tried
     if not (row.get('out_of_memory') and args.halve_on_oom and batch // 2 >= 1):
       return row
@@ -751,7 +755,8 @@ def main(argv=None) -> dict:
       'command': 'python -m synth_jax.bench ' + ' '.join(sys.argv[1:] if argv is None else argv),
       'device_kind': None, 'jax_version': jax.__version__, 'preset': args.preset,
       'pack': args.pack, 'fused': args.fused, 'segment_slots': args.segment_slots,
-      'logits_matmul_dtype': args.logits_matmul_dtype, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'logits_matmul_dtype': args.logits_matmul_dtype,
+      'xla_flags': args.xla_flags or os.environ.get('XLA_FLAGS', ''),
       'steps': args.steps, 'warmup': args.warmup,
       'memory_per_row': args.isolate, 'source_sha256': source_digests(), 'rows': []}
   rows = report['rows']

@@ -92,6 +92,9 @@ class T5Config:
     # Normalized so configs from gin (strings, lists) are hashable flax module attributes.
     object.__setattr__(self, 'dtype', jnp.dtype(self.dtype))
     object.__setattr__(self, 'logits_matmul_dtype', jnp.dtype(self.logits_matmul_dtype))
+    if self.logits_matmul_dtype not in (jnp.float32, jnp.bfloat16):
+      raise ValueError(f'T5Config.logits_matmul_dtype={self.logits_matmul_dtype.name!r}: use '
+                       f"'float32' (T5X's) or 'bfloat16' (bfloat16 operands, float32 logits).")
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
     object.__setattr__(self, 'self_attention_options',
                        tuple(sorted(dict(self.self_attention_options).items())))

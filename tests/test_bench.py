@@ -196,40 +196,48 @@ def test_out_of_memory_rows_are_retried_at_half_the_batch(monkeypatch):
 
 def test_segment_slots_flag_reaches_the_measured_config(monkeypatch):
   seen = []
-  monkeypatch.setattr(bench, 'measure', lambda *args: seen.append(args) or {'error': None})
+  monkeypatch.setattr(bench, 'measure', lambda *a, **kw: seen.append(kw) or {'error': None})
   args = bench.parse_args(['--types', 'random', '--no-isolate', '--segment_slots', '0'])
   bench.run_point(args, 'random', 32, 8)
-  assert seen[0][-2] == 0  # segment_slots, then logits_matmul_dtype
+  assert seen[0]['segment_slots'] == 0
   assert bench.model_config('tiny', 'random', 32, 16, segment_slots=0).packed_segment_slots == 0
   assert bench.model_config('tiny', 'random', 32, 16).packed_segment_slots == 3  # the default
 
 
 def test_logits_matmul_dtype_flag_reaches_the_measured_config(monkeypatch):
   seen = []
-  monkeypatch.setattr(bench, 'measure', lambda *args: seen.append(args) or {'error': None})
+  monkeypatch.setattr(bench, 'measure', lambda *a, **kw: seen.append(kw) or {'error': None})
   args = bench.parse_args(['--types', 'vanilla', '--no-isolate',
                            '--logits_matmul_dtype', 'bfloat16'])
   bench.run_point(args, 'vanilla', 32, 8)
-  assert seen[0][-1] == 'bfloat16'
+  assert seen[0]['logits_matmul_dtype'] == 'bfloat16'
   cfg = bench.model_config('tiny', 'vanilla', 32, 16, logits_matmul_dtype='bfloat16')
   assert cfg.logits_matmul_dtype == jnp.bfloat16
   assert bench.model_config('tiny', 'vanilla', 32, 16).logits_matmul_dtype == jnp.float32
 
 
 def test_each_xla_flags_value_measures_every_type_in_a_worker_with_those_flags(monkeypatch):
+  """Also: the worker gets the row's options (what every device run goes through)."""
   workers = []
 
   def fake_run(command, env, **kwargs):
     workers.append((command[command.index('--types') + 1], env.get('XLA_FLAGS')))
+    commands.append(command)
     with open(command[command.index('--json') + 1], 'w') as f:
       json.dump({'rows': [{'attention_type': workers[-1][0], 'xla_flags': env.get('XLA_FLAGS'),
                            'batch_size': 128, 'inputs_length': 512, 'error': 'not measured'}]}, f)
     return subprocess.CompletedProcess(command, 0)
 
+  commands = []
   monkeypatch.setattr(bench.subprocess, 'run', fake_run)
   monkeypatch.setenv('XLA_FLAGS', '--xla_mine')
   report = bench.main(['--types', 'vanilla,random', '--xla_flags=',
-                       '--xla_flags=--xla_gpu_triton_gemm_any=true'])
+                       '--xla_flags=--xla_gpu_triton_gemm_any=true',
+                       '--logits_matmul_dtype', 'bfloat16', '--segment_slots', '15'])
+  for command in commands:  # the row's options reach every worker
+    assert command[command.index('--logits_matmul_dtype') + 1] == 'bfloat16'
+    assert command[command.index('--segment_slots') + 1] == '15'
+  assert report['xla_flags'] == ['', '--xla_gpu_triton_gemm_any=true']
   expected = [('vanilla', ''), ('vanilla', '--xla_gpu_triton_gemm_any=true'),
               ('random', ''), ('random', '--xla_gpu_triton_gemm_any=true')]
   assert workers == expected

@@ -187,6 +187,17 @@ def test_wide_output_gradients_are_bf16_matmuls_of_the_rounded_cotangent():
   assert all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars), dots
 
 
+def test_dense_output_dtype_narrower_than_the_operands_or_mixed_operands_are_refused():
+  x = jnp.ones((2, 8), jnp.float32)
+  narrow = layers.DenseGeneral(5, kernel_axes=('embed', 'vocab'), dtype=jnp.float32,
+                               output_dtype=jnp.bfloat16)
+  with pytest.raises(ValueError, match='must be the operands.*or wider'):
+    narrow.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match='must share a dtype'):
+    layers._dot_general(x, jnp.ones((8, 5), jnp.bfloat16), (((1,), (0,)), ((), ())),
+                        jnp.float32)
+
+
 def test_embed_attend_output_dtype_keeps_bf16_operands_and_a_float32_result():
   module = layers.Embed(num_embeddings=10, features=4, attend_dtype=jnp.bfloat16,
                         attend_output_dtype=jnp.float32)

@@ -136,6 +136,27 @@ def test_bfloat16_logits_matmul_rounds_its_operands_and_keeps_float32_logits(van
                              atol=1e-5)
 
 
+def test_bfloat16_tied_logits_round_their_operands_and_stay_float32(vanilla):
+  _, variables = vanilla
+  enc, dec_in, tgt = batch()
+  model = network.Transformer(tiny_config(logits_via_embedding=True,
+                                          logits_matmul_dtype='bfloat16'))
+  logits, state = model.apply(
+      variables, enc, dec_in, tgt, enable_dropout=False,
+      capture_intermediates=lambda module, _: module.name == 'decoder_norm')
+  decoded = np.asarray(state['intermediates']['decoder']['decoder_norm']['__call__'][0])
+  table = np.asarray(nn.unbox(variables)['params']['token_embedder']['embedding'])
+  round_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, round_bf16(decoded) @ round_bf16(table).T / np.sqrt(32),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_logits_matmul_dtype_other_than_float32_or_bfloat16_names_the_knob():
+  with pytest.raises(ValueError, match='T5Config.logits_matmul_dtype=.float16.'):
+    tiny_config(logits_matmul_dtype='float16')
+
+
 def test_tied_logits_use_the_scaled_embedding(vanilla):
   _, variables = vanilla
   model = network.Transformer(tiny_config(logits_via_embedding=True))
