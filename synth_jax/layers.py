@@ -3,9 +3,8 @@
 Kernels are stored as 2-D matrices `[prod(input dims), prod(output dims)]`, as T5X stores them,
 so checkpoints convert with an identity map; they are reshaped to their full rank when used.
 """
-from typing import Callable, Optional, Sequence, Union
-
 import functools
+from typing import Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -49,7 +48,10 @@ wide_output_dot_general.defvjp(_wide_output_forward, _wide_output_backward)
 
 
 def _dot_general(lhs, rhs, dimension_numbers, output_dtype):
-  """`lax.dot_general` of operands of one dtype, into `output_dtype` (None: theirs), as wide."""
+  """`lax.dot_general` of operands of one dtype into `output_dtype` (None: theirs) or a wider one.
+
+  A wider output goes through `wide_output_dot_general`, so the gradient stays narrow.
+  """
   if lhs.dtype != rhs.dtype:
     raise ValueError(f'matmul operands must share a dtype, got {lhs.dtype} and {rhs.dtype}.')
   if output_dtype is None or jnp.dtype(output_dtype) == lhs.dtype:

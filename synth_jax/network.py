@@ -94,7 +94,7 @@ class T5Config:
     object.__setattr__(self, 'logits_matmul_dtype', jnp.dtype(self.logits_matmul_dtype))
     if self.logits_matmul_dtype not in (jnp.float32, jnp.bfloat16):
       raise ValueError(f'T5Config.logits_matmul_dtype={self.logits_matmul_dtype.name!r}: use '
-                       f"'float32' (T5X's) or 'bfloat16' (bfloat16 operands, float32 logits).")
+                       "'float32' (T5X's) or 'bfloat16' (bfloat16 operands, float32 logits).")
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
     object.__setattr__(self, 'self_attention_options',
                        tuple(sorted(dict(self.self_attention_options).items())))
