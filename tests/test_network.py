@@ -152,6 +152,27 @@ def test_bfloat16_tied_logits_round_their_operands_and_stay_float32(vanilla):
                              rtol=1e-5, atol=1e-5)
 
 
+def test_bfloat16_logits_matmul_keeps_the_loss_and_every_gradient_close(vanilla):
+  """End to end: the rounding of the logits matmul's operands and cotangent stays at bf16 scale."""
+  _, variables = vanilla
+  enc, dec_in, tgt = batch()
+  models = [network.Transformer(tiny_config(logits_matmul_dtype=d))
+            for d in ('float32', 'bfloat16')]
+
+  def loss(params, model):
+    logits = model.apply({'params': params}, enc, dec_in, tgt, enable_dropout=False)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1))
+
+  params = nn.unbox(variables)['params']
+  (want, want_grads), (got, got_grads) = (jax.value_and_grad(loss)(params, m) for m in models)
+  np.testing.assert_allclose(got, want, rtol=1e-2)
+  flat_want = jax.tree_util.tree_leaves_with_path(want_grads)
+  for (path, w), g in zip(flat_want, jax.tree.leaves(got_grads)):
+    assert g.dtype == jnp.float32, path
+    scale = float(jnp.max(jnp.abs(w)))
+    np.testing.assert_allclose(g, w, atol=2e-2 * scale, err_msg=jax.tree_util.keystr(path))
+
+
 def test_logits_matmul_dtype_other_than_float32_or_bfloat16_names_the_knob():
   with pytest.raises(ValueError, match='T5Config.logits_matmul_dtype=.float16.'):
     tiny_config(logits_matmul_dtype='float16')
