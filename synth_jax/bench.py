@@ -152,8 +152,8 @@ def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
   A mixture's members each mix the shared value (`mixture.py` sums their outputs). Unpacked, a
   random synthesizer normalizes its shared logits once per step (`fused.shared_scores_attention`):
   its softmax denominators are one more matmul. Packed with `segment_slots` (self-attention,
-  `T5Config.packed_segment_slots`), it does so slot by slot (`segment_slots`): the slots' padding
-  and their denominators are overhead. Packed
+  `T5Config.packed_segment_slots`), it does so slot by slot (`segment_slots`): the slots' padding,
+  their denominators and the forward recomputed in the backward pass are overhead. Packed
   without slots, a trainable score map's gradient is one more (`packed_table`).
   """
   hd = heads * head_dim
@@ -170,7 +170,10 @@ def attention_matmuls(attention_type: str, batch: int, q_len: int, k_len: int,
       matmuls += [
           Matmul('slot padding', 2 * batch * heads * (cells - q_len * k_len) * head_dim,
                  overhead=True),
-          Matmul('slot denominators', 2 * batch * heads * cells, gradients=1, overhead=True)]
+          Matmul('slot denominators', 2 * batch * heads * cells, gradients=1, overhead=True),
+          # The backward pass recomputes the slots' mix and denominators (`fused`).
+          Matmul('slot recompute', 2 * batch * heads * cells * (head_dim + 1), gradients=0,
+                 overhead=True)]
     elif member in ('random', 'factorized_random') and pack:
       # The score map's gradient sums the examples' rows by position with a one-hot matmul
       # (`packed_table`), [max_q, batch*q] x [batch*q, heads*max_k]; backward only.

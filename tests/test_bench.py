@@ -272,7 +272,7 @@ def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
     assert row['model_flops_per_step'] == closed_form(row['attention_type'], 'tiny')
     assert row['traced_matmul_flops'] == (row['model_flops_per_step']
                                           + row['overhead_flops_per_step'])
-    # Packed random: slot padding and denominators, outside the model FLOPs.
+    # Packed random: slot padding, denominators and recompute, outside the model FLOPs.
     assert (row['overhead_flops_per_step'] > 0) == (row['attention_type'] == 'random')
     # The batches the FLOPs are counted for take the slot path.
     assert row['segments_per_row_max'] <= row['packed_segment_slots']

@@ -22,14 +22,9 @@ from typing import Optional
 
 import flax
 import jax
-from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 Array = jax.Array
-
-# `jax.checkpoint_name`s of `mix_keys_minor`'s matmul results, for a remat policy that keeps them
-# (`packed_shared_scores`): the backward pass then needs no forward matmul again.
-NUMERATOR, DENOMINATOR = 'shared_scores_numerator', 'shared_scores_denominator'
 
 # `fused` / `T5Config.fused_attention` values: 'auto' lets `jax.nn.dot_product_attention` choose.
 IMPLEMENTATIONS = ('cudnn', 'xla', 'auto')
@@ -161,17 +156,15 @@ def mix_keys_minor(weights: Array, key_valid: Array, value: Array) -> Array:
     `[heads, head_dim, *batch, q_len]` in `value.dtype`.
   """
   masked_value = jnp.where(key_valid, value, 0)
-  numerator = checkpoint_name(
-      jnp.einsum('hd...k,hqk->hd...q', masked_value, weights.astype(value.dtype),
-                 preferred_element_type=jnp.float32), NUMERATOR)
+  numerator = jnp.einsum('hd...k,hqk->hd...q', masked_value, weights.astype(value.dtype),
+                         preferred_element_type=jnp.float32)
   # Any per-row scale of E cancels in the ratio, so E may be normalized over the keys of the
   # longest example: it keeps E <= 1, and a row with a single key (the first causal query) gets
   # E = 1 exactly and an exactly zero gradient, as the per-example softmax gives it. A shorter
   # example's keys could underflow under a key of a longer one far above them: that takes a
   # logit spread of ~87, far beyond trained score maps (packed rows check it:
   # `packed_shared_scores.slots_apply`).
-  denominator = checkpoint_name(
-      jnp.einsum('...k,hqk->h...q', key_valid.astype(jnp.float32), weights), DENOMINATOR)
+  denominator = jnp.einsum('...k,hqk->h...q', key_valid.astype(jnp.float32), weights)
   # An example without keys (length 0) has denominator 0: its output is 0, and so is its
   # gradient (a plain maximum(denominator, tiny) would give 0 * inf = NaN there).
   has_keys = (denominator > 0)[:, None]

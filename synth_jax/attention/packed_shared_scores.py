@@ -12,6 +12,7 @@ all score more than `SHARED_SOFTMAX_RANGE` below the best key the group normaliz
 shared softmax could then underflow their weights in float32; trained score maps stay far
 inside this range).
 """
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -99,16 +100,32 @@ def _segment_slots_attention(scores: Array, value: Array,
   return fused.to_keys_minor(segment_slots.repack(mixed, segments, 3))
 
 
-# Under autodiff a `cond` keeps the residuals of both branches (the untaken one's as zeros), so
-# each branch says what it keeps: the slot branch its numerators and denominators (its backward
-# pass then runs no forward matmul again: a float32 `[heads, head_dim, batch, len]` per slot group
-# and layer, 0.4 GB per encoder layer at T5-base, batch 128, 3 slots), the per-example branch only its
-# inputs (its `[batch, heads, len, len]` probabilities would be zeros in every slot step).
-_KEEP_MIX_RESULTS = jax.checkpoint_policies.save_only_these_names(fused.NUMERATOR,
-                                                                  fused.DENOMINATOR)
-
-
+# Only the inputs are kept for the backward pass, which recomputes the taken branch: a `cond`
+# under autodiff would keep the residuals of both branches, the per-example path's
+# `[batch, heads, len, len]` probabilities among them (as zeros when the slots are taken).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _slots_or_per_example(per_example, scores, value, segments):
-  return jax.lax.cond(slots_apply(scores, segments),
-                      jax.checkpoint(_segment_slots_attention, policy=_KEEP_MIX_RESULTS),
-                      jax.checkpoint(per_example), scores, value, segments)
+  return _slots_or_per_example_forward(per_example, scores, value, segments)[0]
+
+
+def _slots_or_per_example_forward(per_example, scores, value, segments):
+  use_slots = slots_apply(scores, segments)
+  out = jax.lax.cond(use_slots, _segment_slots_attention, per_example, scores, value, segments)
+  return out, (scores, value, segments, use_slots)
+
+
+def _slots_or_per_example_backward(per_example, residuals, grad):
+  scores, value, segments, use_slots = residuals
+
+  def gradients(path):
+    def branch(scores, value):
+      _, pullback = jax.vjp(lambda s, v: path(s, v, segments), scores, value)
+      return pullback(grad)
+    return branch
+
+  score_grad, value_grad = jax.lax.cond(
+      use_slots, gradients(_segment_slots_attention), gradients(per_example), scores, value)
+  return score_grad, value_grad, None
+
+
+_slots_or_per_example.defvjp(_slots_or_per_example_forward, _slots_or_per_example_backward)
