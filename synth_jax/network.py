@@ -62,10 +62,10 @@ class T5Config:
       3 slots are 1 of L positions and 2 of L/2, for rows of up to 3 examples (C4 pretraining
       rows nearly all hold one: documents are concatenated, then chunked); 15 slots are 4 groups
       and 4 L positions a row, for up to 15 examples (packed random at T5-base on an H100,
-      2026-11-23: 3 slots 177 ms/step, 15 slots 198 ms, per example 304 ms; BENCHMARKS.md). A batch with a
-      row of more segments takes the per-example path, at the cost of one more forward pass of
-      its attention than with 0, which always takes it. Attention dropout (finetuning) takes the
-      per-example path too.
+      2026-11-23: 3 slots 177 ms/step, 15 slots 198 ms, per example 304 ms; BENCHMARKS.md). A
+      batch with a row of more segments takes the per-example path, at the cost of one more
+      forward pass of its attention than with 0, which always takes it. Attention dropout
+      (finetuning) takes the per-example path too.
   """
   vocab_size: int
   dtype: Any = jnp.float32

@@ -8,6 +8,8 @@ import pytest
 from synth_jax import layers
 from tests.attention import helpers
 
+round_bf16 = helpers.round_bf16
+
 
 def _rng(seed=0):
   return np.random.default_rng(seed)
@@ -148,11 +150,6 @@ def test_embed_looks_up_rows_and_attend_is_tied_logits():
   np.testing.assert_allclose(logits, query @ table.T, rtol=1e-5, atol=1e-6)
 
 
-def _bf16(x):
-  """`x` rounded to bfloat16, back in float32."""
-  return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
-
-
 def test_dense_output_dtype_keeps_bf16_operands_and_a_float32_result():
   x = _rng().normal(size=(2, 3, 8)).astype(np.float32)
   module = layers.DenseGeneral(5, kernel_axes=('embed', 'vocab'), dtype=jnp.bfloat16,
@@ -162,7 +159,7 @@ def test_dense_output_dtype_keeps_bf16_operands_and_a_float32_result():
   out = module.apply(variables, x)
   assert out.dtype == jnp.float32 and out.shape == (2, 3, 5)
   # Rounded operands, float32 sums: no bfloat16 rounding of the result.
-  np.testing.assert_allclose(out, _bf16(x) @ _bf16(kernel), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out, round_bf16(x) @ round_bf16(kernel), rtol=1e-6, atol=1e-6)
   rounded = layers.DenseGeneral(5, kernel_axes=('embed', 'vocab'), dtype=jnp.bfloat16)
   assert rounded.apply(variables, x).dtype == jnp.bfloat16
 
@@ -178,8 +175,10 @@ def test_wide_output_gradients_are_bf16_matmuls_of_the_rounded_cotangent():
   grad_x, grad_kernel = jax.grad(loss, argnums=(0, 1))(x, kernel)
   assert grad_x.dtype == grad_kernel.dtype == jnp.bfloat16
   f32 = lambda a: np.asarray(a, np.float32)
-  np.testing.assert_allclose(f32(grad_x), _bf16(_bf16(weights) @ f32(kernel).T), rtol=1e-2)
-  np.testing.assert_allclose(f32(grad_kernel), _bf16(f32(x).T @ _bf16(weights)), rtol=1e-2)
+  np.testing.assert_allclose(f32(grad_x), round_bf16(round_bf16(weights) @ f32(kernel).T),
+                             rtol=1e-2)
+  np.testing.assert_allclose(f32(grad_kernel), round_bf16(f32(x).T @ round_bf16(weights)),
+                             rtol=1e-2)
   # Every matmul of the gradient takes bfloat16 operands (none runs in float32).
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, kernel)
   dots = [e for e in helpers.all_equations(jaxpr) if e.primitive.name == 'dot_general']
@@ -206,7 +205,7 @@ def test_embed_attend_output_dtype_keeps_bf16_operands_and_a_float32_result():
   query = _rng().normal(size=(2, 3, 4)).astype(np.float32)
   logits = module.apply(variables, query, method=layers.Embed.attend)
   assert logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, _bf16(query) @ _bf16(table).T, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(logits, round_bf16(query) @ round_bf16(table).T, rtol=1e-6, atol=1e-6)
 
 
 def test_embed_rejects_float_ids():

@@ -12,6 +12,7 @@ import pytest
 
 from synth_jax import attention
 from synth_jax import network
+from tests.attention import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_GIN = os.path.join(REPO, 'gin', 'models', 't5_1_1_tiny.gin')
@@ -117,19 +118,24 @@ def test_logits_are_float32_batch_length_vocab_even_in_bfloat16(vanilla):
   np.testing.assert_allclose(logits, full, atol=0.1 * float(jnp.std(full)))
 
 
+def logits_and_decoder_output(model, variables):
+  """The logits of `batch()` and the decoder's final-norm output they are projected from."""
+  enc, dec_in, tgt = batch()
+  logits, state = model.apply(
+      variables, enc, dec_in, tgt, enable_dropout=False,
+      capture_intermediates=lambda module, _: module.name == 'decoder_norm')
+  return logits, np.asarray(state['intermediates']['decoder']['decoder_norm']['__call__'][0])
+
+
 def test_bfloat16_logits_matmul_rounds_its_operands_and_keeps_float32_logits(vanilla):
   _, variables = vanilla
   enc, dec_in, tgt = batch()
   model = network.Transformer(tiny_config(logits_matmul_dtype='bfloat16'))
-  logits, state = model.apply(
-      variables, enc, dec_in, tgt, enable_dropout=False,
-      capture_intermediates=lambda module, _: module.name == 'decoder_norm')
-  decoded = np.asarray(state['intermediates']['decoder']['decoder_norm']['__call__'][0])
+  logits, decoded = logits_and_decoder_output(model, variables)
   kernel = np.asarray(nn.unbox(variables)['params']['decoder']['logits_dense']['kernel'])
-  round_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
   assert logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, round_bf16(decoded) @ round_bf16(kernel), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(logits, helpers.round_bf16(decoded) @ helpers.round_bf16(kernel),
+                             rtol=1e-5, atol=1e-5)
   # The default (T5X's) multiplies in float32: the same decoder output, unrounded.
   np.testing.assert_allclose(network.Transformer(tiny_config()).apply(
       variables, enc, dec_in, tgt, enable_dropout=False), decoded @ kernel, rtol=1e-5,
@@ -138,18 +144,14 @@ def test_bfloat16_logits_matmul_rounds_its_operands_and_keeps_float32_logits(van
 
 def test_bfloat16_tied_logits_round_their_operands_and_stay_float32(vanilla):
   _, variables = vanilla
-  enc, dec_in, tgt = batch()
   model = network.Transformer(tiny_config(logits_via_embedding=True,
                                           logits_matmul_dtype='bfloat16'))
-  logits, state = model.apply(
-      variables, enc, dec_in, tgt, enable_dropout=False,
-      capture_intermediates=lambda module, _: module.name == 'decoder_norm')
-  decoded = np.asarray(state['intermediates']['decoder']['decoder_norm']['__call__'][0])
+  logits, decoded = logits_and_decoder_output(model, variables)
   table = np.asarray(nn.unbox(variables)['params']['token_embedder']['embedding'])
-  round_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
   assert logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, round_bf16(decoded) @ round_bf16(table).T / np.sqrt(32),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      logits, helpers.round_bf16(decoded) @ helpers.round_bf16(table).T / np.sqrt(32),
+      rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_logits_matmul_keeps_the_loss_and_every_gradient_close(vanilla):

@@ -186,7 +186,8 @@ def test_training_writes_events_config_and_evaluates(tmp_path):
 
 def test_packed_rows_with_more_examples_than_slots_print_a_note_naming_the_knob(capsys):
   run(None, 1, model=fixtures.tiny_model('random', packed_segment_slots=1))
-  assert 'more than T5Config.packed_segment_slots=1: random self-attention' in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert 'more than T5Config.packed_segment_slots=1: random self-attention' in printed
   run(None, 1, model=fixtures.tiny_model('random'))
   assert 'packed_segment_slots' not in capsys.readouterr().out
 

@@ -94,3 +94,8 @@ def all_equations(jaxpr) -> list:
 def traced_shapes(jaxpr) -> set:
   """The shapes of every value a (closed) jaxpr computes, sub-jaxprs included."""
   return {v.aval.shape for eqn in all_equations(jaxpr) for v in eqn.outvars}
+
+
+def round_bf16(x):
+  """`x` rounded to bfloat16, back as a float32 NumPy array."""
+  return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
