@@ -8,12 +8,14 @@ What is ours: `T5Config.{encoder,decoder,cross}_attention` name a registry atten
 (`synth_jax.attention.names()`, or a '+'-mixture) for each location, and
 `max_{encoder,decoder}_length` size the synthesizers' score maps. The relative-position bias is
 added to self-attention of every type (the T5 convention the Synthesizer paper keeps);
-cross-attention gets none. With packing, self-attention gets each token's position within its
+cross-attention gets none. Each location gets one `attention.Mask`, built here from the token
+ids: padding, causality, and with packing the segments and each token's position within its
 segment, so position-dependent synthesizers (random: row i of R is query position i) see a packed
-example exactly as they would see it alone.
+example exactly as they would see it alone. How attention executes is a run option
+(`Transformer.attention_execution`), never part of the architecture.
 """
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 
 from synth_jax import attention
 from synth_jax import layers
+from synth_jax.attention import kernels
 
 Array = jax.Array
 
@@ -48,24 +51,9 @@ class T5Config:
     cross_attention: registry name of encoder-decoder attention; must be position-free.
     self_attention_options: extra constructor options of the self-attention variant, e.g.
       `{'rank': 16}` (factorized_random), `{'trainable': False}`... see each variant's
-      attributes; `{'fused': 'cudnn'}` runs vanilla attention through cuDNN. Stored as sorted
-      `(name, value)` pairs so the config stays hashable.
+      attributes. Stored as sorted `(name, value)` pairs so the config stays hashable.
     max_encoder_length, max_decoder_length: the longest inputs / targets the synthesizers'
       score maps cover (T5 span corruption: 512 / 114).
-    fused_attention: None, or 'cudnn' / 'xla' / 'auto': every attention whose type supports it
-      (vanilla and orthogonal; self- and cross-attention) runs through
-      `jax.nn.dot_product_attention` ('cudnn': flash attention on NVIDIA GPUs). See
-      `attention/fused.py`; fastest on unpacked batches.
-    packed_segment_slots: on packed batches, self-attention whose logits are shared by the batch
-      (random synthesizers) moves each segment to one of this many slots per row and normalizes
-      once per step (`attention/packed_shared_scores.py`). Slots come in groups of equal size:
-      3 slots are 1 of L positions and 2 of L/2, for rows of up to 3 examples (C4 pretraining
-      rows nearly all hold one: documents are concatenated, then chunked); 15 slots are 4 groups
-      and 4 L positions a row, for up to 15 examples (packed random at T5-base on an H100,
-      2026-11-23: 3 slots 177 ms/step, 15 slots 198 ms, per example 304 ms; BENCHMARKS.md). A
-      batch with a row of more segments takes the per-example path, at the cost of one more
-      forward pass of its attention than with 0, which always takes it. Attention dropout
-      (finetuning) takes the per-example path too.
   """
   vocab_size: int
   dtype: Any = jnp.float32
@@ -85,8 +73,6 @@ class T5Config:
   self_attention_options: Any = ()
   max_encoder_length: int = 512
   max_decoder_length: int = 114
-  fused_attention: Optional[str] = None
-  packed_segment_slots: int = 3
 
   def __post_init__(self):
     # Normalized so configs from gin (strings, lists) are hashable flax module attributes.
@@ -98,10 +84,6 @@ class T5Config:
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
     object.__setattr__(self, 'self_attention_options',
                        tuple(sorted(dict(self.self_attention_options).items())))
-    attention.fused.check_implementation(self.fused_attention, 'T5Config.fused_attention')
-    if self.packed_segment_slots < 0:
-      raise ValueError(f'T5Config.packed_segment_slots={self.packed_segment_slots} must be >= 0 '
-                       f'(0 turns the slot layout off).')
     for field in ('encoder_attention', 'decoder_attention', 'cross_attention'):
       try:
         attention.is_position_dependent(getattr(self, field))
@@ -125,15 +107,12 @@ def _dropout(cfg: T5Config, x: Array, deterministic: bool, broadcast_length: boo
 
 
 def _attention(cfg: T5Config, attention_type: str, max_query_length: int, max_key_length: int,
-               name: str, options=()) -> nn.Module:
-  options = dict(options)
-  if cfg.fused_attention and attention.accepts_option(attention_type, 'fused'):
-    options.setdefault('fused', cfg.fused_attention)
+               name: str, dispatch, options=()) -> nn.Module:
   try:
     return attention.build(
         attention_type, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
         max_query_length=max_query_length, max_key_length=max_key_length, dtype=cfg.dtype,
-        dropout_rate=cfg.dropout_rate, name=name, **dict(options))
+        dropout_rate=cfg.dropout_rate, dispatch=dispatch, name=name, **dict(options))
   except TypeError as error:
     raise ValueError(f'T5Config.self_attention_options={dict(options)} do not fit attention '
                      f'type {attention_type!r}: {error}') from None
@@ -150,63 +129,25 @@ def _mlp(cfg: T5Config) -> layers.MlpBlock:
                          intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
 
 
-def segment_positions(segment_ids: Array) -> Array:
-  """Position of each token within its packed segment: `[batch, len]` ids -> `[batch, len]`.
-
-  For packed batches that come without `*_positions` (seqio's packing provides them).
-  """
-  return attention.segment_slots.runs(segment_ids)[2]
-
-
-def packed_slots_note(cfg: T5Config, batch: Mapping[str, Any]) -> Optional[str]:
-  """A note when a packed batch's rows hold more examples than `cfg.packed_segment_slots`.
-
-  Shared-logit self-attention (random synthesizers) then takes the per-example path for the
-  whole batch, which is slower than with the slots turned off; None when nothing is lost.
-  """
-  slots = cfg.packed_segment_slots
-  types = sorted({t for t in (cfg.encoder_attention, cfg.decoder_attention)
-                  if attention.has_shared_logits(t)})
-  if not (types and slots and 'encoder_segment_ids' in batch):
-    return None
-  most = 0
-  for ids, tokens in (('encoder_segment_ids', 'encoder_input_tokens'),
-                      ('decoder_segment_ids', 'decoder_target_tokens')):
-    segments = attention.PackedSegments.from_segment_ids(
-        jnp.asarray(batch[ids]), jnp.asarray(batch[tokens]) > 0, slots)
-    most = max(most, int(jnp.max(segments.ordinal)) + 1)
-  if most <= slots:
-    return None
-  return (f'Packed rows of this batch hold up to {most} examples, more than '
-          f'T5Config.packed_segment_slots={slots}: {" and ".join(types)} self-attention takes '
-          f'the per-example path for such batches, slower than with packed_segment_slots=0. '
-          f'Set T5Config.packed_segment_slots to {most} or more, to 0, or train unpacked.')
-
-
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention block and MLP block, each with a residual connection."""
   config: T5Config
+  dispatch: Any = None
 
   @nn.compact
-  def __call__(self, inputs: Array, encoder_mask: Optional[Array], encoder_bias: Array,
-               deterministic: bool = True, positions: Optional[Array] = None,
-               lengths: Optional[attention.SequenceLengths] = None,
-               segments: Optional[attention.PackedSegments] = None) -> Array:
+  def __call__(self, inputs: Array, mask: attention.Mask, encoder_bias: Array,
+               deterministic: bool = True) -> Array:
     """`[batch, length, emb]` -> `[batch, length, emb]`.
 
     Args:
-      encoder_mask: `[batch, 1, length, length]` padding (and packing) mask.
+      mask: the self-attention mask (padding, packing and positions within segments).
       encoder_bias: `[1, heads, length, length]` relative position bias.
-      positions: `[batch, length]` positions within packed segments; None when not packed.
-      lengths: the padding mask as lengths (unpacked batches), for the fused attention paths.
-      segments: the packing (packed batches), for the fused attention paths.
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.encoder_attention, cfg.max_encoder_length, cfg.max_encoder_length,
-                   'attention', cfg.self_attention_options)(
-                       x, x, encoder_mask, encoder_bias, deterministic=deterministic,
-                       segment_positions=positions, lengths=lengths, segments=segments)
+                   'attention', self.dispatch, cfg.self_attention_options)(
+                       x, x, mask, encoder_bias, deterministic=deterministic)
     x = _residual(cfg, x, inputs, deterministic)
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
     return _residual(cfg, _mlp(cfg)(y, deterministic=deterministic), x, deterministic)
@@ -215,43 +156,34 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
   """Causal self-attention, encoder-decoder attention and MLP blocks, each pre-norm + residual."""
   config: T5Config
+  dispatch: Any = None
 
   @nn.compact
-  def __call__(self, inputs: Array, encoded: Array, decoder_mask: Optional[Array],
-               encoder_decoder_mask: Optional[Array], decoder_bias: Array,
-               deterministic: bool = True, decode: bool = False,
-               positions: Optional[Array] = None,
-               self_lengths: Optional[attention.SequenceLengths] = None,
-               cross_lengths: Optional[attention.SequenceLengths] = None,
-               self_segments: Optional[attention.PackedSegments] = None) -> Array:
+  def __call__(self, inputs: Array, encoded: Array, self_mask: Optional[attention.Mask],
+               cross_mask: attention.Mask, decoder_bias: Array, deterministic: bool = True,
+               decode: bool = False) -> Array:
     """`[batch, length, emb]` -> `[batch, length, emb]` (length 1 in decode steps).
 
     Args:
       encoded: `[batch, enc_length, emb]` encoder output.
-      decoder_mask: `[batch, 1, length, length]` causal/padding/packing mask; None when decoding
-        (the attention cache masks positions not generated yet).
-      encoder_decoder_mask: `[batch, 1, length, enc_length]`.
+      self_mask: the causal self-attention mask; None when decoding (the attention cache masks
+        positions not generated yet).
+      cross_mask: the encoder-decoder mask.
       decoder_bias: `[1, heads, length, length]` relative position bias; when decoding, over the
         whole `max_decode_length` (attention takes the row of the current step).
       decode: use and update the autoregressive cache of self-attention.
-      positions: `[batch, length]` positions within packed segments; None when not packed.
-      self_lengths, cross_lengths: the two masks as lengths (unpacked training batches).
-      self_segments: the packing of self-attention (packed batches).
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
     x = _attention(cfg, cfg.decoder_attention, cfg.max_decoder_length, cfg.max_decoder_length,
-                   'self_attention', cfg.self_attention_options)(
-                       x, x, decoder_mask, decoder_bias, deterministic=deterministic,
-                       decode=decode, segment_positions=positions, lengths=self_lengths,
-                       segments=self_segments)
+                   'self_attention', self.dispatch, cfg.self_attention_options)(
+                       x, x, self_mask, decoder_bias, deterministic=deterministic, decode=decode)
     x = _residual(cfg, x, inputs, deterministic)
     # Cross-attention keys come whole from the encoder each step, so it is never cached.
     y = layers.LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
     y = _attention(cfg, cfg.cross_attention, cfg.max_decoder_length, cfg.max_encoder_length,
-                   'encoder_decoder_attention')(y, encoded, encoder_decoder_mask,
-                                                deterministic=deterministic,
-                                                lengths=cross_lengths)
+                   'encoder_decoder_attention', self.dispatch)(
+                       y, encoded, cross_mask, deterministic=deterministic)
     y = _residual(cfg, y, x, deterministic)
     z = layers.LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
     return _residual(cfg, _mlp(cfg)(z, deterministic=deterministic), y, deterministic)
@@ -266,18 +198,12 @@ class Encoder(nn.Module):
   """Token embedding, a stack of encoder layers, final norm."""
   config: T5Config
   shared_embedding: nn.Module
+  dispatch: Any = None
 
   @nn.compact
-  def __call__(self, encoder_input_tokens: Array, encoder_mask: Optional[Array] = None,
-               deterministic: bool = True, encoder_positions: Optional[Array] = None,
-               encoder_lengths: Optional[attention.SequenceLengths] = None,
-               encoder_segments: Optional[attention.PackedSegments] = None) -> Array:
-    """Token ids `[batch, length]` -> encodings `[batch, length, emb]`.
-
-    `encoder_positions` `[batch, length]`: positions within packed segments (None if unpacked);
-    `encoder_lengths`: `encoder_mask` as lengths (unpacked only); `encoder_segments`: the
-    packing (packed only).
-    """
+  def __call__(self, encoder_input_tokens: Array, mask: attention.Mask,
+               deterministic: bool = True) -> Array:
+    """Token ids `[batch, length]` and their self-attention mask -> `[batch, length, emb]`."""
     cfg = self.config
     length = encoder_input_tokens.shape[1]
     # One bias shared by all layers (T5 learns a single table per stack).
@@ -286,9 +212,8 @@ class Encoder(nn.Module):
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, encoder_mask, encoder_bias, deterministic,
-                                                encoder_positions, encoder_lengths,
-                                                encoder_segments)
+      x = EncoderLayer(cfg, self.dispatch, name=f'layers_{i}')(x, mask, encoder_bias,
+                                                               deterministic)
     x = layers.LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
     # T5X drops whole elements here (no broadcast over length).
     return _dropout(cfg, x, deterministic, broadcast_length=False)
@@ -298,20 +223,16 @@ class Decoder(nn.Module):
   """Token embedding, a stack of decoder layers, final norm, float32 logits."""
   config: T5Config
   shared_embedding: nn.Module
+  dispatch: Any = None
 
   @nn.compact
   def __call__(self, encoded: Array, decoder_input_tokens: Array,
-               decoder_positions: Optional[Array] = None, decoder_mask: Optional[Array] = None,
-               encoder_decoder_mask: Optional[Array] = None, deterministic: bool = True,
-               decode: bool = False, max_decode_length: Optional[int] = None,
-               decoder_lengths: Optional[attention.SequenceLengths] = None,
-               encoder_decoder_lengths: Optional[attention.SequenceLengths] = None,
-               decoder_segments: Optional[attention.PackedSegments] = None) -> Array:
+               self_mask: Optional[attention.Mask], cross_mask: attention.Mask,
+               deterministic: bool = True, decode: bool = False,
+               max_decode_length: Optional[int] = None) -> Array:
     """Token ids `[batch, length]` -> logits `[batch, length, vocab]` (float32).
 
-    `decoder_positions` `[batch, length]`: positions within packed segments (None if unpacked);
-    `decoder_lengths`, `encoder_decoder_lengths`: the two masks as lengths (unpacked only);
-    `decoder_segments`: the packing of self-attention (packed only).
+    `self_mask` is None in decode steps (the cache masks what is not generated yet).
     """
     cfg = self.config
     length = decoder_input_tokens.shape[1]
@@ -325,11 +246,9 @@ class Decoder(nn.Module):
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = _dropout(cfg, y, deterministic).astype(cfg.dtype)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f'layers_{i}')(
-          y, encoded, decoder_mask, encoder_decoder_mask, decoder_bias,
-          deterministic=deterministic, decode=decode, positions=decoder_positions,
-          self_lengths=decoder_lengths, cross_lengths=encoder_decoder_lengths,
-          self_segments=decoder_segments)
+      y = DecoderLayer(cfg, self.dispatch, name=f'layers_{i}')(
+          y, encoded, self_mask, cross_mask, decoder_bias, deterministic=deterministic,
+          decode=decode)
     y = layers.LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
 
@@ -346,58 +265,50 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
   """T5 encoder-decoder; T5X's `encode` / `decode` / `__call__` interface.
 
-  Token id 0 is padding everywhere (masks come from `tokens > 0`), and also the decoder's start
-  token, which is fine because decoder masks come from `decoder_target_tokens`.
+  Token id 0 is padding everywhere (masks come from `tokens > 0`; unpacked rows pad at the end,
+  as seqio's do), and also the decoder's start token, which is fine because decoder masks come
+  from `decoder_target_tokens`.
+
+  Attributes:
+    config: the architecture.
+    attention_execution: how attention runs, a run option that never changes the parameters or
+      the result beyond rounding: 'reference' (the plain core path), 'fast' (plus exact rewrites
+      that run anywhere: random synthesizers normalized once per step), 'cudnn', 'xla' or 'auto'
+      (plus query-key variants, vanilla and orthogonal, through
+      `jax.nn.dot_product_attention`; 'cudnn' is flash attention on NVIDIA GPUs).
+      See `attention/kernels/`.
   """
   config: T5Config
+  attention_execution: str = 'fast'
 
   def setup(self):
     cfg = self.config
+    dispatch = kernels.dispatch_for(self.attention_execution,
+                                    'Transformer.attention_execution')
     self.shared_embedding = layers.Embed(
         num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype,
         attend_dtype=cfg.logits_matmul_dtype, attend_output_dtype=jnp.float32,
         embedding_init=nn.initializers.normal(stddev=1.0),
         name='token_embedder')
-    self.encoder = Encoder(config=cfg, shared_embedding=self.shared_embedding)
-    self.decoder = Decoder(config=cfg, shared_embedding=self.shared_embedding)
+    self.encoder = Encoder(config=cfg, shared_embedding=self.shared_embedding,
+                           dispatch=dispatch)
+    self.decoder = Decoder(config=cfg, shared_embedding=self.shared_embedding,
+                           dispatch=dispatch)
 
   def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array] = None,
              enable_dropout: bool = True, encoder_positions: Optional[Array] = None) -> Array:
     """Token ids `[batch, enc_length]` (0 = padding) -> encodings `[batch, enc_length, emb]`.
 
     `encoder_segment_ids` `[batch, enc_length]` (packing) keep attention within each segment;
-    `encoder_positions`, each token's position in its segment, are derived from them if absent
-    (random synthesizers on the slot path, `T5Config.packed_segment_slots`, always derive them).
+    `encoder_positions`, each token's position in its segment, are derived from them if absent.
     Without segment ids, positions are ignored.
     """
     if encoder_input_tokens.ndim != 2:
       raise ValueError(f'encoder_input_tokens must be [batch, length], got '
                        f'{encoder_input_tokens.shape}')
-    nonpad = encoder_input_tokens > 0
-    encoder_mask = attention.make_attention_mask(nonpad, nonpad, dtype=self.config.dtype)
-    if encoder_segment_ids is not None:
-      encoder_mask = attention.combine_masks(
-          encoder_mask,
-          attention.make_attention_mask(encoder_segment_ids, encoder_segment_ids, jnp.equal,
-                                        dtype=self.config.dtype),
-          dtype=self.config.dtype)
-      if encoder_positions is None:
-        encoder_positions = segment_positions(encoder_segment_ids)
-      lengths = None
-      segments = self._segments(encoder_segment_ids, nonpad, causal=False)
-    else:
-      encoder_positions = segments = None
-      lengths = attention.SequenceLengths.from_tokens(encoder_input_tokens, encoder_input_tokens)
-    return self.encoder(encoder_input_tokens, encoder_mask, deterministic=not enable_dropout,
-                        encoder_positions=encoder_positions, encoder_lengths=lengths,
-                        encoder_segments=segments)
-
-  def _segments(self, segment_ids: Array, nonpad: Array,
-                causal: bool) -> Optional[attention.PackedSegments]:
-    if not self.config.packed_segment_slots:
-      return None
-    return attention.PackedSegments.from_segment_ids(
-        segment_ids, nonpad, self.config.packed_segment_slots, causal)
+    mask = attention.Mask.for_self_attention(encoder_input_tokens, encoder_segment_ids,
+                                             encoder_positions)
+    return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
@@ -422,7 +333,6 @@ class Transformer(nn.Module):
         need `max_decode_length`, the cache length.
       max_decode_length: the full target length of the cache (decode steps only).
     """
-    cfg = self.config
     if (encoder_segment_ids is None) != (decoder_segment_ids is None):
       raise ValueError('Packed inputs need both encoder_segment_ids and decoder_segment_ids; '
                        'got only one.')
@@ -431,43 +341,18 @@ class Transformer(nn.Module):
         raise ValueError('Decoding does not support packed inputs, but segment ids were passed '
                          'to Transformer.decode.')
       # Self-attention masks future steps through its cache; targets are not known yet.
-      decoder_mask = None
-      encoder_decoder_mask = attention.make_attention_mask(
-          jnp.ones_like(decoder_target_tokens), encoder_input_tokens > 0, dtype=cfg.dtype)
+      self_mask = None
+      cross_mask = attention.Mask.for_cross_attention(
+          jnp.ones(decoder_target_tokens.shape, bool), encoder_input_tokens)
     else:
-      target_nonpad = decoder_target_tokens > 0
-      decoder_mask = attention.combine_masks(
-          attention.make_causal_mask(decoder_target_tokens, dtype=cfg.dtype),
-          attention.make_attention_mask(target_nonpad, target_nonpad, dtype=cfg.dtype),
-          None if decoder_segment_ids is None else attention.make_attention_mask(
-              decoder_segment_ids, decoder_segment_ids, jnp.equal, dtype=cfg.dtype),
-          dtype=cfg.dtype)
-      encoder_decoder_mask = attention.make_attention_mask(
-          target_nonpad, encoder_input_tokens > 0, dtype=cfg.dtype)
-      if encoder_segment_ids is not None:
-        encoder_decoder_mask = attention.combine_masks(
-            encoder_decoder_mask,
-            attention.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal,
-                                          dtype=cfg.dtype),
-            dtype=cfg.dtype)
-    self_lengths = cross_lengths = self_segments = None
-    if decoder_segment_ids is None:
-      decoder_positions = None
-      if not decode:  # unpacked training or scoring: both masks are plain padding
-        self_lengths = attention.SequenceLengths.from_tokens(
-            decoder_target_tokens, decoder_target_tokens, causal=True)
-        cross_lengths = attention.SequenceLengths.from_tokens(decoder_target_tokens,
-                                                              encoder_input_tokens)
-    else:
-      if decoder_positions is None:
-        decoder_positions = segment_positions(decoder_segment_ids)
-      self_segments = self._segments(decoder_segment_ids, decoder_target_tokens > 0, causal=True)
-    return self.decoder(
-        encoded, decoder_input_tokens, decoder_positions=decoder_positions,
-        decoder_mask=decoder_mask, encoder_decoder_mask=encoder_decoder_mask,
-        deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length,
-        decoder_lengths=self_lengths, encoder_decoder_lengths=cross_lengths,
-        decoder_segments=self_segments)
+      self_mask = attention.Mask.for_self_attention(
+          decoder_target_tokens, decoder_segment_ids, decoder_positions, causal=True)
+      cross_mask = attention.Mask.for_cross_attention(
+          decoder_target_tokens > 0, encoder_input_tokens, decoder_segment_ids,
+          encoder_segment_ids, self_mask.query_positions)
+    return self.decoder(encoded, decoder_input_tokens, self_mask, cross_mask,
+                        deterministic=not enable_dropout, decode=decode,
+                        max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,

@@ -31,14 +31,15 @@ def register_copy_task():
   return COPY_TASK
 
 
-def tiny_model(attention_type='vanilla', dropout_rate=0.0, max_length=16, **overrides):
+def tiny_model(attention_type='vanilla', dropout_rate=0.0, max_length=16,
+               attention_execution='fast', **overrides):
   """One encoder and one decoder layer: enough to exercise every code path, quick to compile."""
   options = dict(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16,
                  num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64, dropout_rate=dropout_rate,
                  encoder_attention=attention_type, decoder_attention=attention_type,
                  max_encoder_length=max_length, max_decoder_length=max_length)
   options.update(overrides)
-  return network.Transformer(network.T5Config(**options))
+  return network.Transformer(network.T5Config(**options), attention_execution=attention_execution)
 
 
 LENGTHS = {'inputs': 16, 'targets': 16}

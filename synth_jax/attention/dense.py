@@ -25,10 +25,11 @@ AXIS_RULES = {
 class DenseSynthesizer(core.Attention):
   """Dense Synthesizer; `W1: [embed, heads*head_dim]`, `W2: [heads, head_dim, max_key_length]`."""
   variant_name = 'dense'
+  axis_rules = AXIS_RULES
 
-  def attention_logits(self, inputs_q, key_features, positions):
+  def attention_logits(self, inputs_q, key_features, mask):
     head_dim = self.head_size(inputs_q.shape[-1])
-    hidden = jax.nn.relu(self.projection('dense_1', (self.num_heads, head_dim))(inputs_q))
+    hidden = jax.nn.relu(self.projection('dense_1', inputs_q.shape[-1])(inputs_q))
     w2 = self.param(
         'dense_2',
         nn.with_logical_partitioning(
@@ -36,7 +37,7 @@ class DenseSynthesizer(core.Attention):
             ('heads', 'synth_hidden', 'synth_key_length')),
         (self.num_heads, head_dim, self.max_key_length), jnp.float32)
     scores = jnp.einsum('bqhd,hdk->bhqk', hidden, w2.astype(self.dtype))
-    return positions.key_columns(scores)
+    return core.key_columns(scores, mask, mask.key_valid.shape[1])
 
 
 def default_factor(length: int) -> int:
@@ -53,6 +54,7 @@ class FactorizedDenseSynthesizer(core.Attention):
   factor: int | None = None
 
   variant_name = 'factorized_dense'
+  axis_rules = AXIS_RULES
 
   def factors(self) -> tuple[int, int]:
     a = self.factor or default_factor(self.max_key_length)
@@ -62,10 +64,12 @@ class FactorizedDenseSynthesizer(core.Attention):
           f'{self.max_key_length}; pick a divisor for `factor` (a * b must equal max_key_length).')
     return a, self.max_key_length // a
 
-  def attention_logits(self, inputs_q, key_features, positions):
+  def attention_logits(self, inputs_q, key_features, mask):
     a, b = self.factors()
-    factor_a = self.projection('factor_a', (self.num_heads, a))(inputs_q)  # [batch, q, heads, a]
-    factor_b = self.projection('factor_b', (self.num_heads, b))(inputs_q)  # [batch, q, heads, b]
+    embed = inputs_q.shape[-1]
+    factor_a = self.projection('factor_a', embed, (self.num_heads, a))(inputs_q)  # [b, q, h, a]
+    factor_b = self.projection('factor_b', embed, (self.num_heads, b))(inputs_q)  # [b, q, h, b]
     outer = jnp.einsum('bqhr,bqhp->bhqpr', factor_a, factor_b)
     batch, heads, q_len = outer.shape[:3]
-    return positions.key_columns(outer.reshape(batch, heads, q_len, a * b))
+    return core.key_columns(outer.reshape(batch, heads, q_len, a * b), mask,
+                            mask.key_valid.shape[1])

@@ -6,12 +6,10 @@ mix one shared value projection G (`value`) and one output projection (`out`). M
 live under the member's registry name, e.g. `attention/random/random_logits`.
 
 Y is linear in the probabilities, so it is computed as sum_i a_i (softmax(S_i) G(X)): each
-member mixes the shared value on its own fastest path (flash attention, shared scores), and no
+member mixes the shared value through its own `mix_heads` (and so its own fastest path), and no
 `[batch, heads, q, k]` sum is formed. Under attention dropout (one dropout mask on the mixed
-probabilities, as a single attention would have) the probabilities are summed first.
+probabilities, as a single attention would have) the members' `probabilities` are summed first.
 """
-from typing import Optional
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,62 +20,42 @@ AXIS_RULES = {'mixture_members': core.AxisRule(None, 'none')}
 
 
 class MixtureAttention(core.Attention):
-  """Learnable convex mixture of the registry variants named in `members`.
-
-  Attributes:
-    members: registry names of the mixed variants.
-    fused: passed to the members that have the option (vanilla, orthogonal).
-  """
+  """Learnable convex mixture of the registry variants named in `members`."""
   members: tuple[str, ...] = ('random', 'vanilla')
-  fused: Optional[str] = None
 
   variant_name = 'mixture'
+  axis_rules = AXIS_RULES
 
-  @property
-  def position_dependent(self):
-    from synth_jax.attention import registry  # pylint: disable=g-import-not-at-top
-    return any(registry.is_position_dependent(m) for m in self.members)
-
-  def member_modules(self):
+  def member_modules(self) -> list[core.Attention]:
     from synth_jax.attention import registry  # pylint: disable=g-import-not-at-top
     shared = dict(num_heads=self.num_heads, head_dim=self.head_dim,
                   max_query_length=self.max_query_length, max_key_length=self.max_key_length,
-                  dtype=self.dtype, kernel_init=self.kernel_init)
-    modules = []
-    for m in self.members:
-      options = dict(shared)
-      if self.fused and registry.accepts_option(m, 'fused'):
-        options['fused'] = self.fused
-      modules.append(registry.build(m, name=m, **options))
-    return modules
+                  dtype=self.dtype, kernel_init=self.kernel_init, dispatch=self.dispatch)
+    return [registry.build(m, name=m, **shared) for m in self.members]
 
-  def mixture_weights(self):
+  def mixture_weights(self) -> jax.Array:
     """a = softmax(w): `[num_members]`, nonnegative, summing to 1."""
     w = self.param('mixture_logits',
                    nn.with_logical_partitioning(nn.initializers.zeros, ('mixture_members',)),
                    (len(self.members),), jnp.float32)
     return jax.nn.softmax(w)
 
-  def attention_probabilities(self, inputs_q, inputs_kv, mask, bias, step, key_length, decode,
-                              segment_positions=None):
+  @core.creates_variables
+  def probabilities(self, inputs_q, inputs_kv, mask, bias, *, decode=False):
     weights = self.mixture_weights()
-    total = 0.0
-    for weight, member in zip(weights, self.member_modules()):
-      total = total + weight * member(
-          inputs_q, inputs_kv, mask, bias, decode=decode, segment_positions=segment_positions,
-          probabilities_only=True)
-    return total
+    return sum(w * m.probabilities(inputs_q, inputs_kv, mask, bias, decode=decode)
+               for w, m in zip(weights, self.member_modules()))
 
-  def attend(self, inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-             segment_positions=None, lengths=None, segments=None):
+  @core.creates_variables
+  def mix_heads(self, inputs_q, inputs_kv, value, mask, bias, *, decode=False,
+                deterministic=True):
     if not deterministic and self.dropout_rate > 0:
-      return super().attend(inputs_q, inputs_kv, value, mask, bias, step, decode, deterministic,
-                            segment_positions, lengths, segments)
+      probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+          self.probabilities(inputs_q, inputs_kv, mask, bias, decode=decode),
+          deterministic=False)
+      return core.mix(probabilities, value)
     weights = self.mixture_weights()
-    total = 0.0
-    for weight, member in zip(weights, self.member_modules()):
-      mixed = member(inputs_q, inputs_kv, mask, bias, decode=decode,
-                     segment_positions=segment_positions, lengths=lengths, segments=segments,
-                     shared_value=value)
-      total = total + weight * mixed.astype(jnp.float32)
+    total = sum(w * m.mix_heads(inputs_q, inputs_kv, value, mask, bias,
+                                decode=decode).astype(jnp.float32)
+                for w, m in zip(weights, self.member_modules()))
     return total.astype(value.dtype)

@@ -1,16 +1,14 @@
 """Random Synthesizer (Tay et al. 2021, Sec. 3.2): input-independent attention maps.
 
 Y_h = softmax(R_h) G_h(X), with R_h a learned (or frozen) matrix per head, shared by every
-example. `R` covers the maximum query and key lengths and is sliced to the actual lengths, so
-query i attends with row i of R whatever the input: logits[1, h, i, j] = R[h, i, j].
+example. `R` covers the maximum query and key lengths and is read at the token positions, so
+query i attends with row i of R whatever the input: logits[h, i, j] = R[h, i, j] (in a packed
+row, i and j are positions within the example's segment).
 
 The factorized form (Sec. 3.3) is R_h = R1_h R2_h^T with R1_h: [max_query, k], R2_h: [max_key, k].
 
-The logits are `[1, heads, q, k]` and softmax(R) is taken once per step for the whole batch:
-unpacked given the mask as lengths (`fused.shared_scores_attention`), packed with each segment
-in a slot of its own (`packed_shared_scores`). Otherwise (attention dropout, rows of more
-examples than slots) each token reads R at its position within its segment (`packed_table`),
-so the logits are per example.
+Both declare `shared_logits`: the logits are one table for the whole batch, which the kernels
+normalize once per step (`kernels/shared_scores.py`).
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,7 +22,21 @@ AXIS_RULES = {
 }
 
 
-class RandomSynthesizer(core.Attention):
+class TableSynthesizer(core.Attention):
+  """A synthesizer whose logits are `score_table()` `[heads, max_query, max_key]` at the positions."""
+  position_dependent = True
+  shared_logits = True
+  axis_rules = AXIS_RULES
+
+  def score_table(self):
+    raise NotImplementedError
+
+  def attention_logits(self, inputs_q, key_features, mask):
+    return core.table_logits(self.score_table(), mask, inputs_q.shape[1],
+                             mask.key_valid.shape[1])
+
+
+class RandomSynthesizer(TableSynthesizer):
   """Random Synthesizer; `R: [heads, max_query_length, max_key_length]`.
 
   Attributes:
@@ -36,11 +48,8 @@ class RandomSynthesizer(core.Attention):
   init_stddev: float = 1.0
 
   variant_name = 'random'
-  position_dependent = True
-  shared_logits = True
 
-  def score_map(self):
-    """`R: [heads, max_query_length, max_key_length]` (float32)."""
+  def score_table(self):
     shape = (self.num_heads, self.max_query_length, self.max_key_length)
     init = nn.with_logical_partitioning(
         nn.initializers.normal(self.init_stddev),
@@ -51,20 +60,15 @@ class RandomSynthesizer(core.Attention):
         core.FROZEN, 'random_logits', lambda: init(self.make_rng('params'), shape, jnp.float32)
     ).value
 
-  def attention_logits(self, inputs_q, key_features, positions):
-    return positions.index_table(self.score_map(), inputs_q.shape[1])
 
-
-class FactorizedRandomSynthesizer(core.Attention):
+class FactorizedRandomSynthesizer(TableSynthesizer):
   """Factorized Random Synthesizer: `R_h = R1_h R2_h^T` of rank `rank` (Sec. 3.3)."""
   rank: int = 8
   init_stddev: float = 1.0
 
   variant_name = 'factorized_random'
-  position_dependent = True
-  shared_logits = True
 
-  def attention_logits(self, inputs_q, key_features, positions):
+  def score_table(self):
     # Each factor's entries get stddev s / rank^(1/4) so R1 R2^T has stddev s like the dense R.
     init = nn.initializers.normal(self.init_stddev * self.rank ** -0.25)
     query_factor = self.param(
@@ -75,10 +79,4 @@ class FactorizedRandomSynthesizer(core.Attention):
         'key_factor',
         nn.with_logical_partitioning(init, ('heads', 'synth_key_length', 'synth_rank')),
         (self.num_heads, self.max_key_length, self.rank), jnp.float32)
-    if positions.segment is not None:
-      # Packed: form R once per step and index it per example, as the random synthesizer does,
-      # rather than multiplying the factors again at every example's positions.
-      table = jnp.einsum('hqr,hkr->hqk', query_factor, key_factor)
-      return positions.index_table(table, inputs_q.shape[1])
-    return jnp.einsum('bhqr,bhkr->bhqk', positions.query_rows(query_factor, inputs_q.shape[1]),
-                      positions.key_rows(key_factor))
+    return jnp.einsum('hqr,hkr->hqk', query_factor, key_factor)

@@ -8,38 +8,54 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from synth_jax import partitioning
 from synth_jax.attention import core
+from synth_jax.attention import masks
 from tests.attention import helpers
 from tests.attention.helpers import ALL_TYPES
 
 
 def test_mask_helpers_build_padding_causal_and_segment_masks():
   tokens = jnp.array([[5, 6, 0]])
-  padding = core.make_attention_mask(tokens > 0, tokens > 0)
+  padding = masks.make_attention_mask(tokens > 0, tokens > 0)
   np.testing.assert_array_equal(padding[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
-  causal = core.make_causal_mask(tokens)
+  causal = masks.make_causal_mask(tokens)
   np.testing.assert_array_equal(causal[0, 0], [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
   segments = jnp.array([[1, 1, 2]])
-  packing = core.make_attention_mask(segments, segments, jnp.equal)
+  packing = masks.make_attention_mask(segments, segments, jnp.equal)
   np.testing.assert_array_equal(packing[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
   np.testing.assert_array_equal(
-      core.combine_masks(padding, causal, None)[0, 0], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
-  assert core.combine_masks(None, None) is None
-  assert core.combine_biases(None) is None
-  np.testing.assert_array_equal(core.combine_biases(jnp.ones(2), None, 2 * jnp.ones(2)), [3, 3])
+      masks.combine_masks(padding, causal, None)[0, 0], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+  assert masks.combine_masks(None, None) is None
 
 
 def test_normalize_gives_masked_keys_exactly_zero_probability():
   logits = jnp.array([[[[3.0, 1.0, 50.0]]]])
-  probs = core.normalize(logits, jnp.array([[[[1, 1, 0]]]]), None)
+  probs = core.normalize(logits, jnp.array([[[[True, True, False]]]]), None)
   assert probs[0, 0, 0, 2] == 0.0
   np.testing.assert_allclose(probs[0, 0, 0, :2], jax.nn.softmax(jnp.array([3.0, 1.0])), rtol=1e-6)
 
 
-def test_decode_step_mask_hides_future_keys_and_slices_bias_row():
-  bias = jnp.arange(16.0).reshape(1, 1, 4, 4)
-  mask, row = core.decode_step_mask_and_bias(None, bias, jnp.array(2), 4)
-  np.testing.assert_array_equal(mask[0, 0, 0], [1, 1, 1, 0])
-  np.testing.assert_array_equal(row[0, 0, 0], [8, 9, 10, 11])
+def test_decode_step_mask_hides_future_keys():
+  mask = masks.Mask.everything_visible(2, 1, 4).at_decode_step(jnp.array(2))
+  np.testing.assert_array_equal(mask.dense()[:, 0, 0], [[1, 1, 1, 0]] * 2)
+  assert mask.lengths() is None
+
+
+def test_mask_forms_agree_with_the_pairwise_helpers():
+  tokens = jnp.array([[5, 6, 7, 0], [5, 0, 0, 0]])
+  mask = masks.Mask.for_self_attention(tokens, causal=True)
+  want = masks.combine_masks(masks.make_attention_mask(tokens > 0, tokens > 0),
+                             masks.make_causal_mask(tokens))
+  np.testing.assert_array_equal(mask.dense(), want > 0)
+  np.testing.assert_array_equal(mask.lengths()[0], [3, 1])
+  segments = jnp.array([[1, 1, 2, 0], [1, 2, 2, 2]])
+  packed = masks.Mask.for_self_attention(jnp.array([[5, 6, 7, 0], [5, 6, 7, 8]]), segments)
+  np.testing.assert_array_equal(packed.query_positions, [[0, 1, 0, 0], [0, 0, 1, 2]])
+  np.testing.assert_array_equal(packed.dense()[1, 0], masks.make_attention_mask(
+      segments, segments, jnp.equal)[1, 0] > 0)
+  assert packed.lengths() is None
+  explicit = masks.as_mask(want, 2, 4, 4)
+  np.testing.assert_array_equal(explicit.dense(), want > 0)
+  assert explicit.lengths() is None
 
 
 def apply(module, variables, x_q, x_kv=None, **kwargs):
@@ -51,7 +67,7 @@ def test_perturbing_padded_tokens_changes_no_unpadded_output(name):
   module = helpers.build(name)
   x = helpers.inputs(0)
   valid = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]], bool)
-  mask = core.make_attention_mask(valid, valid)
+  mask = masks.make_attention_mask(valid, valid)
   variables = helpers.init(module, x)
   noise = 10.0 * helpers.inputs(1) * (~valid)[:, :, None]
   bias = helpers.random_bias(2, 6, 6)
@@ -68,7 +84,7 @@ def test_perturbing_padded_tokens_changes_no_unpadded_output(name):
 def test_causal_mask_hides_future_tokens(name):
   module = helpers.build(name)
   x = helpers.inputs(0)
-  mask = core.make_causal_mask(jnp.ones(x.shape[:2]))
+  mask = masks.make_causal_mask(jnp.ones(x.shape[:2]))
   variables = helpers.init(module, x)
   before = np.asarray(apply(module, variables, x, mask=mask))
   t = 3
@@ -82,10 +98,10 @@ def test_packed_segments_equal_each_example_alone(name):
   module = helpers.build(name)
   x = helpers.inputs(0, batch=1, length=7)
   segments = jnp.array([[1, 1, 1, 2, 2, 2, 2]])
-  positions = jnp.array([[0, 1, 2, 0, 1, 2, 3]])
-  mask = core.make_attention_mask(segments, segments, jnp.equal)
+  mask = masks.Mask.for_self_attention(jnp.ones_like(segments), segments)
+  np.testing.assert_array_equal(mask.query_positions, [[0, 1, 2, 0, 1, 2, 3]])
   variables = helpers.init(module, x)
-  packed = np.asarray(apply(module, variables, x, mask=mask, segment_positions=positions))
+  packed = np.asarray(apply(module, variables, x, mask=mask))
   first = np.asarray(apply(module, variables, x[:, :3]))
   second = np.asarray(apply(module, variables, x[:, 3:]))
   np.testing.assert_allclose(packed[:, :3], first, atol=1e-5)
@@ -99,7 +115,7 @@ def test_decode_cache_matches_full_causal_forward(name):
   x = helpers.inputs(0, length=length)
   bias = helpers.random_bias(3, length, length)
   variables = helpers.init(module, x)
-  full = module.apply(variables, x, x, core.make_causal_mask(jnp.ones(x.shape[:2])), bias)
+  full = module.apply(variables, x, x, masks.make_causal_mask(jnp.ones(x.shape[:2])), bias)
   _, state = module.apply(variables, jnp.zeros_like(x), jnp.zeros_like(x), decode=True,
                           mutable=['cache'])
   cache = state['cache']
@@ -125,7 +141,7 @@ def test_gradients_are_finite_and_reach_every_trainable_parameter(name):
   module = helpers.build(name)
   x = helpers.inputs(0)
   variables = helpers.init(module, x)
-  mask = core.make_causal_mask(jnp.ones(x.shape[:2]))
+  mask = masks.make_causal_mask(jnp.ones(x.shape[:2]))
   bias = helpers.random_bias(1, 6, 6)
 
   def loss(params):
@@ -142,7 +158,7 @@ def test_gradients_are_finite_and_reach_every_trainable_parameter(name):
 def test_bfloat16_activations_stay_close_to_float32(name):
   x = helpers.inputs(0)
   variables = helpers.init(helpers.build(name), x)
-  mask = core.make_causal_mask(jnp.ones(x.shape[:2]))
+  mask = masks.make_causal_mask(jnp.ones(x.shape[:2]))
   f32 = helpers.build(name).apply(variables, x, x, mask)
   bf16 = helpers.build(name, dtype=jnp.bfloat16).apply(variables, x, x, mask)
   assert bf16.dtype == jnp.bfloat16
@@ -156,7 +172,7 @@ def test_sharded_forward_on_2x2_mesh_equals_unsharded(name):
   assert mesh.shape == {'data': 2, 'model': 2}
   module = helpers.build(name, num_heads=4)
   x = helpers.inputs(0, batch=4)
-  mask = core.make_causal_mask(jnp.ones(x.shape[:2]))
+  mask = masks.make_causal_mask(jnp.ones(x.shape[:2]))
   boxed = module.init(jax.random.key(0), x, x)
   variables = nn.unbox(boxed)
   expected = module.apply(variables, x, x, mask)

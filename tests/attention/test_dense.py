@@ -21,8 +21,8 @@ def test_dense_logits_of_a_token_do_not_depend_on_other_tokens():
   module = helpers.build('dense')
   x = helpers.inputs(0)
   variables = helpers.init(module, x)
-  probs = module.apply(variables, x, x, probabilities_only=True)
-  other = module.apply(variables, x, x.at[:, 1:].set(7.0), probabilities_only=True)
+  probs = module.apply(variables, x, x, None, None, method='probabilities')
+  other = module.apply(variables, x, x.at[:, 1:].set(7.0), None, None, method='probabilities')
   np.testing.assert_allclose(probs[:, :, 0], other[:, :, 0], rtol=1e-6)
 
 
@@ -39,7 +39,7 @@ def test_factorized_dense_combines_tiled_a_with_repeated_b():
   params = helpers.numpy_tree(variables['params'])
   assert params['factor_a']['kernel'].shape == (helpers.EMBED, helpers.HEADS * 2)
   assert params['factor_b']['kernel'].shape == (helpers.EMBED, helpers.HEADS * 4)
-  probs = module.apply(variables, x, x, probabilities_only=True)
+  probs = module.apply(variables, x, x, None, None, method='probabilities')
   want = reference.softmax(
       reference.factorized_dense_logits(params, np.asarray(x, np.float64), 8, helpers.HEADS))
   np.testing.assert_allclose(probs, want, rtol=1e-4, atol=1e-6)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from synth_jax.attention import core
+from synth_jax.attention import kernels
+from synth_jax.attention import masks
 from tests.attention import helpers
 
 
@@ -33,10 +34,10 @@ def test_query_init_folds_the_inverse_sqrt_head_dim_scale():
 @pytest.mark.parametrize('decode', [False, True])
 def test_fused_jax_attention_path_equals_the_core(decode):
   x = helpers.inputs(0)
-  mask = core.make_causal_mask(jnp.ones(x.shape[:2]))
+  mask = masks.make_causal_mask(jnp.ones(x.shape[:2]))
   bias = helpers.random_bias(1, 6, 6)
   core_module = helpers.build('vanilla')
-  fused_module = helpers.build('vanilla', fused='xla')
+  fused_module = helpers.build('vanilla', dispatch=kernels.dispatch_for('xla'))
   variables = helpers.init(core_module, x)
   if not decode:
     np.testing.assert_allclose(fused_module.apply(variables, x, x, mask, bias),

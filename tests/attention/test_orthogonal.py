@@ -52,7 +52,7 @@ def test_logits_use_an_explicit_inverse_sqrt_head_dim_scale():
   module = helpers.build('orthogonal')
   x = helpers.inputs(0)
   variables = helpers.init(module, x)
-  probs = module.apply(variables, x, x, probabilities_only=True)
+  probs = module.apply(variables, x, x, None, None, method='probabilities')
   wq, wk = variables[core.FROZEN]['query'], variables[core.FROZEN]['key']
   q, k = jnp.einsum('ble,ehd->blhd', x, wq), jnp.einsum('ble,ehd->blhd', x, wk)
   want = jax.nn.softmax(jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(helpers.HEAD_DIM))

@@ -19,10 +19,12 @@ def test_logits_ignore_the_input_and_are_shared_across_the_batch():
   module = helpers.build('random')
   x = helpers.inputs(0)
   variables = helpers.init(module, x)
-  probs_a = module.apply(variables, x, x, probabilities_only=True)
-  probs_b = module.apply(variables, 3 * helpers.inputs(5), x, probabilities_only=True)
-  assert probs_a.shape == (1, helpers.HEADS, 6, 6)  # one map for the whole batch
+  probs_a = module.apply(variables, x, x, None, None, method='probabilities')
+  probs_b = module.apply(variables, 3 * helpers.inputs(5), x, None, None, method='probabilities')
+  assert probs_a.shape == (2, helpers.HEADS, 6, 6)
+  np.testing.assert_array_equal(probs_a[0], probs_a[1])  # one map for the whole batch
   np.testing.assert_array_equal(probs_a, probs_b)
+  assert module.shared_logits  # what lets the kernels normalize it once per step
   table = variables['params']['random_logits']
   np.testing.assert_allclose(probs_a[0], jax.nn.softmax(table[:, :6, :6]), rtol=1e-6)
 
@@ -58,7 +60,7 @@ def test_factorized_map_is_the_product_of_two_rank_k_factors():
   r1 = variables['params']['query_factor']
   r2 = variables['params']['key_factor']
   assert r1.shape == r2.shape == (helpers.HEADS, 8, 3)
-  probs = module.apply(variables, x, x, probabilities_only=True)
+  probs = module.apply(variables, x, x, None, None, method='probabilities')
   np.testing.assert_allclose(
       probs[0], jax.nn.softmax(np.einsum('hqr,hkr->hqk', r1[:, :6], r2[:, :6])), rtol=1e-5)
 

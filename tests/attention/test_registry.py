@@ -5,6 +5,7 @@ import pytest
 
 from synth_jax import attention
 from synth_jax.attention import core
+from synth_jax.attention import masks
 from synth_jax.attention import mixture
 from synth_jax.attention import registry
 from tests.attention import helpers
@@ -81,7 +82,7 @@ def test_output_matches_numpy_reference_of_the_paper_equation(name, shape):
   x_kv = helpers.inputs(1, length=k_len)
   variables = helpers.init(module, x_q, x_kv)
   valid_keys = jnp.array([[1] * k_len, [1] * (k_len - 2) + [0, 0]])
-  mask = core.make_attention_mask(jnp.ones((2, q_len)), valid_keys)
+  mask = masks.make_attention_mask(jnp.ones((2, q_len)), valid_keys)
   bias = helpers.random_bias(2, q_len, k_len)
   got = module.apply(variables, x_q, x_kv, mask, bias)
   want = reference.attention(name, helpers.numpy_tree(variables), x_q, x_kv, helpers.HEADS,

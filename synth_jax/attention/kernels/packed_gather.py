@@ -1,8 +1,8 @@
 """A position-indexed score map read within packed segments, with a gradient free of collisions.
 
-Random synthesizers on packed rows: token q sits at position s(q) within its segment, which
-starts at row offset o(q) = q - s(q), and its logits are `table[h, s(q), s(k)]` for the keys k of
-its own segment. Autodiff of that gather scatter-adds every example's gradient into the same
+The fast form of `core.table_logits` for packed self-attention. Token q sits at position s(q)
+within its segment, which starts at row offset o(q) = q - s(q), and its logits are
+`table[h, s(q), s(k)]` for the keys k of its own segment. Autodiff of that gather scatter-adds every example's gradient into the same
 `[heads, max_q, max_k]` cells (a few hundred colliding atomic adds per cell at batch 128:
 nondeterministic, and the costliest kernel of the step). The gradient here is exact and
 collision-free:
