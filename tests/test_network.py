@@ -12,6 +12,7 @@ import pytest
 
 from synth_jax import attention
 from synth_jax import network
+from synth_jax.attention import kernels
 from tests.attention import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -239,20 +240,21 @@ def test_padding_never_changes_logits_at_nonpad_positions(attention_type):
 
 def test_segment_positions_restart_at_each_segment():
   ids = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 2, 2, 2, 2, 2, 2, 2]])
-  np.testing.assert_array_equal(network.segment_positions(ids),
+  np.testing.assert_array_equal(attention.masks.segment_positions(ids),
                                 [[0, 1, 2, 0, 1, 0, 0, 1], [0, 0, 1, 2, 3, 4, 5, 6]])
 
 
-# Random synthesizers: segments in slots (15), rows of more segments than slots (1: the
-# per-example path), and slots off (0).
-@pytest.mark.parametrize('attention_type,slots', [
-    ('vanilla', 15), ('dense', 15), ('factorized_random', 15), ('random', 15), ('random', 1),
-    ('random', 0)])
-def test_packed_sequences_give_the_logits_of_each_run_alone(attention_type, slots):
+# Random synthesizers on the packed gather kernel ('fast') and on the reference path.
+@pytest.mark.parametrize('attention_type,execution', [
+    ('vanilla', 'fast'), ('dense', 'fast'), ('factorized_random', 'fast'), ('random', 'fast'),
+    ('random', 'reference'), ('dense', 'reference')])
+def test_packed_sequences_give_the_logits_of_each_run_alone(attention_type, execution):
   """Packing is invisible, also to synthesizers whose logits depend on absolute positions."""
   model = network.Transformer(tiny_config(encoder_attention=attention_type,
                                           decoder_attention=attention_type,
-                                          packed_segment_slots=slots))
+                                          cross_attention=('dense' if attention_type == 'dense'
+                                                           else 'vanilla')),
+                              attention_execution=execution)
   rng = np.random.default_rng(5)
   enc_a, enc_b = rng.integers(1, VOCAB, 3), rng.integers(1, VOCAB, 4)
   tgt_a, tgt_b = rng.integers(1, VOCAB, 3), rng.integers(1, VOCAB, 2)
@@ -288,10 +290,9 @@ def test_packed_sequences_give_the_logits_of_each_run_alone(attention_type, slot
 
 @pytest.mark.parametrize('attention_type', ['vanilla', 'orthogonal'])
 @pytest.mark.parametrize('pack', [False, True])
-def test_fused_attention_gives_the_logits_of_the_core_path(attention_type, pack):
-  """`fused_attention` reroutes self- and cross-attention; the logits stay those of the core."""
-  configs = [tiny_config(encoder_attention=attention_type, decoder_attention=attention_type,
-                         fused_attention=fused) for fused in (None, 'xla')]
+def test_fused_attention_gives_the_logits_of_the_core_path(attention_type, pack, monkeypatch):
+  """'xla' execution reroutes self- and cross-attention; the logits stay those of the core."""
+  config = tiny_config(encoder_attention=attention_type, decoder_attention=attention_type)
   enc, dec_in, tgt = batch(seed=2)
   enc, tgt = enc.at[1, 5:].set(0), tgt.at[1, 3:].set(0)
   dec_in = dec_in.at[1, 4:].set(0)
@@ -299,23 +300,29 @@ def test_fused_attention_gives_the_logits_of_the_core_path(attention_type, pack)
   if pack:
     packing = dict(encoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 2, 2], [1, 1, 2, 2, 2, 0, 0]]),
                    decoder_segment_ids=jnp.array([[1, 1, 2, 2, 2], [1, 2, 2, 0, 0]]))
-  core_model, fused_model = (network.Transformer(c) for c in configs)
+  core_model, fused_model = (network.Transformer(config, attention_execution=execution)
+                             for execution in ('reference', 'xla'))
+  calls = []
+  flash_attention = kernels.flash.flash_attention
+  monkeypatch.setattr(kernels.flash, 'flash_attention',
+                      lambda *a, **k: calls.append(1) or flash_attention(*a, **k))
   variables = noise_variables(core_model, enc, dec_in, tgt)
   want = core_model.apply(variables, enc, dec_in, tgt, enable_dropout=False, **packing)
   got = fused_model.apply(variables, enc, dec_in, tgt, enable_dropout=False, **packing)
   nonpad = np.asarray(tgt > 0)
   np.testing.assert_allclose(got[nonpad], want[nonpad], rtol=1e-5, atol=1e-5)
-  assert network._attention(configs[1], attention_type, 4, 4, 'a').fused == 'xla'
-  assert network._attention(configs[1], 'random', 4, 4, 'a').name == 'a'  # no option to pass
+  # Every encoder, decoder and cross-attention took the kernel.
+  assert len(calls) == config.num_encoder_layers + 2 * config.num_decoder_layers
 
 
-@pytest.mark.parametrize('attention_type,fused', [(t, None) for t in attention.names()]
-                         + [('random+vanilla', None), ('vanilla', 'xla'), ('orthogonal', 'xla')])
-def test_decode_cache_matches_full_forward(attention_type, fused):
+@pytest.mark.parametrize('attention_type,execution', [(t, 'fast') for t in attention.names()]
+                         + [('random+vanilla', 'fast'), ('vanilla', 'xla'), ('orthogonal', 'xla'),
+                            ('random', 'reference')])
+def test_decode_cache_matches_full_forward(attention_type, execution):
   """Teacher-forced decoding one token per step reproduces the full forward pass's logits."""
   length = 5
-  model = network.Transformer(tiny_config(decoder_attention=attention_type,
-                                          fused_attention=fused))
+  model = network.Transformer(tiny_config(decoder_attention=attention_type),
+                              attention_execution=execution)
   enc, dec_in, tgt = batch(seed=1, dec_len=length)
   enc = enc.at[0, 4:].set(0)
   variables = noise_variables(model, enc, dec_in, tgt)
@@ -359,9 +366,11 @@ def test_position_dependent_cross_attention_is_a_clear_error(cross):
   assert 'vanilla' in str(err.value) and 'dense' in str(err.value)
 
 
-def test_unknown_fused_attention_names_the_config_field_and_the_choices():
-  with pytest.raises(ValueError, match=r"T5Config.fused_attention='cuda' .* 'cudnn', 'xla', 'auto'"):
-    tiny_config(fused_attention='cuda')
+def test_unknown_attention_execution_names_the_knob_and_the_choices():
+  model = network.Transformer(tiny_config(), attention_execution='cuda')
+  with pytest.raises(ValueError, match=r"Transformer.attention_execution='cuda' .*'reference', "
+                                       r"'fast', 'cudnn', 'xla', 'auto'"):
+    abstract_variables(model, *batch())
 
 
 def test_unknown_attention_type_names_the_config_field():
@@ -401,7 +410,7 @@ def test_cudnn_gin_file_turns_on_fused_attention(clean_gin):
   gin.parse_config_files_and_bindings(
       [TINY_GIN, os.path.join(REPO, 'gin', 'runs', 'cudnn.gin')], [f'VOCAB_SIZE = {VOCAB}'])
   model = gin.get_configurable('synth_jax.network.Transformer')()
-  assert model.config.fused_attention == 'cudnn'
+  assert model.attention_execution == 'cudnn'
 
 
 def test_bf16_logits_gin_file_sets_the_logits_matmul_dtype(clean_gin):
@@ -411,23 +420,17 @@ def test_bf16_logits_gin_file_sets_the_logits_matmul_dtype(clean_gin):
   assert model.config.logits_matmul_dtype == jnp.bfloat16
 
 
-def test_gin_binds_fused_attention_as_the_readme_says(clean_gin):
+def test_gin_binds_attention_execution_as_the_readme_says(clean_gin):
   gin.parse_config_files_and_bindings(
-      [TINY_GIN], ["T5Config.fused_attention = 'xla'", f'VOCAB_SIZE = {VOCAB}'])
+      [TINY_GIN], ["Transformer.attention_execution = 'xla'", f'VOCAB_SIZE = {VOCAB}'])
   model = gin.get_configurable('synth_jax.network.Transformer')()
-  assert model.config.fused_attention == 'xla'
+  assert model.attention_execution == 'xla'
   enc, dec_in, tgt = batch()
   variables = noise_variables(model, enc, dec_in, tgt)
-  plain = network.Transformer(dataclasses.replace(model.config, fused_attention=None))
+  plain = network.Transformer(model.config, attention_execution='reference')
   np.testing.assert_allclose(model.apply(variables, enc, dec_in, tgt, enable_dropout=False),
                              plain.apply(variables, enc, dec_in, tgt, enable_dropout=False),
                              rtol=1e-5, atol=1e-5)
-
-
-def test_gin_binds_packed_segment_slots_as_the_readme_says(clean_gin):
-  gin.parse_config_files_and_bindings(
-      [TINY_GIN], ['T5Config.packed_segment_slots = 0', f'VOCAB_SIZE = {VOCAB}'])
-  assert gin.get_configurable('synth_jax.network.Transformer')().config.packed_segment_slots == 0
 
 
 def test_gin_tiny_default_is_vanilla_t5x_tree(clean_gin):
@@ -475,17 +478,16 @@ def test_attention_gin_files_set_the_attention_type(gin_file):
 
 
 @pytest.mark.parametrize('attention_type', ['random', 'factorized_random', 'random+vanilla'])
-def test_packed_segment_slots_change_no_loss_or_gradient(attention_type):
-  """Random synthesizers on packed rows: the slot path (default) equals the per-example path."""
+def test_packed_random_fast_path_changes_no_loss_or_gradient(attention_type):
+  """Random synthesizers on packed rows: the packed gather kernel equals the reference path."""
   enc, dec_in, tgt = batch(seed=6, size=3, enc_len=9, dec_len=6)
   enc, tgt, dec_in = enc.at[2, 7:].set(0), tgt.at[2].set(0), dec_in.at[2].set(0)
   packing = dict(
       encoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 2, 2, 3, 3], [1] * 9,
                                      [1, 1, 2, 2, 2, 2, 2, 0, 0]]),
       decoder_segment_ids=jnp.array([[1, 1, 2, 2, 2, 3], [1] * 6, [0] * 6]))
-  models = [network.Transformer(tiny_config(encoder_attention=attention_type,
-                                            decoder_attention=attention_type,
-                                            packed_segment_slots=slots)) for slots in (15, 0)]
+  config = tiny_config(encoder_attention=attention_type, decoder_attention=attention_type)
+  models = [network.Transformer(config, attention_execution=e) for e in ('fast', 'reference')]
   variables = noise_variables(models[0], enc, dec_in, tgt)
 
   def loss(params, model):
@@ -495,36 +497,14 @@ def test_packed_segment_slots_change_no_loss_or_gradient(attention_type):
 
   (got, got_grads), (want, want_grads) = (
       jax.value_and_grad(loss)(variables['params'], m) for m in models)
-  # The slot path is taken: encoder and decoder self-attention choose it per layer (lax.cond).
-  conds = [str(jax.make_jaxpr(functools.partial(loss, model=m))(variables['params'])).count(
-      ' cond[') for m in models]
-  assert conds[0] >= 4 and conds[1] == 0
+  # The kernel is taken: its custom gradient appears in the fast program only.
+  programs = [str(jax.make_jaxpr(jax.grad(functools.partial(loss, model=m)))(variables['params']))
+              for m in models]
+  assert 'custom_vjp' in programs[0] and 'custom_vjp' not in programs[1]
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
-
-
-def test_packed_slots_note_names_the_knob_when_rows_hold_more_examples_than_slots():
-  ids = np.array([[1, 1, 2, 3, 3, 0], [1, 2, 3, 4, 0, 0]])  # 3 and 4 examples
-  packed = dict(encoder_segment_ids=ids, encoder_input_tokens=(ids > 0) * 7,
-                decoder_segment_ids=ids[:, :4], decoder_target_tokens=(ids[:, :4] > 0) * 7)
-  note = network.packed_slots_note(tiny_config(encoder_attention='random', packed_segment_slots=3),
-                                   packed)
-  assert note.startswith('Packed rows of this batch hold up to 4 examples, more than '
-                         'T5Config.packed_segment_slots=3: random self-attention')
-  for config in (tiny_config(encoder_attention='random', packed_segment_slots=4),
-                 tiny_config(encoder_attention='random', packed_segment_slots=0),
-                 tiny_config(packed_segment_slots=3)):  # vanilla: nothing to lose
-    assert network.packed_slots_note(config, packed) is None
-  unpacked = {k: v for k, v in packed.items() if 'segment' not in k}
-  assert network.packed_slots_note(tiny_config(decoder_attention='random+vanilla'),
-                                   unpacked) is None
-
-
-def test_negative_packed_segment_slots_are_a_clear_error():
-  with pytest.raises(ValueError, match=r'T5Config.packed_segment_slots=-1 must be >= 0'):
-    tiny_config(packed_segment_slots=-1)
 
 
 @pytest.mark.parametrize('attention_type', ['random', 'random+vanilla'])
