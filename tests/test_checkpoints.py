@@ -1,0 +1,57 @@
+"""Checkpoints written before the attention redesign (e07cab6) restore into today's models."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from synth_jax import checkpoints
+from synth_jax import optimizer as optimizer_lib
+from synth_jax import partitioning
+from synth_jax import train
+from synth_jax import train_state
+from tests import fixtures
+from tests.data import make_checkpoints
+
+OLD = os.path.join(os.path.dirname(__file__), 'data', 'checkpoints_e07cab6')
+
+
+@pytest.mark.parametrize('attention_type', make_checkpoints.TYPES)
+@pytest.mark.parametrize('execution', ['reference', 'fast'])
+def test_old_checkpoints_restore_and_give_their_logits(attention_type, execution, tmp_path):
+  model = fixtures.tiny_model(attention_type, attention_execution=execution)
+  batch = make_checkpoints.fixed_batch()
+  mesh = partitioning.create_mesh(1, devices=jax.devices()[:1])
+  make_optimizer = lambda plan: optimizer_lib.adafactor(optimizer_lib.rsqrt_schedule(1.0, 100),
+                                                        plan)
+  state, shardings, _ = train_state.create(model, make_optimizer, batch, mesh, jax.random.key(1))
+  directory = os.path.join(OLD, attention_type.replace('+', '_'))
+  manager = checkpoints.Manager(directory, period=1, keep=None)
+  assert manager.latest_step() == 2
+  restored = manager.restore(state, shardings)
+  assert int(restored.step) == 2
+  # Every parameter and frozen array came from the file: none kept the fresh init.
+  for fresh, old in zip(jax.tree.leaves((state.params, state.frozen)),
+                        jax.tree.leaves((restored.params, restored.frozen))):
+    assert not np.array_equal(np.asarray(fresh), np.asarray(old))
+  logits = model.apply(restored.variables(), **train_state.model_inputs(batch),
+                       enable_dropout=False)
+  # Padding targets' logits are arbitrary (no query attends from them; the loss skips them).
+  valid = batch['decoder_target_tokens'] > 0
+  np.testing.assert_allclose(np.asarray(logits)[valid],
+                             np.load(os.path.join(directory, 'logits.npy'))[valid],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_an_old_checkpoint_resumes_training(tmp_path):
+  """A run started by e07cab6 continues under today's trainer from its step 2."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path / 'run'
+  shutil.copytree(os.path.join(OLD, 'vanilla'), model_dir)
+  result = train.train(
+      model_dir=str(model_dir), model=fixtures.tiny_model('vanilla'),
+      mixture_or_task_name=fixtures.register_copy_task(), task_feature_lengths=fixtures.LENGTHS,
+      batch_size=8, train_steps=3, log_period=100, checkpoint_period=3, eval_period=0,
+      learning_rate=optimizer_lib.rsqrt_schedule(1.0, 100))
+  assert result['step'] == 3
+  assert np.isfinite(result['train']['loss'])
