@@ -73,26 +73,6 @@ def mix(probabilities: Array, value: Array) -> Array:
   return jnp.einsum('bhqk,bkhd->bqhd', probabilities.astype(value.dtype), value)
 
 
-def table_logits(table: Array, mask: masks.Mask, q_len: int, k_len: int) -> Array:
-  """Logits read from a position-indexed `table[heads, query position, key position]`.
-
-  Unpacked: rows `offset .. offset + q_len`, `[1, heads, q_len, k_len]`, shared by the batch.
-  Packed: each pair at its positions within the segments, `[batch, heads, q_len, k_len]`.
-  """
-  if mask.query_positions is None:
-    rows = jax.lax.dynamic_slice_in_dim(table, mask.query_offset, q_len, axis=1)
-    return rows[None, :, :, :k_len]
-  gather = lambda q, k: table[:, q[:, None], k[None, :]]
-  return jax.vmap(gather)(mask.query_positions, mask.key_positions)
-
-
-def key_columns(scores: Array, mask: masks.Mask, k_len: int) -> Array:
-  """Scores over every key position `[batch, heads, q, max_key]` -> those of the keys."""
-  if mask.key_positions is None:
-    return scores[..., :k_len]
-  return jnp.take_along_axis(scores, mask.key_positions[:, None, None, :], axis=-1)
-
-
 def length_error(variant: str, what: str, length: int, maximum: int) -> ValueError:
   return ValueError(
       f'{variant} attention: {what} length {length} exceeds its {what}-length maximum {maximum}. '

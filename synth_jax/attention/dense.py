@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from synth_jax.attention import core
+from synth_jax.attention import positions
 
 AXIS_RULES = {
     'synth_hidden': core.AxisRule(None, 'row'),
@@ -37,7 +38,7 @@ class DenseSynthesizer(core.Attention):
             ('heads', 'synth_hidden', 'synth_key_length')),
         (self.num_heads, head_dim, self.max_key_length), jnp.float32)
     scores = jnp.einsum('bqhd,hdk->bhqk', hidden, w2.astype(self.dtype))
-    return core.key_columns(scores, mask, mask.key_valid.shape[1])
+    return positions.key_columns(scores, mask, mask.key_valid.shape[1])
 
 
 def default_factor(length: int) -> int:
@@ -71,5 +72,5 @@ class FactorizedDenseSynthesizer(core.Attention):
     factor_b = self.projection('factor_b', embed, (self.num_heads, b))(inputs_q)  # [b, q, h, b]
     outer = jnp.einsum('bqhr,bqhp->bhqpr', factor_a, factor_b)
     batch, heads, q_len = outer.shape[:3]
-    return core.key_columns(outer.reshape(batch, heads, q_len, a * b), mask,
+    return positions.key_columns(outer.reshape(batch, heads, q_len, a * b), mask,
                             mask.key_valid.shape[1])

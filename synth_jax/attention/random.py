@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from synth_jax.attention import core
+from synth_jax.attention import positions
 
 AXIS_RULES = {
     'synth_query_length': core.AxisRule(None, 'row'),
@@ -32,7 +33,7 @@ class TableSynthesizer(core.Attention):
     raise NotImplementedError
 
   def attention_logits(self, inputs_q, key_features, mask):
-    return core.table_logits(self.score_table(), mask, inputs_q.shape[1],
+    return positions.table_logits(self.score_table(), mask, inputs_q.shape[1],
                              mask.key_valid.shape[1])
 
 
