@@ -13,49 +13,11 @@ from tests.attention import helpers
 from tests.attention.helpers import ALL_TYPES
 
 
-def test_mask_helpers_build_padding_causal_and_segment_masks():
-  tokens = jnp.array([[5, 6, 0]])
-  padding = masks.make_attention_mask(tokens > 0, tokens > 0)
-  np.testing.assert_array_equal(padding[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
-  causal = masks.make_causal_mask(tokens)
-  np.testing.assert_array_equal(causal[0, 0], [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
-  segments = jnp.array([[1, 1, 2]])
-  packing = masks.make_attention_mask(segments, segments, jnp.equal)
-  np.testing.assert_array_equal(packing[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
-  np.testing.assert_array_equal(
-      masks.combine_masks(padding, causal, None)[0, 0], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
-  assert masks.combine_masks(None, None) is None
-
-
 def test_normalize_gives_masked_keys_exactly_zero_probability():
   logits = jnp.array([[[[3.0, 1.0, 50.0]]]])
   probs = core.normalize(logits, jnp.array([[[[True, True, False]]]]), None)
   assert probs[0, 0, 0, 2] == 0.0
   np.testing.assert_allclose(probs[0, 0, 0, :2], jax.nn.softmax(jnp.array([3.0, 1.0])), rtol=1e-6)
-
-
-def test_decode_step_mask_hides_future_keys():
-  mask = masks.Mask.everything_visible(2, 1, 4).at_decode_step(jnp.array(2))
-  np.testing.assert_array_equal(mask.dense()[:, 0, 0], [[1, 1, 1, 0]] * 2)
-  assert mask.lengths() is None
-
-
-def test_mask_forms_agree_with_the_pairwise_helpers():
-  tokens = jnp.array([[5, 6, 7, 0], [5, 0, 0, 0]])
-  mask = masks.Mask.for_self_attention(tokens, causal=True)
-  want = masks.combine_masks(masks.make_attention_mask(tokens > 0, tokens > 0),
-                             masks.make_causal_mask(tokens))
-  np.testing.assert_array_equal(mask.dense(), want > 0)
-  np.testing.assert_array_equal(mask.lengths()[0], [3, 1])
-  segments = jnp.array([[1, 1, 2, 0], [1, 2, 2, 2]])
-  packed = masks.Mask.for_self_attention(jnp.array([[5, 6, 7, 0], [5, 6, 7, 8]]), segments)
-  np.testing.assert_array_equal(packed.query_positions, [[0, 1, 0, 0], [0, 0, 1, 2]])
-  np.testing.assert_array_equal(packed.dense()[1, 0], masks.make_attention_mask(
-      segments, segments, jnp.equal)[1, 0] > 0)
-  assert packed.lengths() is None
-  explicit = masks.as_mask(want, 2, 4, 4)
-  np.testing.assert_array_equal(explicit.dense(), want > 0)
-  assert explicit.lengths() is None
 
 
 def apply(module, variables, x_q, x_kv=None, **kwargs):
