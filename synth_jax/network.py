@@ -7,8 +7,9 @@ tree (paths, shapes, logical axes) equals T5X's, so checkpoints map one to one.
 What is ours: `T5Config.{encoder,decoder,cross}_attention` name a registry attention type
 (`synth_jax.attention.names()`, or a '+'-mixture) for each location, and
 `max_{encoder,decoder}_length` size the synthesizers' score maps. The relative-position bias is
-added to self-attention of every type (the T5 convention the Synthesizer paper keeps);
-cross-attention gets none. Each location gets one `attention.Mask`, built here from the token
+added to self-attention of every type (the T5 convention the Synthesizer paper keeps) except
+rotary attention, which encodes positions itself, and linear attention, whose kernel cannot take
+an additive bias: a stack of those has no `relpos_bias` table. Cross-attention gets none. Each location gets one `attention.Mask`, built here from the token
 ids: padding, causality, and with packing the segments and each token's position within its
 segment, so position-dependent synthesizers (random: row i of R is query position i) see a packed
 example exactly as they would see it alone. How attention executes is a run option
@@ -207,7 +208,9 @@ class Encoder(nn.Module):
     cfg = self.config
     length = encoder_input_tokens.shape[1]
     # One bias shared by all layers (T5 learns a single table per stack).
-    encoder_bias = _relpos_bias(cfg)(length, length, bidirectional=True)
+    encoder_bias = None
+    if attention.uses_position_bias(cfg.encoder_attention):
+      encoder_bias = _relpos_bias(cfg)(length, length, bidirectional=True)
 
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
@@ -241,7 +244,9 @@ class Decoder(nn.Module):
           'Decoding one token per step needs `max_decode_length` (the cache length) so the '
           'relative position bias covers every step; pass max_decode_length to decode().')
     bias_length = max_decode_length if decode and max_decode_length else length
-    decoder_bias = _relpos_bias(cfg)(bias_length, bias_length, bidirectional=False)
+    decoder_bias = None
+    if attention.uses_position_bias(cfg.decoder_attention):
+      decoder_bias = _relpos_bias(cfg)(bias_length, bias_length, bidirectional=False)
 
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = _dropout(cfg, y, deterministic).astype(cfg.dtype)

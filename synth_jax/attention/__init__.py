@@ -8,3 +8,4 @@ from synth_jax.attention.registry import axis_rules
 from synth_jax.attention.registry import build
 from synth_jax.attention.registry import is_position_dependent
 from synth_jax.attention.registry import names
+from synth_jax.attention.registry import uses_position_bias

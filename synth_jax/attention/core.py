@@ -5,15 +5,11 @@
     heads = probabilities . (x_kv W_V)                                 [batch, q, heads, head_dim]
     output = heads W_out                                               [batch, q, embed]
 
-A variant subclasses `Attention` and says only how its logits are made:
-  * `key_features(inputs_kv)`: per-key tensors the logits need (`[batch, k_len, heads, dim]`),
-    or None; cached next to the values while decoding.
-  * `attention_logits(inputs_q, key_features, mask)`; the `Mask` says where tokens sit.
-It also declares what a faster exact computation may rely on (`query_key`, `shared_logits`).
-Those computations live in `attention/kernels/` and are chosen by the `dispatch` a run passes
-in; without one (the default) every call takes the reference path below.
-
-Parameter names are T5X's (`value`, `out`; `query`, `key` in the variants).
+A variant subclasses `Attention` and says only how its logits are made: `key_features(inputs_kv)`
+(per-key tensors, cached while decoding; or None) and `attention_logits(inputs_q, key_features,
+mask)`. It declares what a faster exact computation may rely on (`query_key`, `shared_logits`);
+those live in `attention/kernels/`, chosen by the `dispatch` a run passes in. Without one, every
+call takes the reference path below. Parameter names are T5X's (`value`, `out`, `query`, `key`).
 """
 import dataclasses
 import functools
@@ -121,8 +117,10 @@ class Attention(nn.Module):
   position_dependent = False
   # Logits are `score_table()` read at the token positions: the same for every example.
   shared_logits = False
-  # Logits are `logit_scale(head_dim) * queries(inputs_q) . key_features(inputs_kv)`.
+  # Logits are `logit_scale(head_dim) * queries . keys` (`dot_product.QueryKeyAttention`).
   query_key = False
+  # Whether the T5 relative-position bias is added (rotary and linear attention do without).
+  position_bias = True
 
   def key_features(self, inputs_kv: Array) -> Optional[Any]:
     return None
@@ -161,6 +159,7 @@ class Attention(nn.Module):
                 deterministic=True) -> Array:
     """`value` `[batch, k_len, heads, head_dim]` mixed by the attention: `[batch, q_len, heads, head_dim]`."""
     mask = masks.as_mask(mask, *inputs_q.shape[:2], inputs_kv.shape[1])
+    bias = bias if self.position_bias else None
     dropout = not deterministic and self.dropout_rate > 0
     features = self.scoring_features(inputs_q, inputs_kv, mask, decode)
     if self.dispatch is not None and not dropout:
@@ -177,6 +176,7 @@ class Attention(nn.Module):
   def probabilities(self, inputs_q, inputs_kv, mask: masks.Mask, bias, *, decode=False) -> Array:
     """`[batch | 1, heads, q_len, k_len]` float32 attention probabilities."""
     mask = masks.as_mask(mask, *inputs_q.shape[:2], inputs_kv.shape[1])
+    bias = bias if self.position_bias else None
     features = self.scoring_features(inputs_q, inputs_kv, mask, decode)
     return normalize(self.attention_logits(inputs_q, features, mask), mask.dense(), bias)
 

@@ -19,19 +19,27 @@ def scaled_init(init, scale: float):
 
 
 class QueryKeyAttention(core.Attention):
-  """Logits `logit_scale(head_dim) * queries . keys`; subclasses say how both are projected."""
+  """Logits `logit_scale(head_dim) * queries . keys`; subclasses say how both are projected.
+
+  `key_features` are the projected keys (cached while decoding); `keys` may still transform
+  them at the positions the mask gives (rotary embeddings do).
+  """
   query_key = True
 
-  def queries(self, inputs_q):
+  def queries(self, inputs_q, mask):
     """Queries `[batch, q_len, heads, head_dim]`."""
     raise NotImplementedError
+
+  def keys(self, key_features, mask):
+    """Keys `[batch, k_len, heads, head_dim]` from the (cached) key features."""
+    return key_features
 
   def logit_scale(self, head_dim: int) -> float:
     return 1.0
 
   def attention_logits(self, inputs_q, key_features, mask):
-    logits = jnp.einsum('bqhd,bkhd->bhqk', self.queries(inputs_q), key_features,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', self.queries(inputs_q, mask),
+                        self.keys(key_features, mask), preferred_element_type=jnp.float32)
     scale = self.logit_scale(key_features.shape[-1])
     return logits if scale == 1.0 else logits * scale
 
@@ -47,7 +55,7 @@ class DotProductAttention(QueryKeyAttention):
     """Keys `[batch, k_len, heads, head_dim]`."""
     return self.projection('key', inputs_kv.shape[-1])(inputs_kv)
 
-  def queries(self, inputs_q):
+  def queries(self, inputs_q, mask):
     """Queries `[batch, q_len, heads, head_dim]`, scale 1/sqrt(head_dim) folded into the init."""
     embed = inputs_q.shape[-1]
     query_init = scaled_init(self.kernel_init, self.head_size(embed) ** -0.5)

@@ -41,7 +41,7 @@ class OrthogonalAttention(dot_product.QueryKeyAttention):
   def key_features(self, inputs_kv):
     return self.frozen_projection('key', inputs_kv)
 
-  def queries(self, inputs_q):
+  def queries(self, inputs_q, mask):
     return self.frozen_projection('query', inputs_q)
 
   def logit_scale(self, head_dim):

@@ -50,6 +50,11 @@ def is_position_dependent(name: str) -> bool:
   return any(VARIANTS[m][0].position_dependent for m in members(name))
 
 
+def uses_position_bias(name: str) -> bool:
+  """Whether a member adds the T5 relative-position bias (all but rotary and linear attention)."""
+  return any(VARIANTS[m][0].position_bias for m in members(name))
+
+
 def build(attention_type: str, **kwargs) -> core.Attention:
   """The module `attention_type` with `core.Attention` fields (and variant options)."""
   parts = members(attention_type)

@@ -41,7 +41,7 @@ class Dispatch:
       return None
     if module.query_key and self.fused and inputs_q.shape[1] > 1:
       return flash.flash_attention(
-          module.queries(inputs_q), key_features, value, bias, mask,
+          module.queries(inputs_q, mask), module.keys(key_features, mask), value, bias, mask,
           scale=module.logit_scale(key_features.shape[-1]),
           implementation=None if self.fused == 'auto' else self.fused)
     if module.shared_logits and (bias is None or bias.shape[0] == 1):
