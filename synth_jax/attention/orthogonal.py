@@ -31,9 +31,13 @@ class OrthogonalAttention(dot_product.QueryKeyAttention):
   """Frozen orthonormal `query`/`key` kernels `[embed, heads, head_dim]` in the 'frozen' collection."""
   variant_name = 'orthogonal'
 
+  def frozen_init(self, key, shape):
+    """The frozen `[embed, heads, head_dim]` kernels' distribution."""
+    return per_head_orthonormal(key, shape)
+
   def frozen_projection(self, name, inputs):
     shape = (inputs.shape[-1], self.num_heads, self.head_size(inputs.shape[-1]))
-    init = nn.with_logical_partitioning(per_head_orthonormal, ('embed', 'heads', 'kv'))
+    init = nn.with_logical_partitioning(self.frozen_init, ('embed', 'heads', 'kv'))
     kernel = self.variable(core.FROZEN, name, lambda: init(self.make_rng('params'), shape)).value
     return jnp.einsum('ble,ehd->blhd', inputs.astype(self.dtype),
                       jax.lax.stop_gradient(kernel).astype(self.dtype))

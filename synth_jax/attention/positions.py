@@ -30,3 +30,17 @@ def key_columns(scores: Array, mask: masks.Mask, k_len: int) -> Array:
   if mask.key_positions is None:
     return scores[..., :k_len]
   return jnp.take_along_axis(scores, mask.key_positions[:, None, None, :], axis=-1)
+
+
+def query_index(mask: masks.Mask, q_len: int) -> Array:
+  """`[batch | 1, q_len]` position of each query: within its segment, or offset + index."""
+  if mask.query_positions is not None:
+    return mask.query_positions
+  return (mask.query_offset + jnp.arange(q_len))[None]
+
+
+def key_index(mask: masks.Mask, k_len: int) -> Array:
+  """`[batch | 1, k_len]` position of each key: within its segment, or its index."""
+  if mask.key_positions is not None:
+    return mask.key_positions
+  return jnp.arange(k_len)[None]

@@ -5,11 +5,17 @@
 A new variant is one file plus one line here.
 """
 from synth_jax.attention import core
+from synth_jax.attention import cosine
 from synth_jax.attention import dense
 from synth_jax.attention import dot_product
+from synth_jax.attention import frozen_gaussian
+from synth_jax.attention import hyperbolic
 from synth_jax.attention import mixture
+from synth_jax.attention import neg_l2
 from synth_jax.attention import orthogonal
 from synth_jax.attention import random
+from synth_jax.attention import rotary
+from synth_jax.attention import topk
 
 # name -> (class, fixed constructor options)
 VARIANTS = {
@@ -20,6 +26,12 @@ VARIANTS = {
     'fixed_random': (random.RandomSynthesizer, {'trainable': False}),
     'factorized_random': (random.FactorizedRandomSynthesizer, {}),
     'orthogonal': (orthogonal.OrthogonalAttention, {}),
+    'frozen_gaussian': (frozen_gaussian.FrozenGaussianAttention, {}),
+    'cosine': (cosine.CosineAttention, {}),
+    'neg_l2': (neg_l2.NegativeL2Attention, {}),
+    'hyperbolic': (hyperbolic.HyperbolicAttention, {}),
+    'rotary': (rotary.RotaryAttention, {}),
+    'topk': (topk.TopKAttention, {}),
 }
 
 MIXTURE_SEPARATOR = '+'

@@ -77,7 +77,87 @@ def orthogonal_logits(frozen, x_q, x_kv):
   return np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(wq.shape[-1])
 
 
-def member_probabilities(name, params, frozen, x_q, x_kv, heads, mask, bias):
+def cosine_logits(params, x_q, x_kv, heads):
+  """s_h cos(q, k), s_h = exp(min(log_scale_h, log 100))."""
+  q = project(x_q, params['query']['kernel'], heads)
+  k = project(x_kv, params['key']['kernel'], heads)
+  q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+  k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+  scale = np.exp(np.minimum(np.asarray(params['logit_scale'], np.float64), np.log(100.0)))
+  return np.einsum('bqhd,bkhd->bhqk', q, k) * scale[None, :, None, None]
+
+
+def neg_l2_logits(params, x_q, x_kv, heads):
+  """-|q - k|^2 / (2 sqrt(d)), from the difference itself."""
+  q = project(x_q, params['query']['kernel'], heads)
+  k = project(x_kv, params['key']['kernel'], heads)
+  diff = q[:, :, None] - k[:, None, :]  # [b, q, k, h, d]
+  return -np.transpose(np.sum(diff ** 2, -1), (0, 3, 1, 2)) / (2 * np.sqrt(q.shape[-1]))
+
+
+def softplus(x):
+  return np.log1p(np.exp(x))
+
+
+def mobius_add(x, y, c):
+  """x (+)_c y on the Poincare ball of curvature -c (Ganea et al. 2018, eq. 3)."""
+  xy = np.sum(x * y, -1, keepdims=True)
+  xx = np.sum(x * x, -1, keepdims=True)
+  yy = np.sum(y * y, -1, keepdims=True)
+  return ((1 + 2 * c * xy + c * yy) * x + (1 - c * xx) * y) / (1 + 2 * c * xy + c ** 2 * xx * yy)
+
+
+def hyperbolic_logits(params, x_q, x_kv, heads):
+  """-d_c(exp_0(q), exp_0(k)) / tau with d_c = 2/sqrt(c) artanh(sqrt(c) |(-x) (+)_c y|)."""
+  c = softplus(np.asarray(params['curvature'], np.float64)) + 1e-6
+  tau = softplus(np.asarray(params['temperature'], np.float64)) + 1e-6
+  q = project(x_q, params['query']['kernel'], heads)
+  k = project(x_kv, params['key']['kernel'], heads)
+  ch = c[None, None, :, None]
+
+  def exp0(v):
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.tanh(np.sqrt(ch) * norm) * v / (np.sqrt(ch) * norm)
+
+  x, y = exp0(q)[:, :, None], exp0(k)[:, None, :]  # [b, q, 1, h, d], [b, 1, k, h, d]
+  c5 = c[None, None, None, :, None]
+  gap = np.linalg.norm(mobius_add(-x, y, c5), axis=-1)  # [b, q, k, h]
+  distance = 2 / np.sqrt(c) * np.arctanh(np.sqrt(c) * gap)
+  return -np.transpose(distance / tau, (0, 3, 1, 2))
+
+
+def rotate(x, positions, base=10000.0):
+  """RoPE on `[b, l, h, d]`: pairs (i, i + d/2) rotated by position * base^(-2i/d)."""
+  half = x.shape[-1] // 2
+  angle = positions[:, None] * base ** (-np.arange(half) / half)  # [l, half]
+  cos, sin = np.cos(angle)[None, :, None], np.sin(angle)[None, :, None]
+  a, b = x[..., :half], x[..., half:]
+  return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
+
+
+def rotary_logits(params, x_q, x_kv, heads):
+  q = rotate(project(x_q, params['query']['kernel'], heads), np.arange(x_q.shape[1]))
+  k = rotate(project(x_kv, params['key']['kernel'], heads), np.arange(x_kv.shape[1]))
+  return np.einsum('bqhd,bkhd->bhqk', q, k)
+
+
+def topk_logits(params, x_q, x_kv, heads, mask, top_k):
+  """q.k where k is among the top_k visible keys by q.k (ties: lower index), else -inf."""
+  logits = vanilla_logits(params, x_q, x_kv, heads)
+  visible = np.broadcast_to(np.asarray(mask) > 0, logits.shape)
+  kept = np.zeros(logits.shape, bool)
+  for index in np.ndindex(*logits.shape[:3]):
+    order = sorted(range(logits.shape[-1]),
+                   key=lambda j: (not visible[index][j], -logits[index][j], j))
+    kept[index][order[:top_k]] = True
+  return np.where(kept, logits, -np.inf)
+
+
+# Variants that do without the T5 relative-position bias.
+NO_POSITION_BIAS = ('rotary',)
+
+
+def member_probabilities(name, params, frozen, x_q, x_kv, heads, mask, bias, top_k=8):
   """Attention probabilities of a single (non-mixture) variant."""
   q_len, k_len = x_q.shape[1], x_kv.shape[1]
   if name == 'vanilla':
@@ -92,11 +172,21 @@ def member_probabilities(name, params, frozen, x_q, x_kv, heads, mask, bias):
     logits = random_logits(frozen['random_logits'], q_len, k_len)
   elif name == 'factorized_random':
     logits = factorized_random_logits(params, q_len, k_len)
-  elif name == 'orthogonal':
+  elif name in ('orthogonal', 'frozen_gaussian'):
     logits = orthogonal_logits(frozen, x_q, x_kv)
+  elif name == 'cosine':
+    logits = cosine_logits(params, x_q, x_kv, heads)
+  elif name == 'neg_l2':
+    logits = neg_l2_logits(params, x_q, x_kv, heads)
+  elif name == 'hyperbolic':
+    logits = hyperbolic_logits(params, x_q, x_kv, heads)
+  elif name == 'rotary':
+    logits = rotary_logits(params, x_q, x_kv, heads)
+  elif name == 'topk':
+    logits = topk_logits(params, x_q, x_kv, heads, mask, top_k)
   else:
     raise ValueError(name)
-  return probabilities(logits, mask, bias)
+  return probabilities(logits, mask, None if name in NO_POSITION_BIAS else bias)
 
 
 def attention(name, variables, x_q, x_kv, heads, mask=None, bias=None):
