@@ -7,7 +7,8 @@ import numpy as np
 from synth_jax import attention
 
 EMBED, HEADS, HEAD_DIM, MAX_LEN = 16, 2, 8, 8
-MIXTURES = ('random+vanilla', 'dense+vanilla', 'random+dense', 'factorized_random+orthogonal')
+MIXTURES = ('random+vanilla', 'dense+vanilla', 'random+dense', 'factorized_random+orthogonal',
+            'cosine+random')
 ALL_TYPES = tuple(attention.names()) + MIXTURES
 
 
