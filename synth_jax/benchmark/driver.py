@@ -1,0 +1,212 @@
+"""`python -m synth_jax.bench`: the flags, one worker process per row, the JSON and the tables.
+
+Each row runs in its own process by default (`--isolate`): the worker is this command again with
+`--no-isolate` and one type, so peak memory is that row's alone and an out-of-memory row does not
+take the others down. Definitions: tokens per step = batch x (inputs length + targets length),
+padding included (the step computes on every position); the model FLOPs are the matmuls of the
+step on attention's reference path (`flops.py`); `traced` counts the program the run executes.
+`--profile DIR` adds device time by kernel.
+"""
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+from synth_jax import attention
+from synth_jax.attention import kernels
+from synth_jax.attention import registry
+from synth_jax.benchmark import report
+from synth_jax.benchmark import runner
+
+COMMAND = 'synth_jax.bench'
+DEFAULT_TYPES = tuple(attention.names()) + ('random+vanilla',)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog=f'python -m {COMMAND}',
+      description='Training-step benchmark of every attention type at T5-base v1.1 shapes.')
+  parser.add_argument('--types', default=','.join(DEFAULT_TYPES),
+                      help='comma-separated attention types (mixtures like random+vanilla)')
+  parser.add_argument('--preset', choices=sorted(runner.PRESETS), default='base')
+  parser.add_argument('--batch_size', type=int, help='default: the preset\'s (base: 128)')
+  parser.add_argument('--inputs_length', type=int, help='default: the preset\'s (base: 512)')
+  parser.add_argument('--targets_length', type=int, help='default: the preset\'s (base: 114)')
+  parser.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
+  parser.add_argument('--pack', action=argparse.BooleanOptionalAction, default=True,
+                      help='packed batches with segment ids (default) or one example per row')
+  parser.add_argument('--fused', '--attention_execution', dest='attention_execution',
+                      choices=kernels.EXECUTIONS,
+                      help='Transformer.attention_execution of the timed step (default: the '
+                           'network\'s, fast): cudnn, xla or auto run vanilla/orthogonal '
+                           'attention (self and cross) through jax.nn.dot_product_attention; '
+                           'reference times the plain core path')
+  parser.add_argument('--logits_matmul_dtype', choices=('float32', 'bfloat16'),
+                      help='T5Config.logits_matmul_dtype (default float32, as T5X): bfloat16 '
+                           'runs the output projection on bf16 tensor cores, float32 logits')
+  parser.add_argument('--init_on_host', action=argparse.BooleanOptionalAction, default=True,
+                      help='build the train state on the host CPU, then copy it to the device '
+                           '(much faster to compile on GPUs)')
+  parser.add_argument('--seq_sweep', action='store_true',
+                      help='encoder length x1, x2, x4, x8 (base: 512..4096) at fixed tokens '
+                           'per batch; the batch shrinks to match')
+  parser.add_argument('--peak_tflops', type=float,
+                      help='bf16 peak per device; default: looked up from the device kind')
+  parser.add_argument('--halve_on_oom', action='store_true',
+                      help='retry an out-of-memory row at half the batch until it fits')
+  parser.add_argument('--isolate', action=argparse.BooleanOptionalAction, default=True,
+                      help='one process per row (per-row peak memory; an OOM stays contained)')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='rows prepared at once (with --isolate); they take turns on the '
+                           'device to compile and time, so timings are unaffected, but each '
+                           'waiting row holds its train state (a few GiB at base): rows near '
+                           'the memory limit then run out of memory')
+  parser.add_argument('--xla_flags', action='append',
+                      help='repeatable: every row is measured once per value, in a worker whose '
+                           'XLA_FLAGS are this value (not added to ours), e.g. --xla_flags= '
+                           '--xla_flags=--xla_gpu_triton_gemm_any=true to A/B a compiler '
+                           'option (the = keeps a leading -- a value)')
+  parser.add_argument('--model_parallelism', type=int, default=1,
+                      help="the mesh's 'model' axis; the rest of the devices form 'data'")
+  parser.add_argument('--json', help='write the rows and the run\'s setup here')
+  parser.add_argument('--profile',
+                      help='trace 2 extra steps into this dir; print device time by kernel')
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  args.types = [t.strip() for t in args.types.split(',') if t.strip()]
+  for name in args.types:
+    registry.members(name)  # unknown names fail here, with the list of valid ones
+  if args.xla_flags and not args.isolate:
+    parser.error('--xla_flags needs --isolate (XLA reads its flags once per process); for one '
+                 'process set the XLA_FLAGS environment variable instead.')
+  return args
+
+
+def points(args) -> list[tuple[str, int, int]]:
+  """(attention type, inputs length, batch size) of every row to measure."""
+  shapes = runner.PRESETS[args.preset]
+  length = args.inputs_length or shapes['inputs_length']
+  batch = args.batch_size or shapes['batch_size']
+  if not args.seq_sweep:
+    return [(t, length, batch) for t in args.types]
+  tokens = batch * length
+  return [(t, length * f, max(1, tokens // (length * f))) for t in args.types for f in (1, 2, 4, 8)]
+
+
+def worker_command(args, attention_type: str, length: int, batch: int, out: str) -> list[str]:
+  """This command for one row in a worker process, writing its JSON to `out`."""
+  command = [sys.executable, '-m', COMMAND, '--no-isolate', '--json', out,
+             '--types', attention_type, '--preset', args.preset, '--batch_size', str(batch),
+             '--inputs_length', str(length), '--steps', str(args.steps),
+             '--warmup', str(args.warmup), '--seed', str(args.seed),
+             '--model_parallelism', str(args.model_parallelism),
+             '--pack' if args.pack else '--no-pack',
+             '--init_on_host' if args.init_on_host else '--no-init_on_host']
+  for flag in ('targets_length', 'attention_execution', 'peak_tflops', 'profile',
+               'logits_matmul_dtype'):
+    if getattr(args, flag) is not None:
+      command += [f'--{flag}', str(getattr(args, flag))]
+  return command
+
+
+def run_in_subprocess(args, attention_type: str, length: int, batch: int,
+                      lock: Optional[str] = None, xla_flags: Optional[str] = None) -> dict:
+  """`runner.measure` in a fresh Python process (its own device memory and peak counter).
+
+  lock: a file the `--jobs` workers take turns on (see `runner.device_lock`).
+  xla_flags: the worker's `XLA_FLAGS` (None: ours).
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'row.json')
+    env = dict(os.environ)
+    if xla_flags is not None:
+      env['XLA_FLAGS'] = xla_flags
+    # JAX preallocates 75% of the GPU by default; a benchmark row may use nearly all of it.
+    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.95')
+    if lock:
+      # Waiting workers hold only their train state; none may reserve the memory up front.
+      env.update({runner.LOCK_VARIABLE: lock, 'XLA_PYTHON_CLIENT_PREALLOCATE': 'false'})
+    # The worker's own tables would repeat ours; its stderr (errors, warnings) comes through.
+    result = subprocess.run(worker_command(args, attention_type, length, batch, out), env=env,
+                            check=False, stdout=subprocess.DEVNULL)
+    if result.returncode or not os.path.exists(out):
+      return {'attention_type': attention_type, 'inputs_length': length, 'batch_size': batch,
+              'attention_execution': args.attention_execution,
+              'logits_matmul_dtype': args.logits_matmul_dtype,
+              'xla_flags': env.get('XLA_FLAGS', ''), 'out_of_memory': False,
+              'error': f'worker exited with status {result.returncode}'}
+    with open(out) as f:
+      return json.load(f)['rows'][0]
+
+
+def run_point(args, attention_type: str, length: int, batch: int,
+              lock: Optional[str] = None, xla_flags: Optional[str] = None) -> dict:
+  """One row, halving the batch after each out-of-memory failure when `--halve_on_oom`."""
+  tried = []
+  while True:
+    if args.isolate:
+      row = run_in_subprocess(args, attention_type, length, batch, lock, xla_flags)
+    else:
+      row = runner.measure(
+          attention_type, args.preset, batch, length, args.targets_length, args.steps,
+          args.warmup, args.pack, attention_execution=args.attention_execution,
+          peak_tflops=args.peak_tflops, seed=args.seed, profile_dir=args.profile,
+          init_on_host=args.init_on_host, logits_matmul_dtype=args.logits_matmul_dtype,
+          model_parallelism=args.model_parallelism)
+    row['out_of_memory_batch_sizes'] = tried
+    if not (row.get('out_of_memory') and args.halve_on_oom and batch // 2 >= 1):
+      return row
+    print(f'{attention_type}: out of memory at batch {batch}; retrying at {batch // 2}',
+          flush=True)
+    tried.append(batch)
+    batch //= 2
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  import jax  # pylint: disable=g-import-not-at-top (no device is touched in isolate mode)
+  result = {
+      'date': datetime.date.today().isoformat(),
+      'command': f'python -m {COMMAND} ' + ' '.join(sys.argv[1:] if argv is None else argv),
+      'device_kind': None, 'jax_version': jax.__version__, 'preset': args.preset,
+      'pack': args.pack, 'attention_execution': args.attention_execution,
+      'logits_matmul_dtype': args.logits_matmul_dtype,
+      'xla_flags': args.xla_flags or os.environ.get('XLA_FLAGS', ''),
+      'steps': args.steps, 'warmup': args.warmup, 'memory_per_row': args.isolate,
+      'source_sha256': report.source_digests(), 'rows': []}
+  rows = result['rows']
+  lock = None
+  if args.jobs > 1 and args.isolate:
+    lock = os.path.join(tempfile.mkdtemp(), 'device.lock')
+  with concurrent.futures.ThreadPoolExecutor(args.jobs if lock else 1) as pool:
+    futures = [pool.submit(run_point, args, *point, lock, flags)
+               for point in points(args) for flags in (args.xla_flags or [None])]
+    for future in futures:  # rows in order, each reported once it and those before are done
+      row = future.result()
+      rows.append(row)
+      result['device_kind'] = result['device_kind'] or row.get('device_kind')
+      timing = (f'  (init {row["init_s"]:.0f} s, compile {row["compile_s"]:.0f} s)'
+                if 'compile_s' in row else '')
+      print(report.results_table([row]).splitlines()[1] + timing, flush=True)
+      if args.json:  # after every row, so a run cut short keeps what it measured
+        with open(args.json, 'w') as f:
+          json.dump(result, f, indent=1)
+  for row in rows:
+    if row.get('profile'):
+      print('\n' + report.profile_table(row))
+  print('\nModel FLOPs per training step by part: the matmuls of the step traced with attention '
+        'on its reference path.\n"traced": the dot_generals of the step as run, fast paths '
+        'included, fused kernels\' custom calls not.')
+  print(report.flops_table(rows))
+  print('\n' + report.results_table(rows))
+  return result
+
+
+if __name__ == '__main__':
+  main()
