@@ -7,7 +7,7 @@ exact batches the interrupted run would have seen.
 Packed batches whose rows each hold one example are unpacked batches in disguise (C4
 pretraining: documents are concatenated, then chunked to fill rows, so nearly every row holds
 one); `unpack_single_example_rows` gives them back that form, which takes the faster unpacked
-attention paths.
+attention paths. `Dataset(..., unpack_single_example_rows=True)` streams train batches so.
 """
 from typing import Iterator, Mapping
 
@@ -33,7 +33,7 @@ def unpack_single_example_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.
   tokens of `pack=False` output (decoder inputs differ at padding only, which neither the loss
   nor any real token reads) plus segment ids and positions that say nothing more. Without them
   the network masks by padding alone, which reaches cuDNN as sequence lengths and lets
-  random synthesizers normalize once per step without slots (BENCHMARKS.md has the step times).
+  random synthesizers normalize once per step (BENCHMARKS.md has the step times).
 
   Args:
     batch: feature-converted `[batch, length]` arrays.
@@ -63,11 +63,33 @@ def unpack_single_example_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.
   return {k: v for k, v in batch.items() if k not in _PACKING_FEATURES}
 
 
+def _unpacked_where_possible(batches: Iterator[Mapping[str, np.ndarray]],
+                             first_step: int) -> Iterator[dict[str, np.ndarray]]:
+  """`unpack_single_example_rows` of each batch; notes each form's first batch after the first."""
+  forms_seen = set()  # 'packed' / 'unpacked': each compiles the step once
+  for step, batch in enumerate(batches, first_step):
+    batch = unpack_single_example_rows(batch)
+    form = 'packed' if 'encoder_segment_ids' in batch else 'unpacked'
+    if forms_seen and form not in forms_seen:
+      print(f'step {step}: the first {form} batch of this run; compiling the step for it (once).',
+            flush=True)
+    forms_seen.add(form)
+    yield batch
+
+
 class Dataset:
-  """Per-host batches `{feature: np.ndarray[batch, length]}` of one seqio task or mixture."""
+  """Per-host batches `{feature: np.ndarray[batch, length]}` of one seqio task or mixture.
+
+  With `unpack_single_example_rows` (and `pack`), train batches whose rows each hold one example
+  come as the unpacked batches they equal (`unpack_single_example_rows`), on the faster unpacked
+  attention paths. A step then compiles once for each form the data brings, and each form has its
+  own peak memory (see BENCHMARKS.md). Single-host only: hosts would have to agree on every
+  batch's form, so on several hosts it is off (and says so).
+  """
 
   def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               batch_size: int, seed: int = 0, pack: bool = True):
+               batch_size: int, seed: int = 0, pack: bool = True,
+               unpack_single_example_rows: bool = False):
     _register_tasks()
     try:
       seqio.get_mixture_or_task(mixture_or_task_name)
@@ -78,6 +100,11 @@ class Dataset:
     self.batch_size = batch_size
     self.seed = seed
     self.pack = pack
+    self.unpack_single_example_rows = unpack_single_example_rows and pack
+    if self.unpack_single_example_rows and jax.process_count() > 1:
+      print('train.unpack_single_example_rows is off: it needs one host (hosts would have to agree '
+            'on every batch\'s form).', flush=True)
+      self.unpack_single_example_rows = False
 
   def _dataset(self, split: str, shuffle: bool, num_epochs):
     shard_info = (seqio.ShardInfo(jax.process_index(), jax.process_count())
@@ -96,9 +123,17 @@ class Dataset:
     return {k: np.zeros(v.shape, v.dtype.as_numpy_dtype) for k, v in spec.items()}
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """An endless, shuffled stream, positioned after `start_step` batches."""
+    """An endless, shuffled stream, positioned after `start_step` batches.
+
+    With `unpack_single_example_rows`, batches of one-example rows come unpacked, and the first
+    batch of a form (packed / unpacked) after the stream's first batch prints a note: the step
+    compiles for it.
+    """
     dataset = self._dataset('train', shuffle=True, num_epochs=None).skip(start_step)
-    return dataset.as_numpy_iterator()
+    batches = dataset.as_numpy_iterator()
+    if not self.unpack_single_example_rows:
+      return batches
+    return _unpacked_where_possible(batches, first_step=start_step + 1)
 
   def eval_batches(self, split: str, steps: int) -> Iterator[dict[str, np.ndarray]]:
     """The first `steps` batches of `split`, in order."""

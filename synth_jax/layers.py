@@ -39,9 +39,14 @@ def _wide_output_forward(lhs, rhs, dimension_numbers, output_dtype):
 def _wide_output_backward(dimension_numbers, output_dtype, residuals, grad):
   del output_dtype
   lhs, rhs = residuals
-  # The primal product this recomputes is dead code that XLA removes under jit.
-  _, pullback = jax.vjp(lambda a, b: jax.lax.dot_general(a, b, dimension_numbers), lhs, rhs)
-  return pullback(grad.astype(lhs.dtype))
+  grad = grad.astype(lhs.dtype)
+  # Transposes of the linear maps, traced without the primal product (which the traced
+  # program would otherwise show as a dead matmul: `benchmark/flops.py` counts it).
+  (lhs_grad,) = jax.linear_transpose(
+      lambda a: jax.lax.dot_general(a, rhs, dimension_numbers), lhs)(grad)
+  (rhs_grad,) = jax.linear_transpose(
+      lambda b: jax.lax.dot_general(lhs, b, dimension_numbers), rhs)(grad)
+  return lhs_grad, rhs_grad
 
 
 wide_output_dot_general.defvjp(_wide_output_forward, _wide_output_backward)
@@ -264,7 +269,8 @@ class RelativePositionBiases(nn.Module):
         (self.num_heads, self.num_buckets), jnp.float32)
     # A contraction with a constant one-hot [buckets, q, k] rather than a gather: the gather's
     # gradient scatter-adds q*k values into num_buckets slots, which on GPU serialises on atomics
-    # (most of a T5-base step) and, in bf16, loses ~20% precision. The matmul does neither.
+    # and, in bf16, loses precision (see BENCHMARKS.md, the relative-position-bias fix). The
+    # matmul does neither.
     one_hot = (jnp.asarray(buckets)[None] == jnp.arange(self.num_buckets)[:, None, None])
     bias = jax.lax.dot_general(table.astype(self.dtype), one_hot.astype(self.dtype),
                                (((1,), (0,)), ((), ())))

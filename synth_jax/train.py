@@ -5,6 +5,7 @@
 A run resumes from the latest checkpoint in `model_dir`, including the data position, so a killed
 run continues with the same loss sequence. SIGTERM (TPU preemption) saves and exits cleanly.
 """
+import dataclasses
 import functools
 import os
 import signal
@@ -22,7 +23,6 @@ from synth_jax import network
 from synth_jax import optimizer as optimizer_lib
 from synth_jax import partitioning
 from synth_jax import train_state
-
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -96,6 +96,172 @@ def evaluate(eval_fn, state, batches, sharding) -> dict[str, float]:
   return {'loss': float(sums['loss_sum']) / weight, 'accuracy': float(sums['correct_sum']) / weight}
 
 
+class _StepMetrics:
+  """Step metrics left on the device until the host needs them; every loss is checked when read.
+
+  Steps are dispatched without waiting for the device: their metrics stay on it until the host
+  needs them (to log, evaluate, save, stop or call `on_step`). The loop reads them before every
+  checkpoint, so a NaN never reaches one.
+  """
+
+  def __init__(self, manager: checkpoints.Manager, on_step: Optional[Callable[[int, dict], None]]):
+    self.latest = {}
+    self.on_step = on_step
+    self._manager = manager
+    self._pending = []
+
+  def add(self, step: int, metrics: Mapping[str, jax.Array]):
+    self._pending.append((step, metrics))
+
+  def read(self) -> dict[str, float]:
+    """The newest step's metrics, after checking (and passing to `on_step`) every pending one."""
+    if not self._pending:
+      return self.latest
+    for step, values in jax.device_get(self._pending):
+      self.latest = {k: float(v) for k, v in values.items()}
+      if not (np.isfinite(self.latest['loss']) and
+              np.isfinite(self.latest.get('grad_norm', 0.0))):
+        self._manager.wait()
+        raise NonFiniteLossError(
+            f'loss is {self.latest["loss"]} (gradient norm {self.latest.get("grad_norm")}) at '
+            f'step {step}; stopping. The last good checkpoint (step '
+            f'{self._manager.latest_step()}) is kept in {self._manager.directory}. Lower the '
+            'learning rate or check the data, then rerun to resume from it.')
+      if self.on_step is not None:
+        self.on_step(step, self.latest)
+    self._pending.clear()
+    return self.latest
+
+
+class _TrainLog:
+  """Every `period` steps and at the last: train metrics and throughput, printed and summarised."""
+
+  def __init__(self, summaries: Summaries, period: int, train_steps: int, start: int,
+               tokens_per_step: int, learning_rate: Callable):
+    self._summaries, self._period, self._train_steps = summaries, period, train_steps
+    self._tokens_per_step, self._learning_rate = tokens_per_step, learning_rate
+    self._last_step, self._last_time = start, time.time()
+
+  def is_due(self, step: int) -> bool:
+    return step % self._period == 0 or step == self._train_steps
+
+  def write(self, step: int, metrics: Mapping[str, float]):
+    now = time.time()
+    step_time = (now - self._last_time) / (step - self._last_step)
+    self._last_step, self._last_time = step, now
+    tokens_per_s = self._tokens_per_step / step_time
+    self._summaries.write('train', step, {
+        **metrics, 'step_time_s': step_time, 'tokens_per_s': tokens_per_s,
+        'learning_rate': float(self._learning_rate(step - 1))})
+    print(f'step {step}/{self._train_steps}  loss {metrics["loss"]:.4f}  '
+          f'acc {metrics["accuracy"]:.3f}  {tokens_per_s:,.0f} tok/s  '
+          f'{step_time * 1000:.0f} ms/step', flush=True)
+
+
+@dataclasses.dataclass
+class _Evaluation:
+  """Called with (state, step): eval loss and accuracy over `steps` batches of `split` and, with a
+  `task_evaluator`, the tasks' official metrics on decoded examples; printed and summarised."""
+  model: network.Transformer
+  dataset: data_lib.Dataset
+  eval_fn: Callable
+  batch_sharding: jax.sharding.Sharding
+  summaries: Summaries
+  split: str
+  steps: int
+  task_evaluator: Any  # seqio.Evaluator or None
+
+  def __call__(self, state: train_state.TrainState, step: int) -> dict[str, Any]:
+    results = {}
+    if self.steps:
+      results = evaluate(self.eval_fn, state, self.dataset.eval_batches(self.split, self.steps),
+                         self.batch_sharding)
+      self.summaries.write('eval', step, results)
+      print(f'eval  step {step}  loss {results["loss"]:.4f}  acc {results["accuracy"]:.3f}',
+            flush=True)
+    if self.task_evaluator is not None:
+      task_metrics = evaluation.run(self.task_evaluator, self.model, state.variables(),
+                                    self.dataset.batch_size, self.dataset.lengths['targets'], step)
+      for task, values in task_metrics.items():
+        self.summaries.write(f'eval_{task}', step, values)
+        print(f'eval  step {step}  {task}  ' +
+              '  '.join(f'{k} {v:.4f}' for k, v in sorted(values.items())), flush=True)
+      results = {**results, 'tasks': task_metrics}
+    return results
+
+
+def _per_host_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+  if batch_size % (jax.process_count() * mesh.shape['data']):
+    raise ValueError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel size '
+                     f'{mesh.shape["data"]} (and the host count {jax.process_count()}).')
+  return batch_size // jax.process_count()
+
+
+def _jit_steps(model, optimizer, shardings, batch_sharding, **loss_options):
+  """The train step `(state, batch, rng) -> (state, metrics)` and the eval step, for the mesh."""
+  step_fn = jax.jit(functools.partial(train_state.train_step, model, optimizer, **loss_options),
+                    in_shardings=(shardings, batch_sharding, None),
+                    out_shardings=(shardings, None), donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(train_state.eval_step, model),
+                    in_shardings=(shardings, batch_sharding))
+  return step_fn, eval_fn
+
+
+def _restore(manager: checkpoints.Manager, state, shardings, eval_only: bool,
+             initial_checkpoint_path: Optional[str]):
+  """`(state, first step)`: resumed from `manager`'s latest checkpoint, else fresh (or finetuning
+  from `initial_checkpoint_path`); eval_only needs a checkpoint."""
+  if manager.latest_step() is not None:
+    state = manager.restore(state, shardings)
+    print(f'Resumed from {manager.directory} at step {int(state.step)}.', flush=True)
+    return state, int(state.step)
+  if eval_only:
+    raise checkpoints.CheckpointError(
+        f'eval needs a checkpoint, and {manager.directory} has none; train first or set MODEL_DIR.')
+  if initial_checkpoint_path:
+    state = checkpoints.load_params_into(state, shardings, initial_checkpoint_path)
+    print(f'Initialised parameters from {initial_checkpoint_path}.', flush=True)
+  return state, 0
+
+
+def _write_config(model_dir: Optional[str]):
+  """`model_dir/config.gin`: the gin configuration of this run (from the first host)."""
+  if model_dir and jax.process_index() == 0:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile writes gs:// too)
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
+      f.write(gin.config_str())
+
+
+def _run_steps(state, start: int, train_steps: int, batches, *, step_fn, batch_sharding, rng,
+               manager: checkpoints.Manager, metrics: _StepMetrics, log: _TrainLog,
+               evaluate_all: _Evaluation, eval_period: int):
+  """Steps `start + 1 .. train_steps`, logging, evaluating and saving when due; SIGTERM saves
+  and stops. Returns the state and the last eval metrics."""
+  eval_metrics = {}
+  with _Preemption() as preemption:
+    for step in range(start + 1, train_steps + 1):
+      state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
+      metrics.add(step, step_metrics)
+      log_now = log.is_due(step)
+      eval_now = eval_period and (step % eval_period == 0 or step == train_steps)
+      save_now = manager.is_due(step) or step == train_steps or preemption.requested
+      if metrics.on_step is not None or log_now or eval_now or save_now:
+        metrics.read()
+      if log_now:
+        log.write(step, metrics.latest)
+      if eval_now:
+        eval_metrics = evaluate_all(state, step)
+      preempted = preemption.requested  # read once, and any SIGTERM so far has its losses read
+      if preempted:
+        metrics.read()
+      manager.maybe_save(step, state, force=(step == train_steps or preempted))
+      if preempted:
+        print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
+        break
+  return state, eval_metrics
+
+
 @gin.configurable(module='synth_jax.train', denylist=['on_step'])
 def train(*,
           model_dir: Optional[str],
@@ -134,12 +300,9 @@ def train(*,
     train_steps: the step to stop at (a resumed run continues up to it).
     learning_rate: schedule `step -> rate` (T5's rsqrt with 10k warmup by default).
     make_optimizer: `(factor_plan, learning_rate) -> optax transform`.
-    unpack_single_example_rows: packed batches whose rows each hold one example train as the
-      unpacked batches they equal, on the faster unpacked attention paths
-      (`data.unpack_single_example_rows`; nearly every C4 pretraining batch). The step then
-      compiles once for each form the data brings, and each form has its own peak memory (at
-      T5-base on an H100, random attention's unpacked step peaked 3 GB higher than its packed
-      one). Single-host runs only: hosts would have to agree on every batch's form.
+    unpack_single_example_rows: packed batches whose rows each hold one example (nearly every C4
+      pretraining batch) train as the unpacked batches they equal, on the faster unpacked
+      attention paths; single-host runs only (`data.Dataset`, whose docstring has the costs).
     checkpoint_period, keep_checkpoints: save every N steps (and at the end), keep the newest K.
     initial_checkpoint_path: a checkpoint step directory to start a *new* run from (finetuning);
       ignored when `model_dir` already has checkpoints.
@@ -150,145 +313,40 @@ def train(*,
     on_step: test hook called with (step, metrics) after each step.
   """
   mesh = partitioning.create_mesh(model_parallelism)
-  per_host_batch = batch_size // jax.process_count()
-  if batch_size % (jax.process_count() * mesh.shape['data']):
-    raise ValueError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel size '
-                     f'{mesh.shape["data"]} (and the host count {jax.process_count()}).')
-  dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths, per_host_batch,
-                             seed=seed, pack=pack)
-  example = dataset.example_batch()
+  dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths,
+                             _per_host_batch_size(batch_size, mesh), seed=seed, pack=pack,
+                             unpack_single_example_rows=unpack_single_example_rows)
   state, shardings, optimizer = train_state.create(
-      model, functools.partial(make_optimizer, learning_rate=learning_rate), example, mesh,
-      jax.random.key(seed))
+      model, functools.partial(make_optimizer, learning_rate=learning_rate),
+      dataset.example_batch(), mesh, jax.random.key(seed))
   batch_sharding = partitioning.data_sharding(mesh)  # every feature, packed or not
-  unpack_single_example_rows = unpack_single_example_rows and pack
-  if unpack_single_example_rows and jax.process_count() > 1:
-    print('train.unpack_single_example_rows is off: it needs one host (hosts would have to agree '
-          'on every batch\'s form).', flush=True)
-    unpack_single_example_rows = False
-
-  step_fn = jax.jit(
-      functools.partial(train_state.train_step, model, optimizer, z_loss=z_loss,
-                        label_smoothing=label_smoothing),
-      in_shardings=(shardings, batch_sharding, None),
-      out_shardings=(shardings, None), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(train_state.eval_step, model),
-                    in_shardings=(shardings, batch_sharding))
-
+  step_fn, eval_fn = _jit_steps(model, optimizer, shardings, batch_sharding, z_loss=z_loss,
+                                label_smoothing=label_smoothing)
   manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
-  start = 0
-  if manager.latest_step() is not None:
-    state = manager.restore(state, shardings)
-    start = int(state.step)
-    print(f'Resumed from {manager.directory} at step {start}.', flush=True)
-  elif eval_only:
-    raise checkpoints.CheckpointError(
-        f'eval needs a checkpoint, and {manager.directory} has none; train first or set MODEL_DIR.')
-  elif initial_checkpoint_path:
-    state = checkpoints.load_params_into(state, shardings, initial_checkpoint_path)
-    print(f'Initialised parameters from {initial_checkpoint_path}.', flush=True)
-  if model_dir and jax.process_index() == 0:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile writes gs:// too)
-    tf.io.gfile.makedirs(model_dir)
-    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
-      f.write(gin.config_str())
-
+  state, start = _restore(manager, state, shardings, eval_only, initial_checkpoint_path)
+  _write_config(model_dir)
   summaries = Summaries(model_dir)
-  evaluator = None
+  task_evaluator = None
   if eval_period or eval_only:
-    evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths, eval_split,
-                                          metric_examples)
+    task_evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths,
+                                               eval_split, metric_examples)
+  evaluate_all = _Evaluation(model, dataset, eval_fn, batch_sharding, summaries, eval_split,
+                             eval_steps, task_evaluator)
 
-  def evaluate_all(step):
-    results = {}
-    if eval_steps:
-      results = evaluate(eval_fn, state, dataset.eval_batches(eval_split, eval_steps),
-                         batch_sharding)
-      summaries.write('eval', step, results)
-      print(f'eval  step {step}  loss {results["loss"]:.4f}  acc {results["accuracy"]:.3f}',
-            flush=True)
-    if evaluator is not None:
-      task_metrics = evaluation.run(evaluator, model, state.variables(), per_host_batch,
-                                    task_feature_lengths['targets'], step)
-      for task, values in task_metrics.items():
-        summaries.write(f'eval_{task}', step, values)
-        print(f'eval  step {step}  {task}  ' +
-              '  '.join(f'{k} {v:.4f}' for k, v in sorted(values.items())), flush=True)
-      results = {**results, 'tasks': task_metrics}
-    return results
-
-  rng = jax.random.key(seed + 1)
-  batches = dataset.train_batches(start_step=start)
-  tokens_per_step = batch_size * sum(task_feature_lengths.values())
-  metrics, eval_metrics = {}, {}
-  last_log_step, last_log_time = start, time.time()
+  metrics = _StepMetrics(manager, on_step)
   if eval_only:
-    eval_metrics = evaluate_all(start)
-    train_steps = start  # skip the loop
-  # Steps are dispatched without waiting for the device: their metrics stay on it until the
-  # host needs them (to log, evaluate, save, stop or call `on_step`). Every loss is checked
-  # before any checkpoint is written, so a NaN never reaches one.
-  pending = []
-  forms_seen = set()  # 'packed' / 'unpacked': each compiles the step once
-
-  def read_pending():
-    nonlocal metrics
-    if not pending:
-      return
-    for done_step, values in jax.device_get(pending):
-      metrics = {k: float(v) for k, v in values.items()}
-      if not (np.isfinite(metrics['loss']) and np.isfinite(metrics.get('grad_norm', 0.0))):
-        manager.wait()
-        raise NonFiniteLossError(
-            f'loss is {metrics["loss"]} (gradient norm {metrics.get("grad_norm")}) at step '
-            f'{done_step}; stopping. The last good checkpoint '
-            f'(step {manager.latest_step()}) is kept in {manager.directory}. Lower the learning '
-            'rate or check the data, then rerun to resume from it.')
-      if on_step is not None:
-        on_step(done_step, metrics)
-    pending.clear()
-
-  with _Preemption() as preemption:
-    for step in range(start + 1, train_steps + 1):
-      batch = next(batches)
-      if step == start + 1 and (note := network.packed_slots_note(model.config, batch)):
-        print(note, flush=True)
-      if unpack_single_example_rows:
-        batch = data_lib.unpack_single_example_rows(batch)
-        form = 'packed' if 'encoder_segment_ids' in batch else 'unpacked'
-        if forms_seen and form not in forms_seen:
-          print(f'step {step}: the first {form} batch of this run; compiling the step for it '
-                '(once).', flush=True)
-        forms_seen.add(form)
-      state, step_metrics = step_fn(state, _to_global(batch, batch_sharding), rng)
-      pending.append((step, step_metrics))
-      log_now = step % log_period == 0 or step == train_steps
-      eval_now = eval_period and (step % eval_period == 0 or step == train_steps)
-      save_now = manager.is_due(step) or step == train_steps or preemption.requested
-      if on_step is not None or log_now or eval_now or save_now:
-        read_pending()
-      if log_now:
-        now = time.time()
-        step_time = (now - last_log_time) / (step - last_log_step)
-        last_log_step, last_log_time = step, now
-        scalars = {**metrics, 'step_time_s': step_time,
-                   'tokens_per_s': tokens_per_step / step_time,
-                   'learning_rate': float(learning_rate(step - 1))}
-        summaries.write('train', step, scalars)
-        print(f'step {step}/{train_steps}  loss {metrics["loss"]:.4f}  '
-              f'acc {metrics["accuracy"]:.3f}  {tokens_per_step / step_time:,.0f} tok/s  '
-              f'{step_time * 1000:.0f} ms/step', flush=True)
-      if eval_now:
-        eval_metrics = evaluate_all(step)
-      preempted = preemption.requested  # read once, and any SIGTERM so far has its losses read
-      if preempted:
-        read_pending()
-      manager.maybe_save(step, state, force=(step == train_steps or preempted))
-      if preempted:
-        print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
-        break
+    eval_metrics = evaluate_all(state, start)
+  else:
+    batches = dataset.train_batches(start_step=start)
+    log = _TrainLog(summaries, log_period, train_steps, start,
+                    tokens_per_step=batch_size * sum(task_feature_lengths.values()),
+                    learning_rate=learning_rate)
+    state, eval_metrics = _run_steps(
+        state, start, train_steps, batches, step_fn=step_fn,
+        batch_sharding=batch_sharding, rng=jax.random.key(seed + 1), manager=manager,
+        metrics=metrics, log=log, evaluate_all=evaluate_all, eval_period=eval_period)
   manager.wait()
-  result = {'train': metrics, 'eval': eval_metrics, 'step': int(state.step), 'state': state}
+  result = {'train': metrics.latest, 'eval': eval_metrics, 'step': int(state.step), 'state': state}
   if infer_examples:
     from synth_jax import decoding  # pylint: disable=g-import-not-at-top
     result['examples'] = decoding.print_examples(

@@ -38,6 +38,17 @@ def model_inputs(batch):
   return {k: batch[k] for k in names if k in batch}
 
 
+def _fits(sharding: NamedSharding, shape: tuple) -> bool:
+  """Whether `sharding` partitions an array of `shape` evenly (same rank, divisible dims)."""
+  if len(sharding.spec) != len(shape):
+    return False
+  for axes, size in zip(sharding.spec, shape):
+    for axis in (axes,) if isinstance(axes, str) else (axes or ()):
+      if size % sharding.mesh.shape[axis]:
+        return False
+  return True
+
+
 def _state_sharding_for(abstract_opt_state, param_shardings, mesh: Mesh):
   """Optimizer-state leaves shaped and placed like a parameter get its sharding; others replicate.
 
@@ -54,7 +65,7 @@ def _state_sharding_for(abstract_opt_state, param_shardings, mesh: Mesh):
     for start in range(len(keys)):
       sharding = param_by_path.get(keys[start:])
       if sharding is not None and len(sharding.spec) <= len(leaf.shape):
-        return sharding if len(sharding.spec) == len(leaf.shape) else replicated
+        return sharding if _fits(sharding, leaf.shape) else replicated
     return replicated
 
   return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)

@@ -85,15 +85,38 @@ def test_rows_of_several_examples_or_not_from_position_0_stay_packed():
     assert set(got) == set(packed), name
 
 
-@pytest.mark.parametrize('attention_type,fused', [
-    ('vanilla', None), ('vanilla', 'xla'), ('random', None), ('factorized_dense', None),
-    ('random+vanilla', None)])
-def test_unpacked_single_example_rows_give_the_packed_loss_and_gradients(attention_type, fused):
+def test_dataset_streams_single_example_rows_unpacked_and_notes_each_new_form(capsys):
+  """The copy task's packed batches mix: batches 1-2 have rows of two examples, batch 3 has none."""
+  raw = data.Dataset(fixtures.register_copy_task(), fixtures.LENGTHS, batch_size=8)
+  unpacking = data.Dataset(fixtures.register_copy_task(), fixtures.LENGTHS, batch_size=8,
+                           unpack_single_example_rows=True)
+  stream, converted = raw.train_batches(), unpacking.train_batches()
+  for _ in range(4):
+    want = data.unpack_single_example_rows(next(stream))
+    got = next(converted)
+    assert got.keys() == want.keys()
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  printed = capsys.readouterr().out
+  assert printed == ('step 3: the first unpacked batch of this run; compiling the step for it '
+                     '(once).\n'), printed
+  next(unpacking.train_batches(start_step=2))  # a stream resumed at step 3 starts unpacked
+  assert 'the first' not in capsys.readouterr().out
+  not_packed = data.Dataset(fixtures.register_copy_task(), fixtures.LENGTHS, batch_size=8,
+                              pack=False, unpack_single_example_rows=True)
+  assert not not_packed.unpack_single_example_rows  # nothing to unpack
+
+
+@pytest.mark.parametrize('attention_type,execution', [
+    ('vanilla', 'fast'), ('vanilla', 'xla'), ('random', 'fast'), ('factorized_dense', 'fast'),
+    ('random+vanilla', 'fast')])
+def test_unpacked_single_example_rows_give_the_packed_loss_and_gradients(attention_type,
+                                                                         execution):
   """The network on the converted batch (padding masks, lengths) equals it on the packed one."""
   packed = converted_rows({'inputs': 16, 'targets': 16}, pack=True)
   unpacked = data.unpack_single_example_rows(packed)
   assert 'encoder_segment_ids' not in unpacked
-  model = fixtures.tiny_model(attention_type, fused_attention=fused)
+  model = fixtures.tiny_model(attention_type, attention_execution=execution)
   inputs = {k: jnp.asarray(v) for k, v in train_state.model_inputs(packed).items()}
   variables = model.init(jax.random.key(0), **inputs, enable_dropout=False)
   weights = jnp.asarray(packed['decoder_loss_weights'])

@@ -184,14 +184,6 @@ def test_training_writes_events_config_and_evaluates(tmp_path):
   np.testing.assert_allclose(evaluated['eval']['loss'], result['eval']['loss'], rtol=1e-5)
 
 
-def test_packed_rows_with_more_examples_than_slots_print_a_note_naming_the_knob(capsys):
-  run(None, 1, model=fixtures.tiny_model('random', packed_segment_slots=1))
-  printed = capsys.readouterr().out
-  assert 'more than T5Config.packed_segment_slots=1: random self-attention' in printed
-  run(None, 1, model=fixtures.tiny_model('random'))
-  assert 'packed_segment_slots' not in capsys.readouterr().out
-
-
 def test_batches_of_single_example_rows_train_unpacked_with_the_same_losses(capsys):
   """The copy task's packed batches mix: steps 1-2 have rows of two examples, step 3 has none."""
   _, converted = run(None, 6, 'random')

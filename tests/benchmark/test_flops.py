@@ -136,3 +136,14 @@ def test_jitted_functions_keep_their_callers_scope():
 
   counts = flops.matmul_flops(jax.make_jaxpr(outer)(jnp.ones((4, 8))))
   assert counts['parts'] == {'encoder/mlp': 2 * 4 * 8 * 8}
+
+
+def test_the_bfloat16_logits_matmul_counts_three_forward_products_like_float32():
+  """Its custom gradient traces no dead primal product (the logits matmul counts 3x forward)."""
+  from synth_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
+  counts = {}
+  for dtype in ('float32', 'bfloat16'):
+    row = runner.measure('vanilla', 'tiny', batch_size=4, steps=1, warmup=0, peak_tflops=1.0,
+                         logits_matmul_dtype=dtype)
+    counts[dtype] = row['model_flops_per_step']
+  assert counts['bfloat16'] == counts['float32']
