@@ -27,5 +27,6 @@ class TopKAttention(dot_product.DotProductAttention):
     visible = jnp.where(mask.dense(), logits, core.NEG_INF)
     k_len = logits.shape[-1]
     _, chosen = jax.lax.top_k(visible, min(self.top_k, k_len))
-    kept = jnp.any(chosen[..., None] == jnp.arange(k_len), axis=-2)
+    kept = jnp.put_along_axis(jnp.zeros(logits.shape, bool), chosen, True, axis=-1,
+                              inplace=False)
     return jnp.where(kept, logits, core.NEG_INF)
