@@ -1,0 +1,209 @@
+"""The contract of `kernels.Dispatch`: every variant, every execution, every mask form equals the
+reference path (`dispatch=None`), values and gradients, and takes its kernel where it should.
+
+A kernel that silently stopped being chosen would still pass an equality test, so each case also
+records which kernels ran, against the variants this file names as fused (`FLASH`, `SHARED`).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synth_jax import attention
+from synth_jax import network
+from synth_jax.attention import kernels
+from synth_jax.attention import masks
+from synth_jax.attention import registry
+from synth_jax.attention.kernels import flash
+from synth_jax.attention.kernels import packed_gather
+from synth_jax.attention.kernels import shared_scores
+from tests.attention import helpers
+
+BATCH, LENGTH = 3, 6
+EXECUTIONS = ('fast', 'xla')
+VARIANTS = tuple(attention.names()) + ('random+vanilla', 'factorized_random+orthogonal')
+# The variants a kernel computes: query.key products through `jax.nn.dot_product_attention`
+# (under 'xla'), batch-shared score tables (under any execution but 'reference'). Any other
+# variant must take none of the kernels `kernels_run` watches.
+FLASH = {'vanilla', 'cosine', 'orthogonal', 'frozen_gaussian', 'rotary'}
+SHARED = {'random', 'fixed_random', 'factorized_random'}
+
+# Unpacked rows pad at the end (seqio); packed rows as seqio packs them, padding last; the
+# cross-attention queries (decoder) and keys (encoder) have their own lengths.
+SELF_LENGTHS = [6, 4, 2]
+SEGMENT_IDS = np.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1], [1, 2, 2, 3, 3, 3]])
+CROSS_QUERY_LENGTHS, CROSS_KEY_LENGTHS, CROSS_Q_LEN, CROSS_K_LEN = [5, 2, 4], [7, 6, 1], 5, 7
+FORMS = ('padding', 'padding_causal', 'packed', 'packed_causal', 'cross')
+
+
+def padded_tokens(lengths, total, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, 100, (len(lengths), total))
+  return jnp.asarray(np.where(np.arange(total)[None] < np.asarray(lengths)[:, None], tokens, 0))
+
+
+def case(form, seed=0):
+  """`(mask, x_q, x_kv, bias)` of a mask form; bias `[1, heads, q, k]` for self-attention."""
+  if form == 'cross':
+    mask = masks.Mask.for_cross_attention(
+        padded_tokens(CROSS_QUERY_LENGTHS, CROSS_Q_LEN) > 0,
+        padded_tokens(CROSS_KEY_LENGTHS, CROSS_K_LEN, seed=1))
+    return (mask, helpers.inputs(seed, BATCH, CROSS_Q_LEN),
+            helpers.inputs(seed + 1, BATCH, CROSS_K_LEN), None)
+  causal = form.endswith('causal')
+  if form.startswith('packed'):
+    mask = masks.Mask.for_self_attention(jnp.asarray(SEGMENT_IDS) * 7,
+                                         jnp.asarray(SEGMENT_IDS), causal=causal)
+  else:
+    mask = masks.Mask.for_self_attention(padded_tokens(SELF_LENGTHS, LENGTH), causal=causal)
+  x = helpers.inputs(seed, BATCH, LENGTH)
+  return mask, x, x, helpers.random_bias(seed + 2, LENGTH, LENGTH)
+
+
+def expected_kernels(variant, execution, form):
+  members = registry.members(variant)
+  expected = set()
+  if execution == 'xla' and FLASH & set(members):
+    expected.add('flash')
+  if SHARED & set(members):
+    expected.add('packed_gather' if form.startswith('packed') else 'shared_scores')
+  return expected
+
+
+@pytest.fixture
+def kernels_run(monkeypatch):
+  """The names of the kernels called while the test runs."""
+  called = set()
+
+  def spy(module, function, name):
+    original = getattr(module, function)
+
+    def wrapped(*args, **kwargs):
+      called.add(name)
+      return original(*args, **kwargs)
+    monkeypatch.setattr(module, function, wrapped)
+  spy(flash, 'flash_attention', 'flash')
+  spy(shared_scores, 'shared_scores_attention', 'shared_scores')
+  spy(packed_gather, 'gather_within_segments', 'packed_gather')
+  return called
+
+
+def outputs_and_gradients(module, variables, mask, x_q, x_kv, bias):
+  """Outputs at the valid queries; gradients of their sum of squares w.r.t. params, inputs, bias."""
+  valid = np.asarray(mask.query_valid)
+
+  def valid_outputs(params, x_q, x_kv, bias):
+    out = module.apply({**variables, 'params': params}, x_q, x_kv, mask, bias)
+    return jnp.where(valid[:, :, None], out, 0)
+
+  def loss(*args):
+    return jnp.sum(valid_outputs(*args) ** 2)
+  args = (variables['params'], x_q, x_kv, bias)
+  argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+  return valid_outputs(*args), jax.grad(loss, argnums=argnums)(*args)
+
+
+@functools.cache
+def reference_case(variant, form):
+  """The case's inputs, variables, and the reference path's outputs and gradients.
+
+  Computed once for both executions (the reference is most of each test's time).
+  """
+  mask, x_q, x_kv, bias = case(form)
+  reference = helpers.build(variant)
+  variables = helpers.init(reference, x_q, x_kv)
+  return (mask, x_q, x_kv, bias, variables,
+          *outputs_and_gradients(reference, variables, mask, x_q, x_kv, bias))
+
+
+@pytest.mark.parametrize('form', FORMS)
+@pytest.mark.parametrize('execution', EXECUTIONS)
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_dispatch_equals_the_reference_path_in_values_and_gradients(variant, execution, form,
+                                                                  kernels_run):
+  if form == 'cross' and attention.is_position_dependent(variant):
+    pytest.skip('position-dependent variants cannot be cross-attention')
+  mask, x_q, x_kv, bias, variables, want_out, want_grads = reference_case(variant, form)
+  kernels_run.clear()  # the reference takes no kernel (it has no dispatch)
+
+  dispatched = helpers.build(variant, dispatch=kernels.dispatch_for(execution))
+  got_out, got_grads = outputs_and_gradients(dispatched, variables, mask, x_q, x_kv, bias)
+  assert kernels_run == expected_kernels(variant, execution, form)
+  np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-5)
+  got_leaves = jax.tree_util.tree_flatten_with_path(got_grads)[0]
+  want_leaves = jax.tree.leaves(want_grads)
+  assert len(got_leaves) == len(want_leaves)
+  for (path, got), want in zip(got_leaves, want_leaves):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                               err_msg=f'gradient {jax.tree_util.keystr(path)}')
+
+
+def score_shapes(variant, execution, primitive=None):
+  """Shapes of the values (of `primitive`, else all) of a training step's jaxpr, causal padding."""
+  mask, x, _, bias = case('padding_causal')
+  module = helpers.build(variant, dispatch=kernels.dispatch_for(execution))
+  variables = helpers.init(module, x)
+  loss = lambda params: jnp.sum(module.apply({**variables, 'params': params}, x, x, mask,
+                                             bias) ** 2)
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(variables['params'])
+  return {v.aval.shape for e in helpers.all_equations(jaxpr)
+          if primitive is None or e.primitive.name == primitive for v in e.outvars}
+
+
+@pytest.mark.parametrize('variant', sorted(SHARED))
+def test_fast_random_synthesizers_form_no_per_example_scores(variant):
+  """'fast' normalizes the shared table once: no `[batch, heads, q, k]` value, backward included."""
+  per_example = (BATCH, helpers.HEADS, LENGTH, LENGTH)
+  assert per_example in score_shapes(variant, 'reference')
+  assert per_example not in score_shapes(variant, 'fast')
+
+
+@pytest.mark.parametrize('variant', ['vanilla', 'orthogonal'])
+def test_xla_query_key_attention_forms_no_score_matmul_of_its_own(variant):
+  """Under 'xla' the scores are `jax.nn.dot_product_attention`'s, not the core's q.k einsum."""
+  per_example = (BATCH, helpers.HEADS, LENGTH, LENGTH)
+  assert per_example in score_shapes(variant, 'reference', 'dot_general')
+  assert per_example not in score_shapes(variant, 'xla', 'dot_general')
+
+
+@pytest.mark.parametrize('variant', ['vanilla', 'orthogonal', 'random', 'factorized_random',
+                                     'random+vanilla'])
+@pytest.mark.parametrize('form', ['padding_causal', 'packed_causal'])
+def test_fast_paths_in_bfloat16_stay_close_to_the_float32_reference(variant, form, kernels_run):
+  mask, x, _, bias = case(form, seed=13)
+  variables = helpers.init(helpers.build(variant), x)
+  want = helpers.build(variant).apply(variables, x, x, mask, bias)
+  got = helpers.build(variant, dtype=jnp.bfloat16, dispatch=kernels.dispatch_for('xla')).apply(
+      variables, x, x, mask, bias)
+  assert kernels_run == expected_kernels(variant, 'xla', form)
+  assert got.dtype == jnp.bfloat16
+  valid = np.asarray(mask.query_valid)
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(np.asarray(got, np.float32)[valid], want[valid], atol=0.03 * scale)
+
+
+def test_reference_execution_has_no_dispatch():
+  assert kernels.dispatch_for('reference') is None
+  assert kernels.dispatch_for('fast') == kernels.Dispatch(fused=None)
+  assert kernels.dispatch_for('auto') == kernels.Dispatch(fused='auto')
+
+
+def test_an_unknown_execution_is_a_clear_error_listing_the_valid_ones():
+  with pytest.raises(ValueError, match=r"attention_execution='cuda' is not an attention "
+                                       r"execution; use one of 'reference', 'fast', 'cudnn', "
+                                       r"'xla', 'auto'"):
+    kernels.dispatch_for('cuda')
+
+
+def test_an_unknown_transformer_execution_names_the_knob():
+  config = network.T5Config(vocab_size=50, emb_dim=16, num_heads=2, head_dim=8,
+                            num_encoder_layers=1, num_decoder_layers=1, mlp_dim=32,
+                            dropout_rate=0.0, max_encoder_length=8, max_decoder_length=8)
+  model = network.Transformer(config, attention_execution='cuda')
+  tokens = jnp.ones((1, 4), jnp.int32)
+  with pytest.raises(ValueError, match=r"Transformer.attention_execution='cuda' is not an "
+                                       r"attention execution; use one of 'reference'"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens, tokens,
+                                      enable_dropout=False))
