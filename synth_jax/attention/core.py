@@ -23,11 +23,9 @@ from synth_jax import layers
 from synth_jax.attention import masks
 
 Array = jax.Array
-# Large but finite: exp(NEG_INF - max) is exactly 0 in float32, and a fully masked row
-# (a padding query) stays finite instead of turning into NaN.
+# Large but finite: exp(NEG_INF - max) is 0 in float32, and a fully masked row stays finite.
 NEG_INF = -1e10
-# Frozen variables (fixed random maps, orthogonal W_Q/W_K) live outside 'params', so they get no
-# gradient and no optimizer state by construction.
+# Frozen variables live outside 'params': no gradient and no optimizer state by construction.
 CACHE = 'cache'
 FROZEN = 'frozen'
 
@@ -119,6 +117,8 @@ class Attention(nn.Module):
   shared_logits = False
   # Logits are `logit_scale(head_dim) * queries . keys` (`dot_product.QueryKeyAttention`).
   query_key = False
+  # Probabilities are a normalized kernel phi(q).phi(k) (`feature_logs()`; linear attention).
+  kernel_features = False
   # Whether the T5 relative-position bias is added (rotary and linear attention do without).
   position_bias = True
 

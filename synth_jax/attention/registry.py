@@ -10,6 +10,7 @@ from synth_jax.attention import dense
 from synth_jax.attention import dot_product
 from synth_jax.attention import frozen_gaussian
 from synth_jax.attention import hyperbolic
+from synth_jax.attention import linear
 from synth_jax.attention import mixture
 from synth_jax.attention import neg_l2
 from synth_jax.attention import orthogonal
@@ -32,6 +33,7 @@ VARIANTS = {
     'hyperbolic': (hyperbolic.HyperbolicAttention, {}),
     'rotary': (rotary.RotaryAttention, {}),
     'topk': (topk.TopKAttention, {}),
+    'linear': (linear.LinearAttention, {}),
 }
 
 MIXTURE_SEPARATOR = '+'

@@ -153,8 +153,26 @@ def topk_logits(params, x_q, x_kv, heads, mask, top_k):
   return np.where(kept, logits, -np.inf)
 
 
+def linear_features(x, frozen):
+  """phi(x) `[b, l, h, m]`: FAVOR+ exp(W x' - |x'|^2 / 2) / sqrt(m), x' = x / d^(1/4), when
+  `frozen` holds the random features W `[h, m, d]`; else elu(x) + 1."""
+  if 'random_features' not in frozen:
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+  w = np.asarray(frozen['random_features'], np.float64)
+  x = x / x.shape[-1] ** 0.25
+  projected = np.einsum('blhd,hmd->blhm', x, w)
+  return np.exp(projected - 0.5 * np.sum(x ** 2, -1, keepdims=True)) / np.sqrt(w.shape[1])
+
+
+def linear_logits(params, frozen, x_q, x_kv, heads):
+  """log(phi(q) . phi(k)): their softmax is the normalized kernel, computed quadratically."""
+  q = linear_features(project(x_q, params['query']['kernel'], heads), frozen)
+  k = linear_features(project(x_kv, params['key']['kernel'], heads), frozen)
+  return np.log(np.einsum('bqhm,bkhm->bhqk', q, k))
+
+
 # Variants that do without the T5 relative-position bias.
-NO_POSITION_BIAS = ('rotary',)
+NO_POSITION_BIAS = ('rotary', 'linear')
 
 
 def member_probabilities(name, params, frozen, x_q, x_kv, heads, mask, bias, top_k=8):
@@ -182,6 +200,8 @@ def member_probabilities(name, params, frozen, x_q, x_kv, heads, mask, bias, top
     logits = hyperbolic_logits(params, x_q, x_kv, heads)
   elif name == 'rotary':
     logits = rotary_logits(params, x_q, x_kv, heads)
+  elif name == 'linear':
+    logits = linear_logits(params, frozen, x_q, x_kv, heads)
   elif name == 'topk':
     logits = topk_logits(params, x_q, x_kv, heads, mask, top_k)
   else:

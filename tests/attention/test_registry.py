@@ -16,7 +16,8 @@ from tests.attention.helpers import ALL_TYPES
 def test_names_list_every_variant():
   assert attention.names() == sorted([
       'vanilla', 'dense', 'factorized_dense', 'random', 'fixed_random', 'factorized_random',
-      'orthogonal', 'frozen_gaussian', 'cosine', 'neg_l2', 'hyperbolic', 'rotary', 'topk'])
+      'orthogonal', 'frozen_gaussian', 'cosine', 'neg_l2', 'hyperbolic', 'rotary', 'topk',
+      'linear'])
 
 
 def test_unknown_type_error_lists_the_valid_ones():

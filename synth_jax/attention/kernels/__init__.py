@@ -2,25 +2,29 @@
 
 The reference path (`core.Attention.mix_heads`) is what every variant means; a kernel here
 computes the same heads with less memory traffic, for the cases it states. `Dispatch` looks only
-at what the variant declares (`query_key`, `shared_logits`), the form of the mask and the run's
-option, and returns None whenever no kernel applies, so the reference runs. Each kernel has a test
-that it equals the reference, values and gradients, masks included (`tests/attention/kernels/`).
+at what the variant declares (`query_key`, `shared_logits`, `kernel_features`), the form of the
+mask and the run's option, and returns None whenever no kernel applies, so the reference runs.
+Each kernel has a test that it equals the reference, values and gradients, masks included
+(`tests/attention/kernels/`).
 
   flash.py          query-key variants through `jax.nn.dot_product_attention` (cuDNN on GPU)
   shared_scores.py  batch-shared logits (random synthesizers) normalized once per step
   packed_gather.py  score tables read within packed segments, with a collision-free gradient
+  linear_scan.py    linear attention's normalized kernel as key sums (prefix sums when causal)
 """
 import dataclasses
 from typing import Optional
 
 from synth_jax.attention import core
 from synth_jax.attention.kernels import flash
+from synth_jax.attention.kernels import linear_scan
 from synth_jax.attention.kernels import packed_gather
 from synth_jax.attention.kernels import shared_scores
 
 # How a run executes attention (`network.Transformer.attention_execution`):
 #   'reference'               the core path only;
-#   'fast'                    plus the exact rewrites that run anywhere (shared scores, packed gather);
+#   'fast'                    plus the exact rewrites that run anywhere (shared scores, packed
+#                             gather, linear attention's key sums);
 #   'cudnn' / 'xla' / 'auto'  plus query-key attention through `jax.nn.dot_product_attention`
 #                             with that implementation ('auto' lets JAX choose).
 EXECUTIONS = ('reference', 'fast', 'cudnn', 'xla', 'auto')
@@ -39,6 +43,9 @@ class Dispatch:
   def __call__(self, module: core.Attention, inputs_q, key_features, value, mask, bias):
     if mask.step is not None:  # one decode step: nothing to fuse
       return None
+    if module.kernel_features and linear_scan.applies(mask, inputs_q.shape[1]):
+      log_q, log_k = module.feature_logs(inputs_q, key_features)
+      return linear_scan.linear_attention(log_q, log_k, value, mask, module.chunk_size)
     if module.query_key and self.fused and inputs_q.shape[1] > 1:
       return flash.flash_attention(
           module.queries(inputs_q, mask), module.keys(key_features, mask), value, bias, mask,

@@ -17,6 +17,7 @@ from synth_jax.attention import kernels
 from synth_jax.attention import masks
 from synth_jax.attention import registry
 from synth_jax.attention.kernels import flash
+from synth_jax.attention.kernels import linear_scan
 from synth_jax.attention.kernels import packed_gather
 from synth_jax.attention.kernels import shared_scores
 from tests.attention import helpers
@@ -29,6 +30,7 @@ VARIANTS = tuple(attention.names()) + ('random+vanilla', 'factorized_random+orth
 # variant must take none of the kernels `kernels_run` watches.
 FLASH = {'vanilla', 'cosine', 'orthogonal', 'frozen_gaussian', 'rotary'}
 SHARED = {'random', 'fixed_random', 'factorized_random'}
+LINEAR = {'linear'}  # kernel feature maps: key sums, prefix sums when causal
 
 # Unpacked rows pad at the end (seqio); packed rows as seqio packs them, padding last; the
 # cross-attention queries (decoder) and keys (encoder) have their own lengths.
@@ -69,6 +71,8 @@ def expected_kernels(variant, execution, form):
     expected.add('flash')
   if SHARED & set(members):
     expected.add('packed_gather' if form.startswith('packed') else 'shared_scores')
+  if LINEAR & set(members):
+    expected.add('linear_scan')
   return expected
 
 
@@ -87,6 +91,7 @@ def kernels_run(monkeypatch):
   spy(flash, 'flash_attention', 'flash')
   spy(shared_scores, 'shared_scores_attention', 'shared_scores')
   spy(packed_gather, 'gather_within_segments', 'packed_gather')
+  spy(linear_scan, 'linear_attention', 'linear_scan')
   return called
 
 
