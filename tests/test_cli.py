@@ -80,7 +80,7 @@ def test_params_command_prints_the_table(capsys):
 
 
 @pytest.mark.parametrize('attention_type', ['cosine', 'neg_l2', 'hyperbolic', 'rotary', 'topk',
-                                            'frozen_gaussian', 'cosine+random'])
+                                            'frozen_gaussian', 'linear', 'cosine+random'])
 def test_the_demo_trains_a_few_steps_with_each_similarity_space(attention_type, tmp_path, capsys):
   """`configs/demo.gin` (pydoc corpus, byte vocabulary) with one ATTENTION_TYPE override."""
   status = cli.main([
