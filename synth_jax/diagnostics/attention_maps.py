@@ -1,0 +1,334 @@
+"""`synth-jax attention-maps`: per-layer, per-head attention maps of a trained T5 run, as PNG.
+
+  synth-jax attention-maps --gin_file=/tmp/synth_jax_demo/config.gin --out /tmp/maps
+  synth-jax attention-maps --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'" \
+      --out /tmp/maps --examples 2 --max_length 64
+
+The run is described as `synth-jax train` reads it (gin files and `--gin.NAME=VALUE`; a run's
+own `MODEL_DIR/config.gin` is the surest description). The model is the gin-bound
+`synth_jax.network.Transformer`; its parameters come from the latest checkpoint of MODEL_DIR
+(or `--step`), read straight from the checkpoint (params and frozen variables only, whatever
+the optimizer); the examples are the first `--examples` of the run's eval split, unpacked (one
+example per row) and cut to `--max_length` tokens per feature.
+
+How the maps are captured: the network runs once, forward, under `nn.intercept_methods`.
+Every call of an `attention.Attention` module's `__call__` is intercepted and, before it runs,
+the module's own `probabilities(inputs_q, inputs_kv, mask, bias)` is called with the same
+arguments: the core's scores -> mask -> softmax, float32, with the module's parameters. This
+needs no change to the network and no `sow` in it, sees every variant (mixtures' weighted sums
+included) and takes the reference path, so it never depends on a fused kernel that forms no
+`[q, k]` map. Each map is checked when captured: every valid query's row sums to 1.
+
+Writes to `--out`:
+  `{encoder_self,decoder_self,cross}_layer{i}.png`: one figure per layer and stack, a grid of
+    examples (rows) x heads (columns), each map cropped to the example's tokens (queries down,
+    keys across, labelled with the tokens when short), one shared colour scale;
+  `maps.json`: the run (model dir, step, task, split, lengths, attention types), the examples'
+    text, per layer `statistics.attention_statistics` of its maps (entropy, normalized entropy,
+    head similarity; over the examples' valid queries and visible keys), and
+    `statistics.projection_spectra` of the checkpoint.
+"""
+import argparse
+import inspect
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import seqio
+
+from synth_jax import attention
+from synth_jax import checkpoints
+from synth_jax import data
+from synth_jax import decoding
+from synth_jax.attention import core
+from synth_jax.attention import masks
+from synth_jax.diagnostics import statistics
+
+# The T5 network's attention modules: (stack, module name) -> the stack's label in file names.
+STACKS = {('encoder', 'attention'): 'encoder_self', ('decoder', 'self_attention'): 'decoder_self',
+          ('decoder', 'encoder_decoder_attention'): 'cross'}
+# Rows must sum to 1 to this tolerance (float32 softmax over at most a few thousand keys).
+ROW_SUM_TOLERANCE = 1e-3
+# Axes are labelled with the tokens up to this many positions; beyond, with positions.
+MAX_LABELLED_TOKENS = 48
+
+
+def capture_probabilities(model: nn.Module, variables, **inputs) -> list[dict[str, Any]]:
+  """Runs `model.apply(variables, **inputs)` once; returns every attention call's maps, in order.
+
+  Each entry: `path` (the module path, e.g. `('encoder', 'layers_0', 'attention')`),
+  `probabilities` `[batch, heads, q_len, k_len]`, `visible` `[batch, 1 | heads, q_len, k_len]`
+  bool (the call's `Mask.dense()`) and `query_valid` `[batch, q_len]` bool, all NumPy.
+  Raises if a valid query's row does not sum to 1.
+  """
+  captured = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == '__call__' and isinstance(module, attention.Attention):
+      call = inspect.signature(type(module).__call__).bind(module, *args, **kwargs)
+      call.apply_defaults()
+      inputs_q, inputs_kv, bias = (call.arguments[k] for k in ('inputs_q', 'inputs_kv', 'bias'))
+      mask = masks.as_mask(call.arguments['mask'], *inputs_q.shape[:2], inputs_kv.shape[1])
+      probabilities = module.probabilities(inputs_q, inputs_kv, mask, bias,
+                                           decode=call.arguments['decode'])
+      captured.append(_checked(module.path, probabilities, mask))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    model.apply(variables, **inputs)
+  return captured
+
+
+def _checked(path, probabilities, mask: masks.Mask) -> dict[str, Any]:
+  """A `capture_probabilities` entry, after checking that every valid query's row sums to 1."""
+  visible = np.asarray(mask.dense())
+  query_valid = np.asarray(mask.query_valid) & np.any(visible, axis=(1, 3))
+  p = np.broadcast_to(np.asarray(probabilities, np.float32),
+                      (query_valid.shape[0],) + tuple(probabilities.shape[1:]))
+  row_sums = np.where(query_valid[:, None, :], p.sum(-1), 1.0)
+  if not np.all(np.isfinite(p)) or np.max(np.abs(row_sums - 1.0)) > ROW_SUM_TOLERANCE:
+    raise RuntimeError(f'{"/".join(path)}: attention rows do not sum to 1 (largest error '
+                       f'{np.max(np.abs(row_sums - 1.0)):.2e}); the attention core is broken.')
+  return {'path': tuple(path), 'probabilities': p, 'visible': visible, 'query_valid': query_valid}
+
+
+def restore_variables(model: nn.Module, model_dir: str, example_inputs: dict,
+                      step: Optional[int] = None) -> tuple[dict, int]:
+  """(`{'params', 'frozen'}` of the checkpoint at `step` (default: latest), the step).
+
+  Only the params and frozen collections are read (orbax partial restore, onto one device),
+  after checking their shapes against `model`'s, so the optimizer need not be rebuilt.
+  """
+  directory = os.path.join(model_dir, 'checkpoints')
+  steps = []
+  if model_dir.startswith('gs://') or os.path.isdir(directory):
+    steps = ocp.utils.checkpoint_steps(directory)
+  if not steps:
+    raise checkpoints.CheckpointError(
+        f'attention-maps needs a checkpoint, and {directory} has none; train first or point '
+        'MODEL_DIR at a run (--gin.MODEL_DIR="\'/path/to/run\'").')
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise checkpoints.CheckpointError(f'no checkpoint step {step} in {directory}; it has '
+                                      f'{sorted(steps)}.')
+  item = os.path.join(directory, str(step), 'default')
+  stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
+  one_row = jax.tree.map(lambda x: x[:1], example_inputs)
+  expected = jax.eval_shape(lambda: nn.unbox(model.init(
+      jax.random.key(0), **one_row, enable_dropout=False)))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {}
+  for collection in ('params', core.FROZEN):
+    want = {k: v.shape for k, v in _flat(expected.get(collection, {})).items()}
+    have = {k: tuple(v.shape) for k, v in _flat(stored.get(collection) or {}).items()}
+    if want != have:
+      differ = sorted(set(want.items()) ^ set(have.items()))[0][0]
+      raise ValueError(
+          f'the checkpoint {item} does not fit the model the gin files describe ({collection} '
+          f'{differ!r}: checkpoint {have.get(differ)}, model {want.get(differ)}). Pass the '
+          f"run's own gin: --gin_file={os.path.join(model_dir, 'config.gin')}.")
+    if have:
+      abstract[collection] = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          stored[collection])
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True))
+  return dict(restored), step
+
+
+def _flat(tree) -> dict[str, Any]:
+  return {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _train_argument(name: str, default: Any = inspect.Parameter.empty) -> Any:
+  """The value gin binds to `synth_jax.train.train`'s argument `name` (macros evaluated)."""
+  try:
+    value = gin.query_parameter(f'synth_jax.train.train.{name}')
+  except ValueError:
+    if default is not inspect.Parameter.empty:
+      return default
+    raise SystemExit(f'attention-maps reads the run from gin, and synth_jax.train.train.{name} '
+                     f'is not bound: pass the run\'s gin files (e.g. MODEL_DIR/config.gin).')
+  if isinstance(value, gin.config.ConfigurableReference):
+    value = value.scoped_configurable_fn()
+  return value
+
+
+def _label(stack_and_name: tuple[str, ...]) -> tuple[str, Optional[int]]:
+  """`('encoder', 'layers_1', 'attention')` -> `('encoder_self', 1)`; other paths joined by '_'."""
+  if len(stack_and_name) == 3 and (stack_and_name[0], stack_and_name[2]) in STACKS:
+    layer = stack_and_name[1]
+    if layer.startswith('layers_') and layer[len('layers_'):].isdigit():
+      return STACKS[stack_and_name[0], stack_and_name[2]], int(layer[len('layers_'):])
+  return '_'.join(stack_and_name), None
+
+
+def _token_labels(vocabulary, tokens: np.ndarray) -> list[str]:
+  """A short readable label per token id (0: the decoder's start token; sentinels by name)."""
+  labels = []
+  for token in (int(t) for t in tokens):
+    if token == 0:
+      labels.append('<s>')
+    elif token == vocabulary.eos_id:
+      labels.append('</s>')
+    else:
+      text = decoding.render(vocabulary, [token]).replace('<extra_id_', '<X') or f'#{token}'
+      labels.append(text.replace(' ', '\u2423').replace('$', r'\$').replace('\n', r'\n'))
+  return labels
+
+
+def draw(path: str, title: str, maps: Sequence[Sequence[np.ndarray]],
+         query_labels: Sequence[Optional[list[str]]], key_labels: Sequence[Optional[list[str]]]):
+  """One PNG: `maps[example][head]` (cropped `[q, k]` masked arrays: masked = keys the query
+  may not see, drawn grey) as a grid, one colour scale."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (Agg, no pyplot)
+  colours = matplotlib.colormaps['viridis'].with_extremes(bad='0.85')
+  rows, cols = len(maps), len(maps[0])
+  # Panels grow with the length so token labels stay legible (inches).
+  side = min(max(0.1 * max(max(m.shape) for row in maps for m in row), 2.4), 6.0)
+  fig = Figure(figsize=(side * cols + 1.2, side * rows + 0.8), layout='constrained')
+  axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+  top = max((float(m.max()) for row in maps for m in row if m.count()), default=1.0)
+  image = None
+  for b, row in enumerate(maps):
+    for h, panel in enumerate(row):
+      ax = axes[b, h]
+      image = ax.imshow(panel, vmin=0.0, vmax=top, cmap=colours, aspect='auto',
+                        interpolation='nearest')
+      for axis, labels, size, rotation in ((ax.yaxis, query_labels[b], panel.shape[0], 0),
+                                           (ax.xaxis, key_labels[b], panel.shape[1], 90)):
+        if labels is not None and size <= MAX_LABELLED_TOKENS:
+          axis.set_ticks(range(size), labels[:size], fontsize=6, rotation=rotation)
+      if b == 0:
+        ax.set_title(f'head {h}', fontsize=9)
+      if h == 0:
+        ax.set_ylabel(f'example {b}\nquery', fontsize=8)
+      if b == rows - 1:
+        ax.set_xlabel('key', fontsize=8)
+  fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label='attention probability')
+  fig.suptitle(title, fontsize=10)
+  fig.savefig(path, dpi=110)
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='synth-jax attention-maps',
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('--gin_file', action='append', default=[])
+  parser.add_argument('--gin_search_paths', action='append', default=[])
+  parser.add_argument('--out', required=True, help='directory for the PNGs and maps.json.')
+  parser.add_argument('--examples', type=int, default=2, help='eval examples to draw.')
+  parser.add_argument('--max_length', type=int, default=64,
+                      help='tokens per feature (inputs, targets) at most.')
+  parser.add_argument('--split', default=None,
+                      help='default: gin train.eval_split, else validation.')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest).')
+  parser.add_argument('--tfds_data_dir', default=None, help='TFDS data directory (C4/GLUE).')
+  return parser
+
+
+def _run_from_gin(max_length: int, split: Optional[str]) -> dict[str, Any]:
+  """The gin-bound model and what `synth_jax.train.train` is bound to read: model dir, task,
+  feature lengths (cut to `max_length`) and eval split (`split` wins)."""
+  model_dir = _train_argument('model_dir', None)
+  if not model_dir:
+    raise SystemExit('MODEL_DIR is not set: pass --gin.MODEL_DIR="\'/path/to/run\'".')
+  lengths = dict(_train_argument('task_feature_lengths'))
+  return {'model': gin.get_configurable('synth_jax.network.Transformer')(),
+          'model_dir': model_dir, 'task': _train_argument('mixture_or_task_name'),
+          'lengths': {k: min(int(v), max_length) for k, v in lengths.items()},
+          'split': split or _train_argument('eval_split', 'validation')}
+
+
+def draw_layer(entry: dict[str, Any], batch: dict[str, np.ndarray], vocabulary,
+               attention_types: dict[str, str], step: int, out: str) -> dict[str, Any]:
+  """Draws one captured layer (`capture_probabilities` entry) of a T5 batch; returns its
+  `maps.json` entry: where it is, its PNG and `statistics.attention_statistics`."""
+  stack, layer = _label(entry['path'])
+  query_side, key_side = {'encoder_self': ('encoder', 'encoder'),
+                          'cross': ('decoder', 'encoder')}.get(stack, ('decoder', 'decoder'))
+  # Queries and keys by side: the tokens at each position, and each row's unpadded length.
+  tokens = {'encoder': batch['encoder_input_tokens'], 'decoder': batch['decoder_input_tokens']}
+  lengths = {'encoder': (batch['encoder_input_tokens'] > 0).sum(1),
+             'decoder': (batch['decoder_target_tokens'] > 0).sum(1)}
+  p = entry['probabilities']
+  hidden = ~np.broadcast_to(entry['visible'], p.shape)
+  crop = lambda x, b, h: x[b, h, :lengths[query_side][b], :lengths[key_side][b]]
+  maps = [[np.ma.masked_array(crop(p, b, h), crop(hidden, b, h)) for h in range(p.shape[1])]
+          for b in range(p.shape[0])]
+  name = f'{stack}_layer{layer}.png' if layer is not None else f'{stack}.png'
+  attention_type = attention_types.get(stack, '?')
+  draw(os.path.join(out, name), f'{stack} layer {layer} ({attention_type}), step {step}', maps,
+       [_token_labels(vocabulary, row) for row in tokens[query_side]],
+       [_token_labels(vocabulary, row) for row in tokens[key_side]])
+  return {'module': '/'.join(entry['path']), 'stack': stack, 'layer': layer,
+          'attention': attention_type, 'png': name, 'shape': list(p.shape),
+          **statistics.attention_statistics(p, entry['query_valid'], entry['visible'])}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`synth-jax attention-maps` with `argv` the arguments after the command; returns 0."""
+  from synth_jax import cli  # pylint: disable=g-import-not-at-top  (cli imports this module)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  bindings, argv = cli._split_gin_flags(argv)  # pylint: disable=protected-access
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if not args.gin_file:
+    parser.error('give the run\'s gin: --gin_file=MODEL_DIR/config.gin (or the files it was '
+                 'trained with and its --gin.MODEL_DIR).')
+  if args.examples < 1 or args.max_length < 1:
+    parser.error('--examples and --max_length must be at least 1.')
+  if args.tfds_data_dir:
+    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+  cli.parse_gin(args.gin_file, bindings, args.gin_search_paths)
+  run = _run_from_gin(args.max_length, args.split)
+  model, task, split = run['model'], run['task'], run['split']
+
+  dataset = data.Dataset(task, run['lengths'], args.examples, pack=False)
+  batch = next(dataset.eval_batches(split, 1), None)
+  if batch is None:
+    raise SystemExit(f'{task} split {split!r} has fewer than {args.examples} examples; lower '
+                     '--examples or pick another --split.')
+  inputs = {k: batch[k] for k in ('encoder_input_tokens', 'decoder_input_tokens',
+                                  'decoder_target_tokens')}
+  variables, step = restore_variables(model, run['model_dir'], inputs, args.step)
+  captured = capture_probabilities(model, variables, **inputs, enable_dropout=False)
+
+  config = model.config
+  vocabulary = seqio.get_mixture_or_task(task).output_features['targets'].vocabulary
+  attention_types = {'encoder_self': config.encoder_attention,
+                     'decoder_self': config.decoder_attention, 'cross': config.cross_attention}
+  os.makedirs(args.out, exist_ok=True)
+  report = {
+      'model_dir': run['model_dir'], 'step': step, 'task': task, 'split': split,
+      'lengths': run['lengths'], 'attention': attention_types, 'num_heads': config.num_heads,
+      'head_dim': config.head_dim,
+      'examples': [{'inputs': decoding.render(vocabulary, batch['encoder_input_tokens'][b]),
+                    'targets': decoding.render(vocabulary, batch['decoder_target_tokens'][b]),
+                    'input_length': int(np.sum(batch['encoder_input_tokens'][b] > 0)),
+                    'target_length': int(np.sum(batch['decoder_target_tokens'][b] > 0))}
+                   for b in range(args.examples)],
+      'layers': [draw_layer(entry, batch, vocabulary, attention_types, step, args.out)
+                 for entry in captured],
+      'projection_spectra': statistics.projection_spectra(
+          variables['params'], variables.get(core.FROZEN), config.num_heads),
+  }
+  with open(os.path.join(args.out, 'maps.json'), 'w') as f:
+    json.dump(statistics.as_json(report), f, indent=1)
+  print(f'attention-maps: {len(captured)} maps of {args.examples} {split} examples (checkpoint '
+        f'step {step}) written to {args.out}', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
