@@ -5,12 +5,15 @@
   synth-jax eval  --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
   synth-jax infer --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'" --examples=4
   synth-jax params [attention types...]
+  synth-jax diagnose --preset tiny --tasks mqar,induction --attention vanilla,random --out DIR
+  synth-jax attention-maps ...   (a trained run's per-layer, per-head attention maps as PNG)
 
 `--gin_file` may repeat; `--gin.NAME=VALUE` binds a macro or parameter (VALUE is gin syntax, so
 strings keep their quotes). Gin files are looked up in the working directory, then in the
 repository's `configs/` and `gin/` directories.
 """
 import argparse
+import importlib
 import logging
 import os
 import pathlib
@@ -20,6 +23,12 @@ from typing import Optional, Sequence
 import gin
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Commands with their own flags: `main(argv)` of the module, imported only when called.
+SUBCOMMANDS = {
+    'diagnose': 'synth_jax.diagnostics.run',
+    'attention-maps': 'synth_jax.diagnostics.attention_maps',
+}
 
 
 def search_paths(extra: Sequence[str] = ()) -> list[str]:
@@ -65,9 +74,12 @@ def _split_gin_flags(argv: Sequence[str]):
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs a command; returns the process exit status (0)."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] in SUBCOMMANDS:
+    return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0
   bindings, argv = _split_gin_flags(argv)
   parser = argparse.ArgumentParser(prog='synth-jax', description=__doc__.split('\n')[0])
-  parser.add_argument('command', choices=['train', 'eval', 'infer', 'params'])
+  parser.add_argument('command', choices=['train', 'eval', 'infer', 'params', *SUBCOMMANDS],
+                      help='diagnose and attention-maps take their own flags (COMMAND --help).')
   parser.add_argument('--examples', type=int, default=8, help='examples `infer` decodes.')
   parser.add_argument('--gin_file', action='append', default=[])
   parser.add_argument('--gin_search_paths', action='append', default=[])

@@ -1,4 +1,6 @@
 """The `synth-jax` command line: gin flags, attention swap, a tiny run end to end."""
+import dataclasses
+import json
 import os
 
 import flax.linen as nn
@@ -8,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from synth_jax import cli
+from synth_jax.diagnostics import presets
 from tests import fixtures
 
 
@@ -91,3 +94,52 @@ def test_the_demo_trains_a_few_steps_with_each_similarity_space(attention_type, 
   assert status == 0
   out = capsys.readouterr().out
   assert 'step 2/2' in out and 'loss nan' not in out
+
+
+def test_diagnose_writes_results_report_and_plots_with_cannot_run_for_a_synthesizer(
+    tmp_path, monkeypatch, capsys):
+  """The tiny preset cut to 50 steps; MQAR is also the tiny extrapolation task (one run)."""
+  tiny = presets.PRESETS['tiny']
+  monkeypatch.setitem(presets.PRESETS, 'tiny', dataclasses.replace(
+      tiny, train=dataclasses.replace(tiny.train, steps=50, eval_examples=32)))
+  out = tmp_path / 'diag'
+  status = cli.main(['diagnose', '--preset', 'tiny', '--tasks', 'mqar,extrapolation',
+                     '--attention', 'fixed_random', '--out', str(out), '--seed', '3'])
+  assert status == 0
+  assert '[1/1] mqar/fixed_random step 50/50' in capsys.readouterr().out
+  results = json.load(open(out / 'results.json'))
+  assert results['meta']['seed'] == 3 and list(results['runs']) == ['mqar/fixed_random']
+  record = results['runs']['mqar/fixed_random']
+  assert [row['status'] for row in record['extrapolation']] == ['ran', 'cannot run', 'cannot run']
+  assert len(record['grad_norm']) == 50 and record['statistics']['attention']
+  text = open(out / 'report.md').read()
+  assert f"| fixed_random | {record['final_accuracy']:.3f} |" in text
+  assert '| fixed_random | ' + f"{record['extrapolation'][0]['accuracy']:.3f} | cannot run" in text
+  assert sorted(p.name for p in out.glob('*.png')) == [
+      'curves_mqar.png', 'extrapolation.png', 'final_accuracy.png', 'grad_norms_mqar.png']
+  # A second call on the same --out keeps finished runs with --skip_done and logs both commands.
+  assert cli.main(['diagnose', '--preset', 'tiny', '--tasks', 'mqar', '--attention',
+                   'fixed_random', '--out', str(out), '--seed', '3', '--skip_done']) == 0
+  assert '[1/1] mqar/fixed_random: already in' in capsys.readouterr().out
+  assert len(json.load(open(out / 'results.json'))['commands']) == 2
+
+
+def test_diagnose_plan_lists_parts_and_bad_requests_are_clear_errors(capsys):
+  assert cli.main(['diagnose', '--preset', 'full', '--tasks', 'mqar', '--attention',
+                   'vanilla,random', '--out', '/nonexistent', '--plan']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith('part 1/2: mqar/vanilla, mqar/random, mqar/kv=4/vanilla')
+  with pytest.raises(SystemExit, match='unknown task'):
+    cli.main(['diagnose', '--tasks', 'copy', '--attention', 'vanilla', '--out', '/tmp/x'])
+  with pytest.raises(ValueError, match='unknown attention type'):
+    cli.main(['diagnose', '--tasks', 'mqar', '--attention', 'synth', '--out', '/tmp/x'])
+  with pytest.raises(SystemExit, match='parts 1..2'):
+    cli.main(['diagnose', '--preset', 'full', '--tasks', 'mqar', '--attention',
+              'vanilla,random', '--out', '/tmp/x', '--part', '3'])
+
+
+def test_attention_maps_is_dispatched_to_its_own_flags(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['attention-maps', '--help'])
+  assert exit_info.value.code == 0
+  assert 'synth-jax attention-maps' in capsys.readouterr().out

@@ -1,0 +1,226 @@
+"""The claims the diagnostics test, each decided from measured numbers by stated thresholds.
+
+A claim's outcome is 'confirmed', 'refuted' or 'inconclusive' (including: the runs it needs were
+not made); the evidence column quotes the numbers it was decided on. Nothing here is an
+expectation: with other results the same code decides differently.
+
+Thresholds: a run *solves* a task at held-out answer accuracy >= SOLVED and *fails* it below
+FAILED; in between it is neither.
+"""
+import dataclasses
+import statistics as stats
+from typing import Callable, Optional
+
+SOLVED = 0.9
+FAILED = 0.5
+# Extrapolation keeps accuracy when it loses at most KEPT_DROP from its training length; it is
+# lost beyond LOST_DROP.
+KEPT_DROP = 0.1
+LOST_DROP = 0.5
+# Training is less stable when the gradient-norm spike ratio exceeds vanilla's by this factor.
+SPIKE_FACTOR = 2.0
+# Heads are decorrelated when their mean pairwise map similarity is at most this fraction of
+# vanilla's.
+DECORRELATED = 0.9
+
+SYNTHESIZERS = ('dense', 'factorized_dense', 'random', 'fixed_random', 'factorized_random')
+RECALL_TASKS = ('mqar', 'induction', 'overwrite')
+CONFIRMED, REFUTED, INCONCLUSIVE = 'confirmed', 'refuted', 'inconclusive'
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  claim: str
+  test: str
+  evidence: str
+  outcome: str
+
+
+def base_runs(results: dict, task: str) -> dict[str, dict]:
+  """variant -> the run of `task` at its preset setting (not a sweep point); for
+  'extrapolation', the runs evaluated at longer lengths."""
+  if task == 'extrapolation':
+    return {r['job']['variant']: r for r in results['runs'].values()
+            if 'extrapolation' in r['job']['groups']}
+  return {r['job']['variant']: r for r in results['runs'].values()
+          if r['job']['task'] == task and 'base' in r['job']['groups']}
+
+
+def is_synthesizer(variant: str) -> bool:
+  return all(m in SYNTHESIZERS for m in variant.split('+'))
+
+
+def is_recovering_mixture(variant: str) -> bool:
+  members = variant.split('+')
+  return len(members) > 1 and 'vanilla' in members and any(m in SYNTHESIZERS for m in members)
+
+
+def _quote(pairs) -> str:
+  return ', '.join(f'{name} {value:.2f}' if isinstance(value, float) else f'{name} {value}'
+                   for name, value in pairs)
+
+
+def fails_where_vanilla_solves(results, claim: str, tasks, chosen: Callable[[str], bool],
+                               what: str) -> Outcome:
+  """Every chosen variant fails each task on which vanilla succeeds; refuted if one solves one."""
+  test = (f'{"/".join(tasks)} accuracy: {what} < {FAILED} on each task with vanilla >= {SOLVED} '
+          f'(refuted if one >= {SOLVED})')
+  evidence, solved, failed_all, compared = [], False, True, False
+  for task in tasks:
+    runs = base_runs(results, task)
+    members = {v: r['final_accuracy'] for v, r in runs.items() if chosen(v)}
+    if 'vanilla' not in runs or not members:
+      continue
+    vanilla = runs['vanilla']['final_accuracy']
+    evidence.append(f'{task}: ' + _quote([('vanilla', vanilla), *members.items()]))
+    solved |= any(a >= SOLVED for a in members.values())
+    if vanilla >= SOLVED:
+      compared = True
+      failed_all &= all(a < FAILED for a in members.values())
+  if not evidence:
+    return Outcome(claim, test, f'not run (needs vanilla and {what} on {"/".join(tasks)})',
+                   INCONCLUSIVE)
+  outcome = REFUTED if solved else CONFIRMED if compared and failed_all else INCONCLUSIVE
+  return Outcome(claim, test, '; '.join(evidence), outcome)
+
+
+def solves_each(results, claim: str, tasks, chosen: Callable[[str], bool], what: str) -> Outcome:
+  """Every chosen variant solves every task; refuted if one fails a task vanilla solves."""
+  test = (f'{"/".join(tasks)} accuracy: {what} >= {SOLVED} on each (refuted if < {FAILED} '
+          f'where vanilla >= {SOLVED})')
+  evidence, all_solved, refuted = [], True, False
+  for task in tasks:
+    runs = base_runs(results, task)
+    members = {v: r['final_accuracy'] for v, r in runs.items() if chosen(v)}
+    if not members:
+      continue
+    vanilla = runs['vanilla']['final_accuracy'] if 'vanilla' in runs else None
+    quoted = ([('vanilla', vanilla)] if vanilla is not None else []) + list(members.items())
+    evidence.append(f'{task}: ' + _quote(quoted))
+    all_solved &= all(a >= SOLVED for a in members.values())
+    refuted |= vanilla is not None and vanilla >= SOLVED and any(
+        a < FAILED for a in members.values())
+  if not evidence:
+    return Outcome(claim, test, f'not run (needs {what} on {"/".join(tasks)})', INCONCLUSIVE)
+  outcome = REFUTED if refuted else CONFIRMED if all_solved else INCONCLUSIVE
+  return Outcome(claim, test, '; '.join(evidence), outcome)
+
+
+def _longer(run: dict) -> list[dict]:
+  return [row for row in run.get('extrapolation', []) if row['factor'] > 1]
+
+
+def synthesizers_fail_longer(results) -> Outcome:
+  claim = 'Synthesizers do not work beyond their training length'
+  test = (f'extrapolation: every synthesizer cannot run or scores < {FAILED} at each longer '
+          f'length (refuted if one scores >= {SOLVED})')
+  runs = {v: r for v, r in base_runs(results, 'extrapolation').items() if is_synthesizer(v)}
+  if not runs:
+    return Outcome(claim, test, 'not run (needs a synthesizer on extrapolation)', INCONCLUSIVE)
+  rows = [(v, row) for v, r in runs.items() for row in _longer(r)]
+  evidence = '; '.join(f'{v} at {row["factor"]}L: ' + (
+      row['status'] if row['accuracy'] is None else f'{row["accuracy"]:.2f}') for v, row in rows)
+  scores = [row['accuracy'] for _, row in rows if row['accuracy'] is not None]
+  if any(a >= SOLVED for a in scores):
+    return Outcome(claim, test, evidence, REFUTED)
+  return Outcome(claim, test, evidence, CONFIRMED if all(a < FAILED for a in scores)
+                 else INCONCLUSIVE)
+
+
+def orthogonal_any_length(results) -> Outcome:
+  claim = 'Orthogonal frozen-QK handles any length'
+  test = (f'extrapolation: orthogonal runs at every longer length, losing <= {KEPT_DROP} from '
+          f'its accuracy at L (>= {SOLVED}); refuted if it cannot run or loses > {LOST_DROP}')
+  run = base_runs(results, 'extrapolation').get('orthogonal')
+  if run is None:
+    return Outcome(claim, test, 'not run (needs orthogonal on extrapolation)', INCONCLUSIVE)
+  at_l = run['extrapolation'][0]['accuracy']
+  rows = _longer(run)
+  evidence = f'L: {at_l:.2f}; ' + '; '.join(f'{row["factor"]}L: ' + (
+      row['status'] if row['accuracy'] is None else f'{row["accuracy"]:.2f}') for row in rows)
+  drops = [at_l - row['accuracy'] for row in rows if row['accuracy'] is not None]
+  if len(drops) < len(rows) or any(d > LOST_DROP for d in drops):
+    return Outcome(claim, test, evidence, REFUTED)
+  confirmed = at_l >= SOLVED and all(d <= KEPT_DROP for d in drops)
+  return Outcome(claim, test, evidence, CONFIRMED if confirmed else INCONCLUSIVE)
+
+
+def spike_ratio(run: dict) -> Optional[float]:
+  """max / median gradient norm over the steps after the first 10% (past warmup's transient)."""
+  norms = run.get('grad_norm') or []
+  late = norms[len(norms) // 10:]
+  median = stats.median(late) if late else 0.0
+  return max(late) / median if median > 0 else None
+
+
+def orthogonal_stable(results) -> Outcome:
+  claim = 'Orthogonal frozen-QK keeps training stable'
+  test = (f'gradient-norm spike ratio (max/median after 10% of steps): orthogonal <= vanilla on '
+          f'every task (refuted if > {SPIKE_FACTOR}x vanilla on one)')
+  evidence, confirmed, refuted = [], True, False
+  tasks = sorted({r['job']['task'] for r in results['runs'].values()})
+  for task in tasks:
+    runs = base_runs(results, task)
+    if 'orthogonal' not in runs or 'vanilla' not in runs:
+      continue
+    ours, theirs = spike_ratio(runs['orthogonal']), spike_ratio(runs['vanilla'])
+    if ours is None or theirs is None:
+      continue
+    evidence.append(f'{task}: orthogonal {ours:.1f}, vanilla {theirs:.1f}')
+    confirmed &= ours <= theirs
+    refuted |= ours > SPIKE_FACTOR * theirs
+  if not evidence:
+    return Outcome(claim, test, 'not run (needs orthogonal and vanilla on a task)', INCONCLUSIVE)
+  outcome = REFUTED if refuted else CONFIRMED if confirmed else INCONCLUSIVE
+  return Outcome(claim, test, '; '.join(evidence), outcome)
+
+
+def head_similarity(run: dict) -> Optional[float]:
+  """Mean over layers of the heads' mean pairwise map similarity (`statistics.py`)."""
+  layers = ((run.get('statistics') or {}).get('attention')) or []
+  values = [layer['head_diversity'] for layer in layers if layer.get('head_diversity') is not None]
+  return sum(values) / len(values) if values else None
+
+
+def orthogonal_decorrelates(results) -> Outcome:
+  claim = 'Orthogonal frozen-QK decorrelates heads'
+  test = (f'mean pairwise similarity of heads\' maps: orthogonal <= {DECORRELATED} x vanilla on '
+          'every task (refuted if >= vanilla on every task)')
+  evidence, confirmed, refuted = [], True, True
+  tasks = sorted({r['job']['task'] for r in results['runs'].values()})
+  for task in tasks:
+    runs = base_runs(results, task)
+    if 'orthogonal' not in runs or 'vanilla' not in runs:
+      continue
+    ours, theirs = head_similarity(runs['orthogonal']), head_similarity(runs['vanilla'])
+    if ours is None or theirs is None:
+      continue
+    evidence.append(f'{task}: orthogonal {ours:.3f}, vanilla {theirs:.3f}')
+    confirmed &= ours <= DECORRELATED * theirs
+    refuted &= ours >= theirs
+  if not evidence:
+    return Outcome(claim, test, 'not run (needs orthogonal and vanilla statistics on a task)',
+                   INCONCLUSIVE)
+  outcome = CONFIRMED if confirmed else REFUTED if refuted else INCONCLUSIVE
+  return Outcome(claim, test, '; '.join(evidence), outcome)
+
+
+def evaluate(results: dict) -> list[Outcome]:
+  """Every claim, decided from `results` (the `results.json` structure)."""
+  return [
+      fails_where_vanilla_solves(results, 'Synthesizers cannot do in-context associative recall',
+                                 ('mqar',), is_synthesizer, 'every synthesizer'),
+      fails_where_vanilla_solves(results, 'Synthesizers cannot copy a sequence seen in context',
+                                 ('induction', 'selective_copy'), is_synthesizer,
+                                 'every synthesizer'),
+      fails_where_vanilla_solves(results, 'Synthesizers cannot resolve a reference from context',
+                                 ('overwrite',), is_synthesizer, 'every synthesizer'),
+      synthesizers_fail_longer(results),
+      solves_each(results, 'Mixtures with vanilla recover in-context recall', RECALL_TASKS,
+                  is_recovering_mixture, 'every synthesizer+vanilla mixture'),
+      solves_each(results, 'Orthogonal frozen-QK keeps content-based attention', RECALL_TASKS,
+                  lambda v: v == 'orthogonal', 'orthogonal'),
+      orthogonal_any_length(results),
+      orthogonal_stable(results),
+      orthogonal_decorrelates(results),
+  ]

@@ -1,0 +1,160 @@
+"""The diagnostics training loop: equal budgets, on-device data, learning curves.
+
+Every variant trained with one `TrainConfig` and seed sees the same batches in the same order
+(batch i is the task's generator at `fold_in(data stream, i)`) and is evaluated on the same
+held-out examples (another stream of the seed). Steps run in jitted chunks of `eval_every`
+(`lax.scan`, the batches generated inside), so the host only logs between chunks.
+
+Recorded per run: the learning curve (held-out answer accuracy every `eval_every` steps), the
+final accuracy, the steps to 90% accuracy (None if never reached), and per-step training loss
+and gradient norms before clipping (global, and per top-level module: `layers_0`, ...).
+"""
+import dataclasses
+import time
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from synth_jax.diagnostics import model as model_lib
+from synth_jax.diagnostics import statistics
+from synth_jax.diagnostics import tasks as tasks_lib
+
+TARGET_ACCURACY = 0.9
+DATA_STREAM, EVAL_STREAM, INIT_STREAM = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training budget, shared by every variant of a comparison.
+
+  Attributes:
+    steps: optimizer steps (a multiple of `eval_every`).
+    batch_size: examples per step.
+    learning_rate: AdamW's peak rate, reached after `warmup_steps` of linear warmup, then cosine
+      decay to a tenth of it.
+    weight_decay: AdamW's decoupled weight decay.
+    clip_norm: gradients are clipped to this global norm.
+    eval_every: steps between held-out evaluations (the curve's resolution).
+    eval_examples: held-out examples per evaluation (a multiple of `batch_size`).
+  """
+  steps: int = 400
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  warmup_steps: int = 50
+  weight_decay: float = 0.1
+  clip_norm: float = 1.0
+  eval_every: int = 50
+  eval_examples: int = 256
+
+  def __post_init__(self):
+    if self.steps % self.eval_every:
+      raise ValueError(f'steps={self.steps} must be a multiple of eval_every={self.eval_every}.')
+    if self.eval_examples % self.batch_size:
+      raise ValueError(f'eval_examples={self.eval_examples} must be a multiple of '
+                       f'batch_size={self.batch_size}.')
+
+
+def stream(seed: int, which: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), which)
+
+
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps, cfg.learning_rate * 0.1)
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                     optax.adamw(schedule, b2=0.98, weight_decay=cfg.weight_decay))
+
+
+def answer_metrics(logits: jax.Array, batch: tasks_lib.Batch) -> tuple[jax.Array, jax.Array]:
+  """(mean cross-entropy, accuracy) over the answers (`loss_mask`) of a batch; logits
+  `[batch, length, vocab]`."""
+  mask = batch['loss_mask']
+  count = jnp.maximum(jnp.sum(mask), 1.0)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
+  correct = jnp.argmax(logits, axis=-1) == batch['targets']
+  return jnp.sum(loss * mask) / count, jnp.sum(correct * mask) / count
+
+
+def first_step_at(steps: Sequence[int], accuracies: Sequence[float],
+                  target: float = TARGET_ACCURACY) -> Optional[int]:
+  """The first evaluated step whose accuracy is at least `target`; None if none is."""
+  return next((s for s, a in zip(steps, accuracies) if a >= target), None)
+
+
+def held_out_accuracy(model: model_lib.DecoderLM, variables, task: tasks_lib.Task, seed,
+                      cfg: TrainConfig, length: int) -> jax.Array:
+  """Answer accuracy on the `eval_examples` held-out examples at `length` (traceable)."""
+  def one(index):
+    batch = task.generate(jax.random.fold_in(stream(seed, EVAL_STREAM), index), cfg.batch_size,
+                          length)
+    correct = jnp.argmax(model.apply(variables, batch['inputs']), -1) == batch['targets']
+    return jnp.sum(correct * batch['loss_mask']), jnp.sum(batch['loss_mask'])
+  correct, total = jax.lax.map(one, jnp.arange(cfg.eval_examples // cfg.batch_size))
+  return jnp.sum(correct) / jnp.maximum(jnp.sum(total), 1.0)
+
+
+def held_out_accuracy_at(model: model_lib.DecoderLM, variables, task: tasks_lib.Task, seed: int,
+                         cfg: TrainConfig, length: int) -> float:
+  """`held_out_accuracy` as a number; raises the model's ValueError if it cannot take `length`."""
+  return float(jax.jit(lambda v: held_out_accuracy(model, v, task, seed, cfg, length))(variables))
+
+
+def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, seed: int,
+          label: str = '', log: Callable[[str], None] = print):
+  """Trains `model` on `task`; returns `(record, variables)`.
+
+  record: `curve` ({'steps', 'accuracy'}), `final_accuracy`, `steps_to_90`, per step `loss`,
+  `grad_norm` (global) and `grad_norm_modules` ({top-level module: norms}), `seconds`, `chance`.
+  """
+  sample = task.generate(stream(seed, DATA_STREAM), 2)
+  variables = nn.unbox(jax.jit(model.init)(stream(seed, INIT_STREAM), sample['inputs']))
+  params = variables['params']
+  fixed = {k: v for k, v in variables.items() if k != 'params'}  # frozen maps: no gradient
+  tx = optimizer(cfg)
+
+  def step(carry, index):
+    params, opt_state = carry
+    batch = task.generate(jax.random.fold_in(stream(seed, DATA_STREAM), index), cfg.batch_size)
+    def loss_fn(p):
+      return answer_metrics(model.apply({'params': p, **fixed}, batch['inputs']), batch)[0]
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), (
+        loss, statistics.gradient_norms(grads))
+
+  @jax.jit
+  def chunk(params, opt_state, start):
+    """`eval_every` steps, then the held-out accuracy: one program to compile."""
+    (params, opt_state), (loss, norm) = jax.lax.scan(step, (params, opt_state),
+                                                     start + jnp.arange(cfg.eval_every))
+    acc = held_out_accuracy(model, {'params': params, **fixed}, task, seed, cfg, task.length)
+    return params, opt_state, loss, norm, acc
+
+  opt_state = tx.init(params)
+  curve_steps, curve, losses, norms, module_norms = [], [], [], [], {}
+  started = time.perf_counter()
+  for start in range(0, cfg.steps, cfg.eval_every):
+    params, opt_state, loss, norm, acc = chunk(params, opt_state, start)
+    acc = float(acc)
+    curve_steps.append(start + cfg.eval_every)
+    curve.append(acc)
+    losses += [float(x) for x in loss]
+    norms += [float(x) for x in norm['global']]
+    for name, trace in norm['modules'].items():
+      module_norms.setdefault(name, []).extend(float(x) for x in trace)
+    log(f'{label} step {start + cfg.eval_every}/{cfg.steps}  loss {losses[-1]:.3f}  '
+        f'eval-acc {acc:.3f}  grad-norm {norms[-1]:.3f}  {time.perf_counter() - started:.0f}s')
+  record = {
+      'curve': {'steps': curve_steps, 'accuracy': curve},
+      'final_accuracy': curve[-1],
+      'steps_to_90': first_step_at(curve_steps, curve),
+      'loss': losses,
+      'grad_norm': norms,
+      'grad_norm_modules': module_norms,
+      'seconds': time.perf_counter() - started,
+      'chance': task.chance,
+  }
+  return record, {'params': params, **fixed}
