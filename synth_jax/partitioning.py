@@ -48,7 +48,8 @@ def create_mesh(model_parallelism: Optional[int] = None, devices=None) -> Mesh:
     model_parallelism = 2 if count % 4 == 0 else 1
   if model_parallelism < 1 or count % model_parallelism:
     raise ValueError(f'model_parallelism={model_parallelism} must divide the device count '
-                     f'{count}; set gin `create_mesh.model_parallelism` to a divisor.')
+                     f'{count}; set gin `synth_jax.train.train.model_parallelism` (or '
+                     f'`--gin.train.model_parallelism=N`) to a divisor.')
   return Mesh(devices.reshape(count // model_parallelism, model_parallelism), MESH_AXES)
 
 

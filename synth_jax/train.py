@@ -224,6 +224,25 @@ def _restore(manager: checkpoints.Manager, state, shardings, eval_only: bool,
   return state, 0
 
 
+def _check_model_dir(model_dir: Optional[str]):
+  """A one-line error for a local MODEL_DIR that cannot hold a run (gs:// is checked on write)."""
+  if not model_dir or '://' in model_dir:
+    return
+  existing = model_dir
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(existing.rstrip(os.sep))
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    problem = 'is a file'
+  elif existing and not os.path.isdir(existing):
+    problem = f'cannot be created ({existing} is a file)'
+  elif existing and not os.access(existing, os.W_OK):
+    problem = f'cannot be created or written ({existing} is not writable)'
+  else:
+    return
+  raise ValueError(f'MODEL_DIR={model_dir!r} {problem}: point MODEL_DIR at a directory you can '
+                   'write, e.g. --gin.MODEL_DIR="\'/tmp/my_run\'".')
+
+
 def _write_config(model_dir: Optional[str]):
   """`model_dir/config.gin`: the gin configuration of this run (from the first host)."""
   if model_dir and jax.process_index() == 0:
@@ -312,6 +331,7 @@ def train(*,
     eval_only: evaluate the latest checkpoint in `model_dir` (and decode examples); no training.
     on_step: test hook called with (step, metrics) after each step.
   """
+  _check_model_dir(model_dir)
   mesh = partitioning.create_mesh(model_parallelism)
   dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths,
                              _per_host_batch_size(batch_size, mesh), seed=seed, pack=pack,
@@ -336,6 +356,10 @@ def train(*,
   metrics = _StepMetrics(manager, on_step)
   if eval_only:
     eval_metrics = evaluate_all(state, start)
+  elif start >= train_steps:
+    eval_metrics = {}
+    print(f'{model_dir} is already at step {start} of TRAIN_STEPS={train_steps}: nothing to '
+          'train. Raise TRAIN_STEPS to continue training.', flush=True)
   else:
     batches = dataset.train_batches(start_step=start)
     log = _TrainLog(summaries, log_period, train_steps, start,

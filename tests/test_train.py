@@ -200,3 +200,26 @@ def test_indivisible_sharded_dimension_names_the_parameter_and_the_fix():
   with pytest.raises(ValueError, match=r"\['kernel'\] has 259 along logical axis 'vocab'.*128"):
     train_state.create(model, make_optimizer, synthetic_batch(), partitioning.create_mesh(2),
                        jax.random.key(0))
+
+
+def test_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
+  model_dir = str(tmp_path / 'run')
+  run(model_dir, 3)
+  capsys.readouterr()
+  result, losses = run(model_dir, 3)
+  assert losses == [] and result['step'] == 3
+  assert 'is already at step 3 of TRAIN_STEPS=3: nothing to train. Raise TRAIN_STEPS' in (
+      capsys.readouterr().out)
+
+
+@pytest.mark.parametrize('where', ['file', 'under_a_file'])
+def test_a_model_dir_that_cannot_hold_a_run_is_a_one_line_error(tmp_path, where):
+  blocker = tmp_path / 'taken'
+  blocker.write_text('not a directory')
+  model_dir = blocker if where == 'file' else blocker / 'run'
+  with pytest.raises(ValueError) as error:
+    run(str(model_dir), 1)
+  first_line = str(error.value).splitlines()[0]  # gin may add its own 'In call to' line
+  assert first_line.startswith(f'MODEL_DIR={str(model_dir)!r} ')
+  assert 'point MODEL_DIR at a directory you can write' in first_line
+  assert not (tmp_path / 'taken' / 'run').exists()
