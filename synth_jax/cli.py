@@ -1,4 +1,4 @@
-"""`synth-jax train|eval|infer|params`: T5X-style flags over gin.
+"""`synth-jax train|eval|infer|params|diagnose|attention-maps`: T5X-style flags over gin.
 
   synth-jax train --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
   synth-jax train --gin_file=configs/c4_pretrain_base.gin --gin.ATTENTION_TYPE="'random'" ...
@@ -71,18 +71,35 @@ def _split_gin_flags(argv: Sequence[str]):
   return bindings, rest
 
 
+GIN_FLAGS_HELP = """gin flags (train, eval, infer):
+  --gin_file=FILE          a gin file; repeat to combine (later files win)
+  --gin.NAME=VALUE         bind a macro or parameter; VALUE is gin syntax, so strings keep
+                           their quotes: --gin.ATTENTION_TYPE="'random'" --gin.TRAIN_STEPS=1000
+                           --gin.MODEL_DIR="'/tmp/run'" --gin.train.model_parallelism=2
+
+examples:
+  synth-jax train --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  synth-jax eval  --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  synth-jax diagnose --help
+"""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs a command; returns the process exit status (0)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] in SUBCOMMANDS:
     return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0
   bindings, argv = _split_gin_flags(argv)
-  parser = argparse.ArgumentParser(prog='synth-jax', description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      prog='synth-jax', description=__doc__.split('\n')[0], epilog=GIN_FLAGS_HELP,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('command', choices=['train', 'eval', 'infer', 'params', *SUBCOMMANDS],
                       help='diagnose and attention-maps take their own flags (COMMAND --help).')
   parser.add_argument('--examples', type=int, default=8, help='examples `infer` decodes.')
-  parser.add_argument('--gin_file', action='append', default=[])
-  parser.add_argument('--gin_search_paths', action='append', default=[])
+  parser.add_argument('--gin_file', action='append', default=[],
+                      help='a gin file (repeatable), e.g. configs/demo.gin')
+  parser.add_argument('--gin_search_paths', action='append', default=[],
+                      help='more directories to look for gin files in (repeatable)')
   parser.add_argument('--tfds_data_dir', default=None,
                       help='TFDS data directory (e.g. gs://bucket/tfds) for C4/GLUE tasks.')
   parser.add_argument('--multihost', action='store_true',

@@ -143,3 +143,13 @@ def test_attention_maps_is_dispatched_to_its_own_flags(capsys):
     cli.main(['attention-maps', '--help'])
   assert exit_info.value.code == 0
   assert 'synth-jax attention-maps' in capsys.readouterr().out
+
+
+def test_help_lists_the_gin_flags_with_an_example(capsys):
+  with pytest.raises(SystemExit) as exit_status:
+    cli.main(['--help'])
+  assert exit_status.value.code == 0
+  out = capsys.readouterr().out
+  for text in ('--gin_file', '--gin.NAME=VALUE', '--gin.ATTENTION_TYPE="\'random\'"',
+               'a gin file (repeatable)'):
+    assert text in out
