@@ -153,19 +153,25 @@ def spike_ratio(run: dict) -> Optional[float]:
   return max(late) / median if median > 0 else None
 
 
+def orthogonal_against_vanilla(results, metric) -> list[tuple[str, float, float]]:
+  """`(task, metric of orthogonal, metric of vanilla)` for every task where both have a value."""
+  pairs = []
+  for task in sorted({r['job']['task'] for r in results['runs'].values()}):
+    runs = base_runs(results, task)
+    if 'orthogonal' not in runs or 'vanilla' not in runs:
+      continue
+    ours, theirs = metric(runs['orthogonal']), metric(runs['vanilla'])
+    if ours is not None and theirs is not None:
+      pairs.append((task, ours, theirs))
+  return pairs
+
+
 def orthogonal_stable(results) -> Outcome:
   claim = 'Orthogonal frozen-QK keeps training stable'
   test = (f'gradient-norm spike ratio (max/median after 10% of steps): orthogonal <= vanilla on '
           f'every task (refuted if > {SPIKE_FACTOR}x vanilla on one)')
   evidence, confirmed, refuted = [], True, False
-  tasks = sorted({r['job']['task'] for r in results['runs'].values()})
-  for task in tasks:
-    runs = base_runs(results, task)
-    if 'orthogonal' not in runs or 'vanilla' not in runs:
-      continue
-    ours, theirs = spike_ratio(runs['orthogonal']), spike_ratio(runs['vanilla'])
-    if ours is None or theirs is None:
-      continue
+  for task, ours, theirs in orthogonal_against_vanilla(results, spike_ratio):
     evidence.append(f'{task}: orthogonal {ours:.1f}, vanilla {theirs:.1f}')
     confirmed &= ours <= theirs
     refuted |= ours > SPIKE_FACTOR * theirs
@@ -187,14 +193,7 @@ def orthogonal_decorrelates(results) -> Outcome:
   test = (f'mean pairwise similarity of heads\' maps: orthogonal <= {DECORRELATED} x vanilla on '
           'every task (refuted if >= vanilla on every task)')
   evidence, confirmed, refuted = [], True, True
-  tasks = sorted({r['job']['task'] for r in results['runs'].values()})
-  for task in tasks:
-    runs = base_runs(results, task)
-    if 'orthogonal' not in runs or 'vanilla' not in runs:
-      continue
-    ours, theirs = head_similarity(runs['orthogonal']), head_similarity(runs['vanilla'])
-    if ours is None or theirs is None:
-      continue
+  for task, ours, theirs in orthogonal_against_vanilla(results, head_similarity):
     evidence.append(f'{task}: orthogonal {ours:.3f}, vanilla {theirs:.3f}')
     confirmed &= ours <= DECORRELATED * theirs
     refuted &= ours >= theirs

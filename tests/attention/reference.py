@@ -171,6 +171,10 @@ def linear_logits(params, frozen, x_q, x_kv, heads):
   return np.log(np.einsum('bqhm,bkhm->bhqk', q, k))
 
 
+# Variants whose logits read their trainable query/key projections of both inputs.
+PROJECTED_LOGITS = {'vanilla': vanilla_logits, 'cosine': cosine_logits, 'neg_l2': neg_l2_logits,
+                    'hyperbolic': hyperbolic_logits, 'rotary': rotary_logits}
+
 # Variants that do without the T5 relative-position bias.
 NO_POSITION_BIAS = ('rotary', 'linear')
 
@@ -178,28 +182,19 @@ NO_POSITION_BIAS = ('rotary', 'linear')
 def member_probabilities(name, params, frozen, x_q, x_kv, heads, mask, bias, top_k=8):
   """Attention probabilities of a single (non-mixture) variant."""
   q_len, k_len = x_q.shape[1], x_kv.shape[1]
-  if name == 'vanilla':
-    logits = vanilla_logits(params, x_q, x_kv, heads)
+  if name in PROJECTED_LOGITS:
+    logits = PROJECTED_LOGITS[name](params, x_q, x_kv, heads)
   elif name == 'dense':
     logits = dense_logits(params, x_q, k_len, heads)
   elif name == 'factorized_dense':
     logits = factorized_dense_logits(params, x_q, k_len, heads)
-  elif name == 'random':
-    logits = random_logits(params['random_logits'], q_len, k_len)
-  elif name == 'fixed_random':
-    logits = random_logits(frozen['random_logits'], q_len, k_len)
+  elif name in ('random', 'fixed_random'):
+    table = (params if name == 'random' else frozen)['random_logits']
+    logits = random_logits(table, q_len, k_len)
   elif name == 'factorized_random':
     logits = factorized_random_logits(params, q_len, k_len)
   elif name in ('orthogonal', 'frozen_gaussian'):
     logits = orthogonal_logits(frozen, x_q, x_kv)
-  elif name == 'cosine':
-    logits = cosine_logits(params, x_q, x_kv, heads)
-  elif name == 'neg_l2':
-    logits = neg_l2_logits(params, x_q, x_kv, heads)
-  elif name == 'hyperbolic':
-    logits = hyperbolic_logits(params, x_q, x_kv, heads)
-  elif name == 'rotary':
-    logits = rotary_logits(params, x_q, x_kv, heads)
   elif name == 'linear':
     logits = linear_logits(params, frozen, x_q, x_kv, heads)
   elif name == 'topk':
