@@ -7,12 +7,15 @@
 The runs of a preset are planned in a fixed order (task, setting, variant) and cut into parts of
 `Preset.jobs_per_part`; `--part N` (1-based) runs one part, `--plan` lists them. Runs land in
 `DIR/results.json` after each one, merged with what earlier parts left there, and `report.md`
-and the PNGs are redrawn from the whole file at the end of every call.
+and the PNGs are redrawn from the whole file at the end of every call. Parts may also run at the
+same time on one --out (`results_file.py` locks the file), e.g. four processes on one GPU:
+
+  for p in 1 2 3 4; do XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 synth-jax diagnose --preset full \
+      --attention vanilla,random --out DIR --part $p & done; wait
 """
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -25,6 +28,7 @@ from synth_jax.diagnostics import model as model_lib
 from synth_jax.diagnostics import plots
 from synth_jax.diagnostics import presets
 from synth_jax.diagnostics import report
+from synth_jax.diagnostics import results_file
 from synth_jax.diagnostics import statistics
 from synth_jax.diagnostics import tasks as tasks_lib
 from synth_jax.diagnostics import train as train_lib
@@ -123,25 +127,6 @@ def metadata(preset: presets.Preset, seed: int, execution: str) -> dict:
   })
 
 
-def load(path: str, meta: dict) -> dict:
-  """The results already in `path` (same preset, seed and model), or an empty set."""
-  if not os.path.exists(path):
-    return {'meta': meta, 'commands': [], 'runs': {}}
-  with open(path) as f:
-    results = json.load(f)
-  keys = ('preset', 'seed', 'model', 'train')
-  if any(results['meta'].get(k) != meta[k] for k in keys):
-    raise SystemExit(f'{path} holds results of another configuration '
-                     f'({ {k: results["meta"].get(k) for k in keys} }); give a new --out.')
-  return results
-
-
-def save(results: dict, path: str):
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=1)
-  os.replace(path + '.tmp', path)
-
-
 def parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='synth-jax diagnose', description=__doc__.split('\n')[0])
   parser.add_argument('--tasks', default=','.join(tasks_lib.TASKS),
@@ -187,22 +172,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, 'results.json')
-  results = load(path, metadata(preset, args.seed, args.attention_execution))
-  results['commands'].append({'argv': ['synth-jax', 'diagnose', *argv],
-                              'date': datetime.datetime.now().isoformat(timespec='seconds'),
-                              'device': results['meta']['device']})
+  meta = metadata(preset, args.seed, args.attention_execution)
+  command = {'argv': ['synth-jax', 'diagnose', *argv],
+             'date': datetime.datetime.now().isoformat(timespec='seconds'),
+             'device': meta['device']}
+  results_file.update(path, meta, command=command)  # a wrong --out fails before any training
   where = f'part {args.part}/{len(all_parts)}, ' if args.part else ''
   print(f'diagnose: {where}{len(chosen)} runs, preset {preset.name}, seed {args.seed}', flush=True)
   for i, job in enumerate(chosen, 1):
     label = f'[{i}/{len(chosen)}] {job.id}'
-    done = results['runs'].get(job.id, {}).get('job', {}).get('groups', [])
+    with results_file.locked(path):
+      done = results_file.read(path, meta)['runs'].get(job.id, {}).get('job', {}).get('groups', [])
     if args.skip_done and set(job.groups) <= set(done):
       print(f'{label}: already in {path}, kept', flush=True)
       continue
-    results['runs'][job.id] = run_job(job, preset, args.seed, args.attention_execution, label)
-    save(results, path)
-    print(f'{label}: final accuracy {results["runs"][job.id]["final_accuracy"]:.3f}', flush=True)
-  save(results, path)
-  images = plots.write(results, args.out)
-  print(f'wrote {path}, {report.write(results, args.out, images)} and {len(images)} plots')
+    record = run_job(job, preset, args.seed, args.attention_execution, label)
+    results_file.update(path, meta, runs={job.id: record})
+    print(f'{label}: final accuracy {record["final_accuracy"]:.3f}', flush=True)
+  with results_file.locked(path):  # parts finishing together draw in turn, from the whole file
+    results = results_file.read(path, meta)
+    images = plots.write(results, args.out)
+    written = report.write(results, args.out, images)
+  print(f'wrote {path}, {written} and {len(images)} plots')
   return 0

@@ -1,0 +1,52 @@
+"""`DIR/results.json`: the runs of one diagnostic configuration, shared by the calls that fill it.
+
+Parts of a sweep may run one after another or at the same time on one `--out` (several processes
+on one GPU: the small diagnostic models leave most of it idle). Every read-modify-write of the
+file holds an exclusive lock on `DIR/results.json.lock`, and the file is replaced atomically, so
+a run that finishes is never lost to another process's write and a reader never sees half a file.
+"""
+import contextlib
+import json
+import os
+
+# What makes two runs comparable: a results file holds one value of each.
+CONFIGURATION_KEYS = ('preset', 'seed', 'model', 'train')
+
+
+@contextlib.contextmanager
+def locked(path: str):
+  """Exclusive access to the results file at `path` among processes (released on exit)."""
+  import fcntl  # pylint: disable=g-import-not-at-top (POSIX only; imported where it is used)
+  with open(path + '.lock', 'a') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
+
+
+def read(path: str, meta: dict) -> dict:
+  """The results in `path` (which must be of `meta`'s configuration), or an empty set."""
+  if not os.path.exists(path):
+    return {'meta': meta, 'commands': [], 'runs': {}}
+  with open(path) as f:
+    results = json.load(f)
+  if any(results['meta'].get(k) != meta[k] for k in CONFIGURATION_KEYS):
+    saved = {k: results['meta'].get(k) for k in CONFIGURATION_KEYS}
+    raise SystemExit(f'{path} holds results of another configuration ({saved}); '
+                     'give a new --out.')
+  return results
+
+
+def write(results: dict, path: str):
+  with open(path + '.tmp', 'w') as f:
+    json.dump(results, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def update(path: str, meta: dict, runs: dict = None, command: dict = None) -> dict:
+  """Adds `runs` (id -> record) and `command` to the file under its lock; returns the whole."""
+  with locked(path):
+    results = read(path, meta)
+    results['runs'].update(runs or {})
+    if command is not None:
+      results['commands'].append(command)
+    write(results, path)
+  return results

@@ -1,0 +1,49 @@
+"""`results.json` shared by parts running at the same time: nothing written is lost."""
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from synth_jax.diagnostics import results_file
+
+META = {'preset': 'tiny', 'seed': 0, 'model': {'width': 8}, 'train': {'steps': 1}}
+
+
+def _add_runs(path, worker, count):
+  for i in range(count):
+    results_file.update(path, META, runs={f'task/{worker}/{i}': {'final_accuracy': i / count}})
+
+
+def test_concurrent_writers_keep_every_run(tmp_path):
+  path = str(tmp_path / 'results.json')
+  context = multiprocessing.get_context('spawn')
+  workers = [context.Process(target=_add_runs, args=(path, w, 25)) for w in range(3)]
+  for worker in workers:
+    worker.start()
+  for worker in workers:
+    worker.join(timeout=120)
+    assert worker.exitcode == 0
+  with open(path) as f:
+    runs = json.load(f)['runs']
+  assert sorted(runs) == sorted(f'task/{w}/{i}' for w in range(3) for i in range(25))
+  assert runs['task/2/5'] == {'final_accuracy': 0.2}
+  assert not os.path.exists(path + '.tmp')
+
+
+def test_commands_accumulate_and_runs_replace_by_id(tmp_path):
+  path = str(tmp_path / 'results.json')
+  results_file.update(path, META, command={'argv': ['a']})
+  results_file.update(path, META, runs={'x': {'v': 1}}, command={'argv': ['b']})
+  results = results_file.update(path, META, runs={'x': {'v': 2}})
+  assert [c['argv'] for c in results['commands']] == [['a'], ['b']]
+  assert results['runs'] == {'x': {'v': 2}}
+
+
+def test_another_configuration_is_refused_and_left_untouched(tmp_path):
+  path = str(tmp_path / 'results.json')
+  results_file.update(path, META, runs={'x': {'v': 1}})
+  before = open(path).read()
+  with pytest.raises(SystemExit, match="another configuration.*give a new --out"):
+    results_file.update(path, {**META, 'seed': 1}, runs={'y': {}})
+  assert open(path).read() == before
