@@ -45,13 +45,20 @@ class Manager:
   def restore(self, state, shardings, step: Optional[int] = None):
     """The checkpoint at `step` (default: latest), placed like `state` with `shardings`."""
     step = self.latest_step() if step is None else step
+    step_dir = os.path.join(self.directory, str(step))
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(state, shardings)))
     except Exception as error:  # orbax raises many types; all mean the same to the user
+      differences = parameter_differences(state, os.path.join(step_dir, 'default'))
+      if differences:
+        raise CheckpointError(different_model_message(
+            f'checkpoint step {step} in {self.directory}', differences,
+            os.path.dirname(self.directory), 'MODEL_DIR')) from None
       raise CheckpointError(
-          f'could not restore checkpoint step {step} from {self.directory}: {error}. The step '
-          f'directory is incomplete or corrupt: move {os.path.join(self.directory, str(step))} '
-          'aside to resume from the previous checkpoint, or start a fresh MODEL_DIR.') from error
+          f'could not restore checkpoint step {step} from {self.directory}: '
+          f'{_first_line(error)}. Its parameters match the model, so the step directory is '
+          f'incomplete or corrupt: move {step_dir} aside to resume from the previous checkpoint, '
+          'or start a fresh MODEL_DIR.') from error
 
 
 def _abstract(state, shardings):
@@ -72,7 +79,62 @@ def load_params_into(state, shardings, path: str):
   try:
     restored = ocp.StandardCheckpointer().restore(item, _abstract(state, shardings))
   except Exception as error:  # pylint: disable=broad-except
+    differences = parameter_differences(state, item)
+    if differences:
+      run_dir = os.path.dirname(os.path.dirname(path.rstrip('/')))  # RUN/checkpoints/STEP
+      raise CheckpointError(different_model_message(
+          f'INITIAL_CHECKPOINT_PATH {path}', differences, run_dir, 'its run')) from None
     raise CheckpointError(
-        f'could not read a train state from {item}: {error}. INITIAL_CHECKPOINT_PATH must be a '
-        'step directory of a run with the same model and optimizer.') from error
+        f'could not read a train state from {item}: {_first_line(error)}. '
+        'INITIAL_CHECKPOINT_PATH must be a complete step directory of a run with the same model '
+        'and optimizer.') from error
   return state.replace(params=restored.params, frozen=restored.frozen)
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+  text = str(error).strip().splitlines()
+  return (text[0] if text else type(error).__name__)[:limit]
+
+
+def _flat_shapes(tree, keep=('params', 'frozen')) -> dict[str, tuple]:
+  """'params/encoder/.../kernel' -> shape, for the leaves under `keep`."""
+  def name(key):
+    return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = [name(k) for k in path]
+    if names and names[0] in keep:
+      shapes['/'.join(names)] = tuple(getattr(leaf, 'shape', ()))
+  return shapes
+
+
+def parameter_differences(state, item_dir: str) -> list[str]:
+  """How the parameters saved in `item_dir` differ from `state`'s, one line each (empty if they
+  match or the checkpoint's metadata cannot be read)."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(item_dir)
+  except Exception:  # pylint: disable=broad-except  (unreadable: the caller calls it corrupt)
+    return []
+  saved = _flat_shapes(getattr(metadata, 'item_metadata', metadata))
+  if not saved:
+    return []
+  expected = _flat_shapes(state)
+  lines = [f'only in the checkpoint: {p} {saved[p]}' for p in sorted(set(saved) - set(expected))]
+  lines += [f'only in this model: {p} {expected[p]}' for p in sorted(set(expected) - set(saved))]
+  lines += [f'shape: {p} is {saved[p]} in the checkpoint, {expected[p]} in this model'
+            for p in sorted(set(saved) & set(expected)) if saved[p] != expected[p]]
+  return lines
+
+
+def different_model_message(what: str, differences: list[str], run_dir: str,
+                            run_name: str) -> str:
+  """At most ~10 lines: which parameters differ and how the saved run chose its attention."""
+  from synth_jax import run_config  # pylint: disable=g-import-not-at-top
+  shown = differences[:5] + ([f'... and {len(differences) - 5} more'] if len(differences) > 5
+                             else [])
+  attention = run_config.saved_attention(run_dir)
+  hint = (f'{run_name} was trained with {attention} ({run_dir}/{run_config.CONFIG_FILE}): '
+          'use the same attention type and widths, or a new MODEL_DIR.' if attention else
+          'Use the model it was trained with (attention type, widths), or a new MODEL_DIR.')
+  return (f'{what} holds a different model: {len(differences)} parameter(s) differ.\n  ' +
+          '\n  '.join(shown) + '\n' + hint)

@@ -2,8 +2,8 @@
 
   synth-jax train --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
   synth-jax train --gin_file=configs/c4_pretrain_base.gin --gin.ATTENTION_TYPE="'random'" ...
-  synth-jax eval  --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
-  synth-jax infer --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'" --examples=4
+  synth-jax eval  --gin.MODEL_DIR="'/tmp/demo'"      (a run's MODEL_DIR remembers its config)
+  synth-jax infer --gin.MODEL_DIR="'/tmp/demo'" --examples=4
   synth-jax params [attention types...]
   synth-jax diagnose --preset tiny --tasks mqar,induction --attention vanilla,random --out DIR
   synth-jax attention-maps ...   (a trained run's per-layer, per-head attention maps as PNG)
@@ -57,6 +57,27 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], extra_paths: Se
   gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
 
 
+def parse_run_config(gin_files: Sequence[str], bindings: Sequence[str],
+                     extra_paths: Sequence[str] = ()) -> Optional[str]:
+  """`parse_gin`, with the configuration a MODEL_DIR saved when its run started (`run_config`).
+
+  Order, later wins: the --gin_file files, then MODEL_DIR/config.gin, then the --gin.NAME=VALUE
+  bindings. So `synth-jax eval --gin.MODEL_DIR=...` evaluates the run as it was trained, and a
+  flag still changes what it names. Returns the saved config's path, or None if there is none.
+  """
+  parse_gin(gin_files, bindings, extra_paths)
+  try:
+    model_dir = gin.query_parameter('%MODEL_DIR')
+  except ValueError:  # no MODEL_DIR macro: nothing remembered
+    return None
+  from synth_jax import run_config  # pylint: disable=g-import-not-at-top
+  saved = run_config.saved_config(model_dir)
+  if saved:
+    gin.clear_config()
+    parse_gin([*gin_files, saved], bindings, extra_paths)
+  return saved
+
+
 def _split_gin_flags(argv: Sequence[str]):
   """Pulls `--gin.NAME=VALUE` out of argv (argparse cannot declare dotted flag families)."""
   bindings, rest = [], []
@@ -79,7 +100,7 @@ GIN_FLAGS_HELP = """gin flags (train, eval, infer):
 
 examples:
   synth-jax train --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
-  synth-jax eval  --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  synth-jax eval  --gin.MODEL_DIR="'/tmp/demo'"   (reads /tmp/demo/config.gin, saved by train)
   synth-jax diagnose --help
 """
 
@@ -117,9 +138,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.tfds_data_dir:
     import seqio  # pylint: disable=g-import-not-at-top
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-  if not args.gin_file:
-    parser.error('give at least one --gin_file (e.g. configs/demo.gin).')
-  parse_gin(args.gin_file, bindings, args.gin_search_paths)
+  if not args.gin_file and not any(b.startswith('MODEL_DIR ') for b in bindings):
+    parser.error('give a --gin_file (e.g. configs/demo.gin), or --gin.MODEL_DIR of a run that '
+                 'saved its config.gin.')
+  saved = parse_run_config(args.gin_file, bindings, args.gin_search_paths)
+  if not saved and not args.gin_file:
+    raise SystemExit('MODEL_DIR has no config.gin (a run saves one when it starts training): '
+                     'give the run\'s --gin_file.')
+  if saved:
+    print(f'Configuration: {saved}, with the flags on top.', flush=True)
   from synth_jax import train  # pylint: disable=g-import-not-at-top
   if args.command == 'infer':
     train.train(eval_only=True, eval_steps=0, infer_examples=args.examples)

@@ -9,6 +9,7 @@ pretraining: documents are concatenated, then chunked to fill rows, so nearly ev
 one); `unpack_single_example_rows` gives them back that form, which takes the faster unpacked
 attention paths. `Dataset(..., unpack_single_example_rows=True)` streams train batches so.
 """
+import logging
 from typing import Iterator, Mapping
 
 import jax
@@ -19,6 +20,20 @@ import seqio
 def _register_tasks():
   # Importing the package registers synth-jax's seqio tasks (idempotent).
   import synth_jax.tasks  # pylint: disable=g-import-not-at-top,unused-import
+
+
+class _QuietUncachedTrainingWarning(logging.Filter):
+  """seqio warns that uncached training data reshuffles differently after a restart. Here it does
+  not: the stream is seeded and a resume skips exactly the batches already trained on."""
+
+  def filter(self, record):
+    return not record.getMessage().startswith('Using an uncached FunctionDataset for training')
+
+
+def _quiet_seqio():
+  logger = logging.getLogger('absl')
+  if not any(isinstance(f, _QuietUncachedTrainingWarning) for f in logger.filters):
+    logger.addFilter(_QuietUncachedTrainingWarning())
 
 
 _PACKING_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
@@ -91,6 +106,7 @@ class Dataset:
                batch_size: int, seed: int = 0, pack: bool = True,
                unpack_single_example_rows: bool = False):
     _register_tasks()
+    _quiet_seqio()
     try:
       seqio.get_mixture_or_task(mixture_or_task_name)
     except ValueError as error:
@@ -140,6 +156,11 @@ class Dataset:
     return self._dataset(split, shuffle=False, num_epochs=1).take(steps).as_numpy_iterator()
 
   def eval_examples(self, split: str, count: int):
-    """`count` unbatched, not feature-converted examples of `split` (for decoding and metrics)."""
+    """The first `count` unbatched, not feature-converted examples of `split` (for decoding).
+
+    Seeded like the run, so random preprocessing (span corruption's noise) is the same at the
+    end of training, in `eval` and in `infer`.
+    """
     return seqio.get_mixture_or_task(self.name).get_dataset(
-        self.lengths, split=split, shuffle=False, num_epochs=1).take(count).as_numpy_iterator()
+        self.lengths, split=split, use_cached=False, shuffle=False, num_epochs=1, seed=self.seed,
+        try_in_mem_cache=False).take(count).as_numpy_iterator()

@@ -16,11 +16,20 @@ from synth_jax import decoding
 def make_evaluator(mixture_or_task_name: str, feature_lengths: Mapping[str, int], split: str,
                    num_examples: Optional[int] = None) -> Optional[seqio.Evaluator]:
   """An Evaluator over the tasks with metrics, or None when there are none (pretraining)."""
+  if not tasks_with_metrics(mixture_or_task_name, split):
+    return None  # (seqio's Evaluator would warn that it skips eval, though ours still runs)
   evaluator = seqio.Evaluator(
       mixture_or_task_name, seqio.EncDecFeatureConverter(pack=False), eval_split=split,
       sequence_length=dict(feature_lengths), num_examples=num_examples,
       async_compute_metrics=False, use_memory_cache=False)
   return evaluator if evaluator.eval_tasks else None
+
+
+def tasks_with_metrics(mixture_or_task_name: str, split: str) -> list[seqio.Task]:
+  """The tasks of a mixture (or the task) that define metric functions and have `split`."""
+  found = seqio.get_mixture_or_task(mixture_or_task_name)
+  tasks = found.tasks if isinstance(found, seqio.Mixture) else [found]
+  return [t for t in tasks if (t.predict_metric_fns or t.score_metric_fns) and split in t.splits]
 
 
 def predict_fn(model, variables, batch_size: int, decode_length: int, eos_id: int = 1):

@@ -5,6 +5,7 @@
 A run resumes from the latest checkpoint in `model_dir`, including the data position, so a killed
 run continues with the same loss sequence. SIGTERM (TPU preemption) saves and exits cleanly.
 """
+import contextlib
 import dataclasses
 import functools
 import os
@@ -19,9 +20,12 @@ import numpy as np
 from synth_jax import checkpoints
 from synth_jax import data as data_lib
 from synth_jax import evaluation
+from synth_jax import lease as lease_lib
 from synth_jax import network
 from synth_jax import optimizer as optimizer_lib
 from synth_jax import partitioning
+from synth_jax import progress
+from synth_jax import run_config
 from synth_jax import train_state
 
 
@@ -50,25 +54,6 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-class Summaries:
-  """TensorBoard scalars under `model_dir/{train,eval}` (a no-op without a model_dir)."""
-
-  def __init__(self, model_dir: Optional[str]):
-    self._writers = {}
-    self._model_dir = model_dir if jax.process_index() == 0 else None
-
-  def write(self, split: str, step: int, scalars: Mapping[str, float]):
-    if not self._model_dir:
-      return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    if split not in self._writers:
-      self._writers[split] = tf.summary.create_file_writer(os.path.join(self._model_dir, split))
-    with self._writers[split].as_default():
-      for name, value in scalars.items():
-        tf.summary.scalar(name, value, step=step)
-    self._writers[split].flush()
 
 
 @gin.configurable(module='synth_jax.train')
@@ -133,31 +118,6 @@ class _StepMetrics:
     return self.latest
 
 
-class _TrainLog:
-  """Every `period` steps and at the last: train metrics and throughput, printed and summarised."""
-
-  def __init__(self, summaries: Summaries, period: int, train_steps: int, start: int,
-               tokens_per_step: int, learning_rate: Callable):
-    self._summaries, self._period, self._train_steps = summaries, period, train_steps
-    self._tokens_per_step, self._learning_rate = tokens_per_step, learning_rate
-    self._last_step, self._last_time = start, time.time()
-
-  def is_due(self, step: int) -> bool:
-    return step % self._period == 0 or step == self._train_steps
-
-  def write(self, step: int, metrics: Mapping[str, float]):
-    now = time.time()
-    step_time = (now - self._last_time) / (step - self._last_step)
-    self._last_step, self._last_time = step, now
-    tokens_per_s = self._tokens_per_step / step_time
-    self._summaries.write('train', step, {
-        **metrics, 'step_time_s': step_time, 'tokens_per_s': tokens_per_s,
-        'learning_rate': float(self._learning_rate(step - 1))})
-    print(f'step {step}/{self._train_steps}  loss {metrics["loss"]:.4f}  '
-          f'acc {metrics["accuracy"]:.3f}  {tokens_per_s:,.0f} tok/s  '
-          f'{step_time * 1000:.0f} ms/step', flush=True)
-
-
 @dataclasses.dataclass
 class _Evaluation:
   """Called with (state, step): eval loss and accuracy over `steps` batches of `split` and, with a
@@ -166,19 +126,20 @@ class _Evaluation:
   dataset: data_lib.Dataset
   eval_fn: Callable
   batch_sharding: jax.sharding.Sharding
-  summaries: Summaries
+  summaries: progress.Summaries
   split: str
   steps: int
   task_evaluator: Any  # seqio.Evaluator or None
 
   def __call__(self, state: train_state.TrainState, step: int) -> dict[str, Any]:
     results = {}
+    begin = time.perf_counter()
     if self.steps:
       results = evaluate(self.eval_fn, state, self.dataset.eval_batches(self.split, self.steps),
                          self.batch_sharding)
       self.summaries.write('eval', step, results)
-      print(f'eval  step {step}  loss {results["loss"]:.4f}  acc {results["accuracy"]:.3f}',
-            flush=True)
+      print(f'eval  step {step}  loss {results["loss"]:.4f}  acc {results["accuracy"]:.3f}  '
+            f'({time.perf_counter() - begin:.1f} s)', flush=True)
     if self.task_evaluator is not None:
       task_metrics = evaluation.run(self.task_evaluator, self.model, state.variables(),
                                     self.dataset.batch_size, self.dataset.lengths['targets'], step)
@@ -213,7 +174,8 @@ def _restore(manager: checkpoints.Manager, state, shardings, eval_only: bool,
   from `initial_checkpoint_path`); eval_only needs a checkpoint."""
   if manager.latest_step() is not None:
     state = manager.restore(state, shardings)
-    print(f'Resumed from {manager.directory} at step {int(state.step)}.', flush=True)
+    verb = 'Loaded' if eval_only else 'Resumed from'
+    print(f'{verb} {manager.directory} at step {int(state.step)}.', flush=True)
     return state, int(state.step)
   if eval_only:
     raise checkpoints.CheckpointError(
@@ -243,18 +205,10 @@ def _check_model_dir(model_dir: Optional[str]):
                    'write, e.g. --gin.MODEL_DIR="\'/tmp/my_run\'".')
 
 
-def _write_config(model_dir: Optional[str]):
-  """`model_dir/config.gin`: the gin configuration of this run (from the first host)."""
-  if model_dir and jax.process_index() == 0:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile writes gs:// too)
-    tf.io.gfile.makedirs(model_dir)
-    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
-      f.write(gin.config_str())
-
-
 def _run_steps(state, start: int, train_steps: int, batches, *, step_fn, batch_sharding, rng,
-               manager: checkpoints.Manager, metrics: _StepMetrics, log: _TrainLog,
-               evaluate_all: _Evaluation, eval_period: int):
+               manager: checkpoints.Manager, metrics: _StepMetrics, log: progress.TrainProgress,
+               evaluate_all: _Evaluation, eval_period: int,
+               trainer_lease: Optional[lease_lib.Lease] = None):
   """Steps `start + 1 .. train_steps`, logging, evaluating and saving when due; SIGTERM saves
   and stops. Returns the state and the last eval metrics."""
   eval_metrics = {}
@@ -265,16 +219,23 @@ def _run_steps(state, start: int, train_steps: int, batches, *, step_fn, batch_s
       log_now = log.is_due(step)
       eval_now = eval_period and (step % eval_period == 0 or step == train_steps)
       save_now = manager.is_due(step) or step == train_steps or preemption.requested
-      if metrics.on_step is not None or log_now or eval_now or save_now:
+      first = step == start + 1
+      if first or metrics.on_step is not None or log_now or eval_now or save_now:
         metrics.read()
+      if first:
+        log.first_step_done(step)
       if log_now:
         log.write(step, metrics.latest)
       if eval_now:
-        eval_metrics = evaluate_all(state, step)
+        with log.paused():
+          eval_metrics = evaluate_all(state, step)
       preempted = preemption.requested  # read once, and any SIGTERM so far has its losses read
       if preempted:
         metrics.read()
-      manager.maybe_save(step, state, force=(step == train_steps or preempted))
+      if trainer_lease is not None and (save_now or preempted):
+        trainer_lease.check()  # another trainer took MODEL_DIR over: do not overwrite its saves
+      with log.paused():
+        manager.maybe_save(step, state, force=(step == train_steps or preempted))
       if preempted:
         print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
         break
@@ -307,6 +268,7 @@ def train(*,
           infer_examples: int = 0,
           metric_examples: Optional[int] = None,
           eval_only: bool = False,
+          lease_timeout_s: float = 300.0,
           on_step: Optional[Callable[[int, dict], None]] = None) -> dict[str, Any]:
   """Trains (or resumes training of) a T5 model; returns the last train and eval metrics.
 
@@ -329,50 +291,63 @@ def train(*,
     metric_examples: for tasks with metrics (GLUE, SuperGLUE), each eval also decodes this many
       examples per task (None: the whole eval split) and reports the tasks' official metrics.
     eval_only: evaluate the latest checkpoint in `model_dir` (and decode examples); no training.
+    lease_timeout_s: a trainer holds `model_dir` while it trains (`lease.py`); a second one
+      exits at once, and takes over only a lease whose heartbeat is older than this (or whose
+      process on this host is gone).
     on_step: test hook called with (step, metrics) after each step.
   """
   _check_model_dir(model_dir)
-  mesh = partitioning.create_mesh(model_parallelism)
-  dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths,
-                             _per_host_batch_size(batch_size, mesh), seed=seed, pack=pack,
-                             unpack_single_example_rows=unpack_single_example_rows)
-  state, shardings, optimizer = train_state.create(
-      model, functools.partial(make_optimizer, learning_rate=learning_rate),
-      dataset.example_batch(), mesh, jax.random.key(seed))
-  batch_sharding = partitioning.data_sharding(mesh)  # every feature, packed or not
-  step_fn, eval_fn = _jit_steps(model, optimizer, shardings, batch_sharding, z_loss=z_loss,
-                                label_smoothing=label_smoothing)
-  manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
-  state, start = _restore(manager, state, shardings, eval_only, initial_checkpoint_path)
-  _write_config(model_dir)
-  summaries = Summaries(model_dir)
-  task_evaluator = None
-  if eval_period or eval_only:
-    task_evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths,
-                                               eval_split, metric_examples)
-  evaluate_all = _Evaluation(model, dataset, eval_fn, batch_sharding, summaries, eval_split,
-                             eval_steps, task_evaluator)
+  trainer_lease = None
+  if model_dir and not eval_only and jax.process_index() == 0:
+    trainer_lease = lease_lib.Lease(model_dir, timeout_s=lease_timeout_s)
+  with trainer_lease or contextlib.nullcontext():
+    manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+    if manager.latest_step() is not None:
+      run_config.check_same_model(model_dir, model, 'evaluate' if eval_only else 'resume')
+    mesh = partitioning.create_mesh(model_parallelism)
+    dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths,
+                               _per_host_batch_size(batch_size, mesh), seed=seed, pack=pack,
+                               unpack_single_example_rows=unpack_single_example_rows)
+    state, shardings, optimizer = train_state.create(
+        model, functools.partial(make_optimizer, learning_rate=learning_rate),
+        dataset.example_batch(), mesh, jax.random.key(seed))
+    batch_sharding = partitioning.data_sharding(mesh)  # every feature, packed or not
+    step_fn, eval_fn = _jit_steps(model, optimizer, shardings, batch_sharding, z_loss=z_loss,
+                                  label_smoothing=label_smoothing)
+    state, start = _restore(manager, state, shardings, eval_only, initial_checkpoint_path)
+    if model_dir and not eval_only and jax.process_index() == 0:
+      run_config.write(model_dir, gin.config_str(), model)
+    summaries = progress.Summaries(model_dir)
+    task_evaluator = None
+    if eval_period or eval_only:
+      task_evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths,
+                                                 eval_split, metric_examples)
+    evaluate_all = _Evaluation(model, dataset, eval_fn, batch_sharding, summaries, eval_split,
+                               eval_steps, task_evaluator)
 
-  metrics = _StepMetrics(manager, on_step)
-  if eval_only:
-    eval_metrics = evaluate_all(state, start)
-  elif start >= train_steps:
-    eval_metrics = {}
-    print(f'{model_dir} is already at step {start} of TRAIN_STEPS={train_steps}: nothing to '
-          'train. Raise TRAIN_STEPS to continue training.', flush=True)
-  else:
-    batches = dataset.train_batches(start_step=start)
-    log = _TrainLog(summaries, log_period, train_steps, start,
-                    tokens_per_step=batch_size * sum(task_feature_lengths.values()),
-                    learning_rate=learning_rate)
-    state, eval_metrics = _run_steps(
-        state, start, train_steps, batches, step_fn=step_fn,
-        batch_sharding=batch_sharding, rng=jax.random.key(seed + 1), manager=manager,
-        metrics=metrics, log=log, evaluate_all=evaluate_all, eval_period=eval_period)
-  manager.wait()
-  result = {'train': metrics.latest, 'eval': eval_metrics, 'step': int(state.step), 'state': state}
-  if infer_examples:
-    from synth_jax import decoding  # pylint: disable=g-import-not-at-top
-    result['examples'] = decoding.print_examples(
-        model, state.variables(), dataset, eval_split, infer_examples)
-  return result
+    metrics = _StepMetrics(manager, on_step)
+    if eval_only:
+      eval_metrics = evaluate_all(state, start)
+    elif start >= train_steps:
+      eval_metrics = {}
+      print(f'{model_dir} is already at step {start} of TRAIN_STEPS={train_steps}: nothing to '
+            'train. Raise TRAIN_STEPS to continue training.', flush=True)
+    else:
+      batches = dataset.train_batches(start_step=start)
+      log = progress.TrainProgress(
+          summaries, log_period, train_steps, start,
+          tokens_per_step=batch_size * sum(task_feature_lengths.values()),
+          learning_rate=learning_rate)
+      state, eval_metrics = _run_steps(
+          state, start, train_steps, batches, step_fn=step_fn,
+          batch_sharding=batch_sharding, rng=jax.random.key(seed + 1), manager=manager,
+          metrics=metrics, log=log, evaluate_all=evaluate_all, eval_period=eval_period,
+          trainer_lease=trainer_lease)
+    manager.wait()
+    result = {'train': metrics.latest, 'eval': eval_metrics, 'step': int(state.step),
+              'state': state}
+    if infer_examples:
+      from synth_jax import decoding  # pylint: disable=g-import-not-at-top
+      result['examples'] = decoding.print_examples(
+          model, state.variables(), dataset, eval_split, infer_examples)
+    return result

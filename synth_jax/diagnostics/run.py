@@ -195,3 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     written = report.write(results, args.out, images)
   print(f'wrote {path}, {written} and {len(images)} plots')
   return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

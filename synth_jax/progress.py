@@ -1,0 +1,75 @@
+"""What a training run prints and summarises as it goes: step throughput, and everything else
+(compilation, evaluation, checkpoints) timed on its own so that it never inflates ms/step.
+"""
+import contextlib
+import os
+import time
+from typing import Callable, Mapping, Optional
+
+import jax
+
+
+class Summaries:
+  """TensorBoard scalars under `model_dir/{train,eval}` (a no-op without a model_dir)."""
+
+  def __init__(self, model_dir: Optional[str]):
+    self._writers = {}
+    self._model_dir = model_dir if jax.process_index() == 0 else None
+
+  def write(self, split: str, step: int, scalars: Mapping[str, float]):
+    if not self._model_dir:
+      return
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if split not in self._writers:
+      self._writers[split] = tf.summary.create_file_writer(os.path.join(self._model_dir, split))
+    with self._writers[split].as_default():
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value, step=step)
+    self._writers[split].flush()
+
+
+class TrainProgress:
+  """Every `period` steps and at the last: train metrics, ms/step and tokens/s, printed and
+  summarised. Throughput counts training steps only: the first step of a run (which compiles
+  the step) is reported on its own by `first_step_done`, and time spent inside `paused()`
+  (evaluation, checkpoint saves) is left out.
+  """
+
+  def __init__(self, summaries: Summaries, period: int, train_steps: int, start: int,
+               tokens_per_step: int, learning_rate: Callable):
+    self._summaries, self._period, self._train_steps = summaries, period, train_steps
+    self._tokens_per_step, self._learning_rate = tokens_per_step, learning_rate
+    self._last_step, self._last_time, self._excluded = start, time.perf_counter(), 0.0
+
+  def first_step_done(self, step: int):
+    """Call once the run's first step has finished on the device (its metrics were read)."""
+    seconds = time.perf_counter() - self._last_time
+    print(f'step {step}: compiled the train step and ran it in {seconds:.1f} s (not counted in '
+          'ms/step)', flush=True)
+    self._last_step, self._last_time, self._excluded = step, time.perf_counter(), 0.0
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time spent inside is not training time."""
+    begin = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._excluded += time.perf_counter() - begin
+
+  def is_due(self, step: int) -> bool:
+    return step % self._period == 0 or step == self._train_steps
+
+  def write(self, step: int, metrics: Mapping[str, float]):
+    line = (f'step {step}/{self._train_steps}  loss {metrics["loss"]:.4f}  '
+            f'acc {metrics["accuracy"]:.3f}')
+    scalars = {**metrics, 'learning_rate': float(self._learning_rate(step - 1))}
+    if step > self._last_step:
+      now = time.perf_counter()
+      step_time = (now - self._last_time - self._excluded) / (step - self._last_step)
+      self._last_step, self._last_time, self._excluded = step, now, 0.0
+      tokens_per_s = self._tokens_per_step / step_time
+      scalars.update(step_time_s=step_time, tokens_per_s=tokens_per_s)
+      line += f'  {tokens_per_s:,.0f} tok/s  {step_time * 1000:.0f} ms/step'
+    self._summaries.write('train', step, scalars)
+    print(line, flush=True)
