@@ -1,0 +1,93 @@
+"""MODEL_DIR remembers its run: eval/infer/resume read the saved config; another model is named."""
+import os
+
+import gin
+import pytest
+
+from synth_jax import checkpoints
+from synth_jax import cli
+from synth_jax import run_config
+from synth_jax import train
+from tests import fixtures
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def train_dense_run(model_dir):
+  fixtures.register_copy_task()
+  assert cli.main([
+      'train', '--gin_file=models/t5_1_1_tiny.gin', '--gin_file=runs/train.gin',
+      f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{fixtures.COPY_TASK}'",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}", '--gin.TRAIN_STEPS=2',
+      '--gin.BATCH_SIZE=8', '--gin.VOCAB_SIZE=384', '--gin.EVAL_PERIOD=0',
+      "--gin.ATTENTION_TYPE='dense'", '--gin.synth_jax.network.T5Config.max_encoder_length=16',
+      '--gin.synth_jax.network.T5Config.max_decoder_length=16',
+      '--gin.synth_jax.train.train.eval_steps=1']) == 0
+  gin.clear_config()
+
+
+def test_eval_and_infer_need_only_the_model_dir_and_a_model_change_is_refused(tmp_path, capsys):
+  model_dir = str(tmp_path / 'run')
+  train_dense_run(model_dir)
+  capsys.readouterr()
+  assert cli.main(['eval', f"--gin.MODEL_DIR='{model_dir}'"]) == 0
+  out = capsys.readouterr().out
+  assert f'Configuration: {model_dir}/config.gin' in out
+  assert f'Loaded {model_dir}/checkpoints at step 2.' in out and 'Resumed' not in out
+  assert 'eval  step 2' in out
+  gin.clear_config()
+  with pytest.raises(run_config.ModelMismatchError) as error:
+    cli.main(['eval', f"--gin.MODEL_DIR='{model_dir}'", "--gin.ATTENTION_TYPE='vanilla'"])
+  message = str(error.value)
+  assert "encoder_attention: 'dense' in the saved run, 'vanilla' now" in message
+  assert 'cannot evaluate' in message and len(message.splitlines()) <= 10
+
+
+def test_a_restore_of_another_model_names_the_parameters_and_the_saved_attention(tmp_path):
+  """Without model.json (runs of older versions), the restore itself tells the models apart."""
+  model_dir = str(tmp_path / 'run')
+  train_dense_run(model_dir)
+  os.remove(os.path.join(model_dir, run_config.MODEL_FILE))
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    cli.main(['eval', f"--gin.MODEL_DIR='{model_dir}'", "--gin.ATTENTION_TYPE='vanilla'"])
+  message = str(error.value)
+  assert 'holds a different model' in message and 'corrupt' not in message
+  assert 'only in the checkpoint: params/encoder/layers_0/attention/' in message
+  assert "ATTENTION_TYPE = 'dense'" in message and len(message.splitlines()) <= 10
+
+
+def test_an_initial_checkpoint_of_another_attention_is_named_in_a_few_lines(tmp_path):
+  common = dict(mixture_or_task_name=fixtures.register_copy_task(),
+                task_feature_lengths=fixtures.LENGTHS, batch_size=8, train_steps=2,
+                log_period=100, checkpoint_period=2, eval_period=0)
+  train.train(model_dir=str(tmp_path / 'vanilla'), model=fixtures.tiny_model(), **common)
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    train.train(model_dir=str(tmp_path / 'random'), model=fixtures.tiny_model('random'),
+                initial_checkpoint_path=str(tmp_path / 'vanilla' / 'checkpoints' / '2'), **common)
+  message = str(error.value)
+  assert message.startswith(f'INITIAL_CHECKPOINT_PATH {tmp_path}/vanilla/checkpoints/2 holds a '
+                            'different model')
+  assert 'only in this model: params/decoder/layers_0/self_attention/random_logits' in message
+  assert len(message.splitlines()) <= 10
+
+
+def test_a_resume_reads_the_saved_config_and_flags_still_win(tmp_path, capsys):
+  model_dir = str(tmp_path / 'run')
+  train_dense_run(model_dir)
+  capsys.readouterr()
+  assert cli.main(['train', f"--gin.MODEL_DIR='{model_dir}'", '--gin.TRAIN_STEPS=3',
+                   '--gin.synth_jax.train.train.log_period=1']) == 0
+  out = capsys.readouterr().out
+  assert 'Resumed from' in out and 'step 3/3' in out
+  assert "ATTENTION_TYPE = 'dense'" in open(os.path.join(model_dir, 'config.gin')).read()
+  assert 'TRAIN_STEPS = 3' in open(os.path.join(model_dir, 'config.gin')).read()
+
+
+def test_a_model_dir_without_a_saved_config_needs_a_gin_file(tmp_path):
+  with pytest.raises(SystemExit, match='has no config.gin.*--gin_file'):
+    cli.main(['eval', f"--gin.MODEL_DIR='{tmp_path}'"])
