@@ -148,11 +148,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if saved:
     print(f'Configuration: {saved}, with the flags on top.', flush=True)
   from synth_jax import train  # pylint: disable=g-import-not-at-top
-  if args.command == 'infer':
-    train.train(eval_only=True, eval_steps=0, infer_examples=args.examples)
-  else:
-    train.train(eval_only=(args.command == 'eval'))
+  try:
+    if args.command == 'infer':
+      train.train(eval_only=True, eval_steps=0, infer_examples=args.examples)
+    else:
+      train.train(eval_only=(args.command == 'eval'))
+  except _user_errors() as error:  # the message names the fix; a traceback would bury it
+    message = '\n'.join(line for line in str(error).splitlines()
+                        if not line.strip().startswith('In call to configurable'))
+    raise SystemExit(f'synth-jax {args.command}: {message}') from error
   return 0
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+  """Errors about the run's inputs (data, MODEL_DIR, checkpoints), printed without a traceback."""
+  # pylint: disable=g-import-not-at-top
+  from synth_jax import checkpoints, data, lease, run_config
+  return (data.DataNotPreparedError, lease.LeaseHeldError, lease.LeaseLostError,
+          run_config.ModelMismatchError, checkpoints.CheckpointError)
 
 
 def _is_multihost_tpu() -> bool:

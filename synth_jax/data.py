@@ -10,7 +10,8 @@ one); `unpack_single_example_rows` gives them back that form, which takes the fa
 attention paths. `Dataset(..., unpack_single_example_rows=True)` streams train batches so.
 """
 import logging
-from typing import Iterator, Mapping
+import os
+from typing import Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -92,6 +93,41 @@ def _unpacked_where_possible(batches: Iterator[Mapping[str, np.ndarray]],
     yield batch
 
 
+class DataNotPreparedError(FileNotFoundError):
+  pass
+
+
+def unprepared_tfds_datasets(mixture_or_task_name: str) -> list[tuple[str, str]]:
+  """(TFDS name, data dir) of each TFDS dataset the task or mixture reads that is not prepared
+  there (no `DATA_DIR/NAME/CONFIG/VERSION/dataset_info.json`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+  found = seqio.get_mixture_or_task(mixture_or_task_name)
+  missing = []
+  for task in (found.tasks if isinstance(found, seqio.Mixture) else [found]):
+    loader = getattr(task.source, 'tfds_dataset', None)
+    if loader is None or not loader.name:
+      continue
+    data_dir = loader.data_dir or os.environ.get('TFDS_DATA_DIR') or constants.DATA_DIR
+    name, sep, version = loader.name.partition(':')
+    info = os.path.join(data_dir, name, version if sep else '', 'dataset_info.json')
+    if not tf.io.gfile.glob(info if sep else os.path.join(data_dir, name, '*', 'dataset_info.json')):
+      missing.append((loader.name, data_dir))
+  return sorted(set(missing))
+
+
+def _not_prepared_error(mixture_or_task_name: str) -> Optional[DataNotPreparedError]:
+  missing = unprepared_tfds_datasets(mixture_or_task_name)
+  if not missing:
+    return None
+  listed = ', '.join(f'{name} (in {data_dir})' for name, data_dir in missing[:4])
+  more = f' and {len(missing) - 4} more' if len(missing) > 4 else ''
+  return DataNotPreparedError(
+      f'{mixture_or_task_name} reads TFDS datasets that are not prepared: {listed}{more}. '
+      'Prepare them once (README, "Prepare the TFDS datasets": tfds build NAME --data_dir=DIR) '
+      'and pass that directory as --tfds_data_dir.')
+
+
 class Dataset:
   """Per-host batches `{feature: np.ndarray[batch, length]}` of one seqio task or mixture.
 
@@ -123,6 +159,15 @@ class Dataset:
       self.unpack_single_example_rows = False
 
   def _dataset(self, split: str, shuffle: bool, num_epochs):
+    try:
+      return self._batched_dataset(split, shuffle, num_epochs)
+    except Exception as error:  # pylint: disable=broad-except  (TFDS fails in many ways)
+      not_prepared = _not_prepared_error(self.name)
+      if not_prepared is None:
+        raise
+      raise not_prepared from error
+
+  def _batched_dataset(self, split: str, shuffle: bool, num_epochs):
     shard_info = (seqio.ShardInfo(jax.process_index(), jax.process_count())
                   if jax.process_count() > 1 else None)
     # try_in_mem_cache=False: caching small splits in memory would read TFDS split sizes,

@@ -1,4 +1,6 @@
 """seqio batches for the trainer: shapes, determinism, resumable position, one-example rows."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,3 +134,23 @@ def test_unpacked_single_example_rows_give_the_packed_loss_and_gradients(attenti
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def _register_tfds_task(name, data_dir):
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(
+        name, source=seqio.TfdsDataSource('c4/en:3.1.0', tfds_data_dir=data_dir),
+        preprocessors=[], output_features={'targets': seqio.Feature(seqio.ByteVocabulary())})
+  return name
+
+
+def test_an_unprepared_tfds_dataset_is_named_with_its_data_dir_and_the_prepare_step(tmp_path):
+  name = _register_tfds_task('synth_jax_test_unprepared_c4', str(tmp_path))
+  dataset = data.Dataset(name, {'inputs': 8, 'targets': 8}, batch_size=2)
+  with pytest.raises(data.DataNotPreparedError,
+                     match=rf'not prepared: c4/en:3.1.0 \(in {tmp_path}\).*README, "Prepare the '
+                           r'TFDS datasets".*--tfds_data_dir'):
+    dataset.example_batch()
+  os.makedirs(tmp_path / 'c4' / 'en' / '3.1.0')
+  (tmp_path / 'c4' / 'en' / '3.1.0' / 'dataset_info.json').write_text('{}')
+  assert data.unprepared_tfds_datasets(name) == []
