@@ -92,7 +92,7 @@ def _split_gin_flags(argv: Sequence[str]):
   return bindings, rest
 
 
-GIN_FLAGS_HELP = """gin flags (train, eval, infer):
+GIN_FLAGS_HELP = """gin flags (train, eval, infer, attention-maps):
   --gin_file=FILE          a gin file; repeat to combine (later files win)
   --gin.NAME=VALUE         bind a macro or parameter; VALUE is gin syntax, so strings keep
                            their quotes: --gin.ATTENTION_TYPE="'random'" --gin.TRAIN_STEPS=1000

@@ -1,11 +1,11 @@
 """`synth-jax attention-maps`: per-layer, per-head attention maps of a trained T5 run, as PNG.
 
-  synth-jax attention-maps --gin_file=/tmp/synth_jax_demo/config.gin --out /tmp/maps
+  synth-jax attention-maps --gin.MODEL_DIR="'/tmp/synth_jax_demo'" --out /tmp/maps
   synth-jax attention-maps --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'" \
       --out /tmp/maps --examples 2 --max_length 64
 
-The run is described as `synth-jax train` reads it (gin files and `--gin.NAME=VALUE`; a run's
-own `MODEL_DIR/config.gin` is the surest description). The model is the gin-bound
+The run is described as `synth-jax eval` reads it: the run's own `MODEL_DIR/config.gin` (saved
+when it started training), under any --gin_file and with `--gin.NAME=VALUE` on top. The model is the gin-bound
 `synth_jax.network.Transformer`; its parameters come from the latest checkpoint of MODEL_DIR
 (or `--step`), read straight from the checkpoint (params and frozen variables only, whatever
 the optimizer); the examples are the first `--examples` of the run's eval split, unpacked (one
@@ -222,10 +222,14 @@ def draw(path: str, title: str, maps: Sequence[Sequence[np.ndarray]],
 
 
 def _parser() -> argparse.ArgumentParser:
+  from synth_jax import cli  # pylint: disable=g-import-not-at-top  (cli imports this module)
   parser = argparse.ArgumentParser(prog='synth-jax attention-maps',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--gin_file', action='append', default=[])
-  parser.add_argument('--gin_search_paths', action='append', default=[])
+                                   description=__doc__.split('\n')[0], epilog=cli.GIN_FLAGS_HELP,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--gin_file', action='append', default=[],
+                      help='a gin file (repeatable); not needed when MODEL_DIR has config.gin')
+  parser.add_argument('--gin_search_paths', action='append', default=[],
+                      help='more directories to look for gin files in (repeatable)')
   parser.add_argument('--out', required=True, help='directory for the PNGs and maps.json.')
   parser.add_argument('--examples', type=int, default=2, help='eval examples to draw.')
   parser.add_argument('--max_length', type=int, default=64,
@@ -283,14 +287,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   bindings, argv = cli._split_gin_flags(argv)  # pylint: disable=protected-access
   parser = _parser()
   args = parser.parse_args(argv)
-  if not args.gin_file:
-    parser.error('give the run\'s gin: --gin_file=MODEL_DIR/config.gin (or the files it was '
-                 'trained with and its --gin.MODEL_DIR).')
+  if not args.gin_file and not any(b.startswith('MODEL_DIR ') for b in bindings):
+    parser.error('give the run\'s --gin.MODEL_DIR (its config.gin is read), or its gin files.')
   if args.examples < 1 or args.max_length < 1:
     parser.error('--examples and --max_length must be at least 1.')
   if args.tfds_data_dir:
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-  cli.parse_gin(args.gin_file, bindings, args.gin_search_paths)
+  cli.parse_run_config(args.gin_file, bindings, args.gin_search_paths)
   run = _run_from_gin(args.max_length, args.split)
   model, task, split = run['model'], run['task'], run['split']
 

@@ -47,7 +47,7 @@ def clean_gin():
 
 def test_attention_maps_draws_every_layer_and_stack_of_a_trained_checkpoint(trained_run, tmp_path):
   out = str(tmp_path / 'maps')
-  status = attention_maps.main([f'--gin_file={os.path.join(trained_run, "config.gin")}',
+  status = attention_maps.main([f"--gin.MODEL_DIR='{trained_run}'",  # its config.gin is read
                                 '--out', out, '--examples', '2', '--max_length', '12'])
   assert status == 0
   expected = {f'{stack}_layer{i}.png' for stack in STACKS for i in range(2)}
