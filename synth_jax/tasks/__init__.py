@@ -25,7 +25,8 @@ __all__ = ['byte_vocabulary', 'c4', 'default_vocabulary', 'glue',
 
 
 def register_all(vocabulary: Optional[seqio.Vocabulary] = None,
-                 tfds_data_dir: Optional[str] = None) -> None:
+                 tfds_data_dir: Optional[str] = None,
+                 glue_tfds_version: str = glue.TFDS_VERSION) -> None:
   """Re-registers the C4, GLUE and SuperGLUE tasks with `vocabulary`.
 
   Use it to swap T5's vocabulary (the default) for another before building
@@ -36,7 +37,9 @@ def register_all(vocabulary: Optional[seqio.Vocabulary] = None,
   Args:
     vocabulary: the vocabulary for every task; None means T5's.
     tfds_data_dir: TFDS data directory; None uses TFDS's default.
+    glue_tfds_version: TFDS glue version; '1.0.0' reproduces T5's data and
+      mixing rates exactly (2.0.0, the default, changed QQP's source).
   """
   c4.register(vocabulary, tfds_data_dir)
-  glue.register(vocabulary, tfds_data_dir)
+  glue.register(vocabulary, tfds_data_dir, glue_tfds_version)
   superglue.register(vocabulary, tfds_data_dir)

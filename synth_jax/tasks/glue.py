@@ -8,7 +8,10 @@ the label's name:
   mnli   'mnli hypothesis: ... premise: ...'              -> 'neutral'
 
 Tasks are named `synth_jax_glue_<benchmark>`; `synth_jax_glue` mixes the
-training sets in proportion to their sizes. MNLI trains as
+training sets in proportion to their sizes, as T5's `glue_v002_proportional`
+(TFDS glue 2.0.0 by default; T5 read 1.0.0, whose QQP has 3 more training
+examples: `mixture_rates(tfds_version)` follows the version). `ax`, the
+diagnostic set, is formatted as MNLI (test split only). MNLI trains as
 `synth_jax_glue_mnli` and is evaluated by `synth_jax_glue_mnli_matched` and
 `synth_jax_glue_mnli_mismatched`, whose 'validation' splits are TFDS's
 `validation_matched` / `validation_mismatched`.
@@ -94,7 +97,15 @@ BENCHMARKS: Mapping[str, Benchmark] = {
     'wnli': Benchmark('wnli', 'wnli', ('sentence1', 'sentence2'),
                       ('not_entailment', 'entailment'), (metrics.accuracy,),
                       635),
+    # The diagnostic set, cast as MNLI and predicted by the MNLI-trained
+    # model; test split only (unlabeled, scored by the GLUE server).
+    'ax': Benchmark('mnli', 'ax', _NLI_FIELDS, _MNLI_LABELS, (), 0,
+                    {'test': 'test'}),
 }
+
+# Training examples that differ between TFDS glue versions: 2.0.0 changed QQP's
+# data source. T5 counted glue 1.0.0 (363,849 QQP examples).
+_TRAIN_EXAMPLES_BY_VERSION = {'1.0.0': {'qqp': 363_849}, '1.0.1': {'qqp': 363_849}}
 
 # T5 leaves WNLI out of training: its dev set is adversarial to its train set
 # (Raffel et al. 2020, sec. 2.3); the task stays registered for evaluation.
@@ -159,13 +170,16 @@ def _postprocess_fn(spec: Benchmark):
 
 def glue_task(benchmark: str,
               vocabulary: Optional[seqio.Vocabulary] = None,
-              tfds_data_dir: Optional[str] = None) -> seqio.Task:
+              tfds_data_dir: Optional[str] = None,
+              tfds_version: str = TFDS_VERSION) -> seqio.Task:
   """Builds (does not register) the task for one GLUE benchmark.
 
   Args:
     benchmark: a key of `BENCHMARKS`, e.g. 'cola' or 'mnli_mismatched'.
     vocabulary: defaults to `vocabularies.default_vocabulary()`.
     tfds_data_dir: TFDS data directory; None uses TFDS's default.
+    tfds_version: TFDS glue version ('2.0.0'; T5 read '1.0.0', which
+      differs in QQP only).
 
   Returns:
     A `seqio.Task` named `synth_jax_glue_<benchmark>` whose examples hold
@@ -174,23 +188,28 @@ def glue_task(benchmark: str,
   """
   spec = BENCHMARKS[benchmark]
   return text_to_text.tfds_text_to_text_task(
-      task_name(benchmark), f'glue/{spec.tfds_config}:{TFDS_VERSION}', spec.splits,
+      task_name(benchmark), f'glue/{spec.tfds_config}:{tfds_version}', spec.splits,
       [_text_preprocessor(spec)], _postprocess_fn(spec), spec.metric_fns, vocabulary,
       tfds_data_dir)
 
 
-def mixture_rates() -> Dict[str, int]:
-  """Task name -> rate of `synth_jax_glue`: training-set sizes, 0 for eval."""
-  return {task_name(b): spec.train_examples
+def mixture_rates(tfds_version: str = TFDS_VERSION) -> Dict[str, int]:
+  """Task name -> rate of `synth_jax_glue`: the training-set sizes of TFDS
+  glue `tfds_version`, 0 for evaluation-only tasks; T5's
+  `glue_v002_proportional` rates for the same version."""
+  sizes = _TRAIN_EXAMPLES_BY_VERSION.get(tfds_version, {})
+  return {task_name(b): sizes.get(b, spec.train_examples)
           for b, spec in BENCHMARKS.items() if b not in _NOT_MIXED}
 
 
 def register(vocabulary: Optional[seqio.Vocabulary] = None,
-             tfds_data_dir: Optional[str] = None) -> None:
+             tfds_data_dir: Optional[str] = None,
+             tfds_version: str = TFDS_VERSION) -> None:
   """Registers every GLUE task and the `synth_jax_glue` mixture (idempotent)."""
   for benchmark in BENCHMARKS:
-    registration.register_task(glue_task(benchmark, vocabulary, tfds_data_dir))
-  registration.register_mixture(MIXTURE_NAME, list(mixture_rates().items()))
+    registration.register_task(
+        glue_task(benchmark, vocabulary, tfds_data_dir, tfds_version))
+  registration.register_mixture(MIXTURE_NAME, list(mixture_rates(tfds_version).items()))
 
 
 register()

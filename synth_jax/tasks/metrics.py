@@ -77,22 +77,23 @@ def mean_multiclass_f1(num_classes: int
   return mean_f1
 
 
-def multirc_f1a(targets: Sequence[Dict[str, Any]],
-                predictions: Sequence[Dict[str, Any]]) -> Metrics:
-  """MultiRC F1a: binary F1 over all answer options, ungrouped.
+def multirc_f1(targets: Sequence[Dict[str, Any]],
+               predictions: Sequence[Dict[str, Any]]) -> Metrics:
+  """MultiRC F1a (binary F1 over all answer options, ungrouped), reported as
+  'f1' like T5.
 
   Args:
     targets: `{'value': 0/1, 'group': question key}` per answer option.
     predictions: `{'value': class id}` per answer option.
   """
-  f1 = f1_with_invalid([t['value'] for t in targets],
-                       [p['value'] for p in predictions])['f1']
-  return {'f1a': f1}
+  return f1_with_invalid([t['value'] for t in targets],
+                         [p['value'] for p in predictions])
 
 
 def multirc_exact_match(targets: Sequence[Dict[str, Any]],
                         predictions: Sequence[Dict[str, Any]]) -> Metrics:
-  """MultiRC EM: percent of questions whose every answer option is right.
+  """MultiRC EM: percent of groups (question indices, as T5 groups them)
+  whose every answer option is right.
 
   Needs whole questions: evaluating a subsample that splits a question's
   options gives a different number.
@@ -128,7 +129,8 @@ def _token_f1(target: str, prediction: str) -> float:
 
 def record_em_f1(targets: Sequence[Dict[str, Any]],
                  predictions: Sequence[Dict[str, Any]]) -> Metrics:
-  """ReCoRD exact match and token F1, max over each query's gold answers.
+  """ReCoRD exact match ('em', T5's name) and token F1 ('f1'), max over
+  each query's gold answers.
 
   The task has one example per gold answer, so each query is scored once:
   at its first example.
@@ -154,5 +156,4 @@ def record_em_f1(targets: Sequence[Dict[str, Any]],
     predicted = normalize_squad(prediction['value'])
     exact.append(max(float(predicted == a) for a in answers))
     f1.append(max(_token_f1(a, predicted) for a in answers))
-  return {'exact_match': 100 * float(np.mean(exact)),
-          'f1': 100 * float(np.mean(f1))}
+  return {'em': 100 * float(np.mean(exact)), 'f1': 100 * float(np.mean(f1))}

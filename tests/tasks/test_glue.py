@@ -48,6 +48,9 @@ FORMATS = [
      'rte sentence1: A cat sat. sentence2: A cat.', 'entailment'),
     ('wnli', _example(np.int64(1), sentence1='S1.', sentence2='S2.'),
      'wnli sentence1: S1. sentence2: S2.', 'entailment'),
+    # The diagnostic set is cast as MNLI (T5's glue_ax_v002).
+    ('ax', _example(np.int64(0), premise='P.', hypothesis='H.'),
+     'mnli hypothesis: H. premise: P.', 'entailment'),
 ]
 
 
@@ -70,9 +73,8 @@ def test_label_classes_and_fields_match_tfds(benchmark):
 
 
 def test_every_task_yields_converted_examples_from_mock_tfds():
-  tasks = [(glue.glue_task(b, VOCAB),
-            'validation_mismatched' if b == 'mnli' else 'validation')
-           for b in glue.BENCHMARKS]
+  splits = {'mnli': 'validation_mismatched', 'ax': 'test'}  # ax: test only
+  tasks = [(glue.glue_task(b, VOCAB), splits.get(b, 'validation')) for b in glue.BENCHMARKS]
   examples = task_testing.converted_examples(tasks, LENGTHS, num_examples=3)
   task_testing.assert_converted(examples, LENGTHS)
   assert len(examples) == 3 * len(tasks)
@@ -121,16 +123,21 @@ def test_mnli_evaluation_tasks_read_their_tfds_validation_split(
   assert 'train' not in task.splits
 
 
-def test_mixture_is_proportional_to_training_set_sizes():
+# T5's glue_v002_proportional (t5.data.glue_utils.GLUE_WEIGHT_MAPPING), counted on TFDS
+# glue 1.0.0; WNLI is left out (T5 trains on WSC/DPR instead).
+T5_GLUE_RATES = {'cola': 8_551, 'sst2': 67_349, 'mrpc': 3_668, 'qqp': 363_849, 'stsb': 5_749,
+                 'mnli': 392_702, 'qnli': 104_743, 'rte': 2_490, 'mnli_mismatched': 0,
+                 'mnli_matched': 0, 'ax': 0}
+
+
+def test_mixture_rates_equal_t5s_for_the_same_tfds_version():
+  assert glue.mixture_rates('1.0.0') == {glue.task_name(b): r for b, r in T5_GLUE_RATES.items()}
+  # glue 2.0.0 (the default) changed QQP's source: 3 fewer training examples.
+  assert glue.mixture_rates('2.0.0') == {
+      **glue.mixture_rates('1.0.0'), glue.task_name('qqp'): 363_846}
   mixture = seqio.get_mixture_or_task('synth_jax_glue')
   rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
-  assert rates['synth_jax_glue_cola'] == 8_551
-  assert rates['synth_jax_glue_mnli'] == 392_702
-  assert rates['synth_jax_glue_qqp'] == 363_846
-  assert rates['synth_jax_glue_mnli_matched'] == 0
-  # T5 leaves WNLI out of training.
-  assert 'synth_jax_glue_wnli' not in rates
-  assert len(rates) == len(glue.BENCHMARKS) - 1
+  assert rates == glue.mixture_rates(glue.TFDS_VERSION) and glue.TFDS_VERSION == '2.0.0'
 
 
 @pytest.mark.parametrize('benchmark,prediction,expected', [

@@ -2,6 +2,7 @@
 import pytest
 
 from synth_jax.tasks import metrics
+from synth_jax.tasks import postprocessors
 
 
 def test_accuracy_is_percent_correct():
@@ -47,16 +48,24 @@ def test_mean_3class_f1_averages_per_class_f1():
   assert result == {'mean_3class_f1': pytest.approx(100 / 3)}
 
 
-def test_multirc_f1a_and_exact_match_group_by_question():
-  targets = [{'value': 1, 'group': (0, 0)}, {'value': 0, 'group': (0, 0)},
-             {'value': 1, 'group': (0, 1)}, {'value': 0, 'group': (1, 0)}]
-  predictions = [{'value': 1}, {'value': 0}, {'value': 0}, {'value': 0}]
-  # F1a over all options: TP=1, FN=1, FP=0.
-  assert metrics.multirc_f1a(targets, predictions) == {
-      'f1a': pytest.approx(200 / 3)}
-  # Questions (0, 0) and (1, 0) fully right, (0, 1) wrong.
+def test_multirc_f1_and_exact_match_group_by_question_index():
+  """Groups are question indices (T5's postprocessor): a question index repeated in two
+  paragraphs is one group."""
+  examples = [  # (paragraph, question, target, prediction)
+      (0, 0, 1, 1), (0, 0, 0, 0),   # question 0 of paragraph 0: right
+      (0, 1, 1, 0),                 # question 1: wrong
+      (1, 0, 0, 1),                 # question 0 again, in paragraph 1: wrong
+      (1, 2, 0, 0)]                 # question 2: right
+  targets = [postprocessors.multirc('True' if t else 'False', is_target=True,
+                                    example={'idx/paragraph': p, 'idx/question': q})
+             for p, q, t, _ in examples]
+  predictions = [{'value': v} for *_, v in examples]
+  # F1 over all options: TP=1, FN=1, FP=1 -> 50, reported as 'f1' (T5's name).
+  assert metrics.multirc_f1(targets, predictions) == {'f1': pytest.approx(50.0)}
+  # Groups 0 (three options, one wrong), 1 (wrong), 2 (right): 1 of 3 = 33.3. Grouping
+  # by (paragraph, question) would give 2 of 4 = 50.
   assert metrics.multirc_exact_match(targets, predictions) == {
-      'exact_match': pytest.approx(200 / 3)}
+      'exact_match': pytest.approx(100 / 3)}
 
 
 def test_normalize_squad_drops_case_punctuation_articles_and_spaces():
@@ -75,7 +84,8 @@ def test_record_scores_each_query_once_against_its_best_answer():
   # Query 1: exact after normalization (the duplicate is skipped).
   # Query 2: 'paris france' vs 'paris': EM 0, F1 2*(1/2*1)/(1/2+1) = 2/3.
   result = metrics.record_em_f1(targets, predictions)
-  assert result['exact_match'] == pytest.approx(50.0)
+  assert set(result) == {'em', 'f1'}  # T5's names
+  assert result['em'] == pytest.approx(50.0)
   assert result['f1'] == pytest.approx(100 * (1 + 2 / 3) / 2)
 
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from synth_jax.tasks import superglue
@@ -97,15 +98,15 @@ def _wsc(text, pronoun, index, label=1):
      'feared violence.', 'they', 9,
      'wsc: The city councilmen refused the demonstrators a permit because '
      '*they* feared violence.'),
-    # Punctuation glued to the pronoun stays outside the asterisks.
-    ('John laughed. "Good for him," he said.', 'him', 4,
-     'wsc: John laughed. "Good for *him*," he said.'),
-    # An index one word off still finds the pronoun.
-    ('Some day they might want to use it , but not now', 'it', 6,
-     'wsc: Some day they might want to use *it* , but not now'),
-    # 'its' is not 'it'.
+    # A pronoun that ends the text keeps T5's trailing space.
+    ('The trophy did not fit because of it', 'it', 7,
+     'wsc: The trophy did not fit because of *it* '),
+    # 'its' is not 'it': only the indexed word is marked.
     ('The cat licked its paw because it was dirty', 'it', 6,
      'wsc: The cat licked its paw because *it* was dirty'),
+    # Every ' X ' word is replaced, as T5's global regex does.
+    ('Player X beat him at chess', 'him', 3,
+     'wsc: Player *him* beat *him* at chess'),
 ])
 def test_wsc_marks_the_pronoun_and_targets_the_candidate(text, pronoun, index,
                                                         inputs):
@@ -114,16 +115,71 @@ def test_wsc_marks_the_pronoun_and_targets_the_candidate(text, pronoun, index,
                      'label': 1, 'idx': 7}
 
 
-def test_wsc_training_keeps_only_correct_candidates():
+@pytest.mark.parametrize('text,pronoun,index,inputs', [
+    # span2_index points at 'him,"' (punctuation glued on).
+    ('The boy continued to whip the pony , and eventually the pony threw him '
+     'over. John laughed out quite loud. "Good for him," he said. ', 'him',
+     22,
+     'wsc: The boy continued to whip the pony , and eventually the pony threw '
+     'him over. John laughed out quite loud. "Good for *him* ," he said.'),
+    # span2_index points at 'use', not 'it'.
+    ('When they had eventually calmed down a bit , and had gotten home, Mr. '
+     'Farley put the magic pebble in an iron safe . Some day they might want '
+     'to use it , but really for now, what more could they wish for?', 'it',
+     27,
+     'wsc: When they had eventually calmed down a bit , and had gotten home, '
+     'Mr. Farley put the magic pebble in an iron safe . Some day they might '
+     'want to use *it* , but really for now, what more could they wish for?'),
+])
+def test_wsc_formats_t5s_two_special_cases_as_t5(text, pronoun, index, inputs):
+  (example,) = _format('wsc_simple_eval', _wsc(text, pronoun, index))
+  assert example['inputs'] == inputs
+
+
+@pytest.mark.parametrize('index,message', [
+    (3, 'does not point at span2_text'),  # 'it' is word 4
+    (0, 'must be > 0'),
+    (9, 'past the end'),
+])
+def test_wsc_with_a_wrong_pronoun_index_fails_loudly(index, message):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    _format('wsc_simple_eval', _wsc('I saw the dog and it barked', 'it', index))
+
+
+def test_wsc_training_keeps_examples_with_a_nonzero_label():
   right = _wsc('a b they', 'they', 2, label=1)
   wrong = _wsc('c d they', 'they', 2, label=0)
-  train = _format('wsc_simple_train', right, wrong)
+  unlabeled = _wsc('e f they', 'they', 2, label=-1)  # T5's cast to bool keeps it
+  train = _format('wsc_simple_train', right, wrong, unlabeled)
   evaluation = _format('wsc_simple_eval', right, wrong)
-  assert [ex['inputs'] for ex in train] == ['wsc: a b *they*']
+  assert [ex['inputs'] for ex in train] == ['wsc: a b *they* ', 'wsc: e f *they* ']
   assert [ex['label'] for ex in evaluation] == [1, 0]
 
 
-@pytest.mark.parametrize('benchmark', sorted(superglue.BENCHMARKS))
+def test_dpr_marks_the_first_pronoun_followed_by_a_space_or_punctuation():
+  example = {'sentence': 'Bob asked Tom if he can lend some money, and he did.',
+             'pronoun': 'he', 'candidates': np.array(['Bob', 'Tom'], dtype=object),
+             'label': np.int64(1)}
+  assert _format('dpr_simple', example) == [{
+      'inputs': 'wsc: Bob asked Tom if *he* can lend some money, and he did.',
+      'targets': 'Tom'}]
+  # 'he.' at the end is marked; 'her' is not 'he'.
+  example = {**example, 'sentence': 'Ann thanked her sister because of he.'}
+  assert _format('dpr_simple', example)[0]['inputs'] == (
+      'wsc: Ann thanked her sister because of *he*.')
+
+
+def test_diagnostics_are_cast_as_rte_with_t5s_field_order():
+  axb = {'sentence1': 'S one.', 'sentence2': 'S two.', 'label': np.int64(0),
+         'idx': IDX}
+  axg = {'premise': 'P.', 'hypothesis': 'H.', 'label': np.int64(1), 'idx': IDX}
+  assert _format('axb', axb) == [{'inputs': 'rte hypothesis: S two. premise: S one.',
+                                  'targets': 'entailment', 'idx': 7}]
+  assert _format('axg', axg) == [{'inputs': 'rte hypothesis: H. premise: P.',
+                                  'targets': 'not_entailment', 'idx': 7}]
+
+
+@pytest.mark.parametrize('benchmark', sorted(set(superglue.BENCHMARKS) - {'dpr_simple', 'axb'}))
 def test_label_classes_match_tfds(benchmark):
   spec = superglue.BENCHMARKS[benchmark]
   config = tfds.builder_cls('super_glue').builder_configs[spec.tfds_config]
@@ -133,9 +189,9 @@ def test_label_classes_match_tfds(benchmark):
 
 
 def test_every_task_yields_converted_examples_from_mock_tfds():
-  tasks = [(superglue.super_glue_task(b, VOCAB),
-            'train' if b == 'wsc_simple_train' else 'validation')
-           for b in superglue.BENCHMARKS]
+  splits = {'wsc_simple_train': 'train', 'dpr_simple': 'train', 'axb': 'test', 'axg': 'test'}
+  tasks = [(superglue.super_glue_task(b, VOCAB), splits.get(b, 'validation'))
+           for b in superglue.BENCHMARKS if not b.startswith('wsc')]
   examples = task_testing.converted_examples(tasks, LENGTHS, num_examples=3)
   task_testing.assert_converted(examples, LENGTHS)
   labels = {spec.prefix: spec.label_classes
@@ -155,6 +211,7 @@ def test_every_task_yields_converted_examples_from_mock_tfds():
 def test_mixture_is_proportional_to_training_set_sizes():
   mixture = seqio.get_mixture_or_task('synth_jax_super_glue')
   rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+  # T5's super_glue_v102_proportional (t5.data.glue_utils), name for name.
   assert rates == {
       'synth_jax_super_glue_boolq': 9_427,
       'synth_jax_super_glue_cb': 250,
@@ -165,21 +222,26 @@ def test_mixture_is_proportional_to_training_set_sizes():
       'synth_jax_super_glue_wic': 5_428,
       'synth_jax_super_glue_wsc_simple_train': 259,
       'synth_jax_super_glue_wsc_simple_eval': 0,
+      'synth_jax_super_glue_dpr_simple': 1_322,
+      'synth_jax_super_glue_axb': 0,
+      'synth_jax_super_glue_axg': 0,
   }
 
 
 def test_registered_tasks_read_super_glue_1_0_2_and_wsc_fixed():
   boolq = seqio.get_mixture_or_task('synth_jax_super_glue_boolq')
   wsc = seqio.get_mixture_or_task('synth_jax_super_glue_wsc_simple_eval')
+  dpr = seqio.get_mixture_or_task('synth_jax_super_glue_dpr_simple')
   assert boolq.source.tfds_dataset.name == 'super_glue/boolq:1.0.2'
   assert wsc.source.tfds_dataset.name == 'super_glue/wsc.fixed:1.0.2'
+  assert dpr.source.tfds_dataset.name == 'definite_pronoun_resolution:1.1.0'
 
 
 @pytest.mark.parametrize('benchmark,expected', [
     # Only one of CB's three classes occurs: its F1 is 100, the others' 0.
     ('cb', {'mean_3class_f1': 100 / 3, 'accuracy': 100.0}),
-    ('multirc', {'f1a': 100.0, 'exact_match': 100.0}),
-    ('record', {'exact_match': 100.0, 'f1': 100.0}),
+    ('multirc', {'f1': 100.0, 'exact_match': 100.0}),  # T5's metric names
+    ('record', {'em': 100.0, 'f1': 100.0}),
     ('wsc_simple_eval', {'accuracy': 100.0}),
 ])
 def test_registered_metrics_score_postprocessed_predictions(
