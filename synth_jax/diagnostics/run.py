@@ -136,6 +136,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--preset', default='tiny', choices=sorted(presets.PRESETS))
   parser.add_argument('--part', type=int, default=None, help='run only part N (1-based).')
   parser.add_argument('--plan', action='store_true', help='list the parts and exit.')
+  parser.add_argument('--report_only', action='store_true',
+                      help='redraw report.md and the plots from DIR/results.json; train nothing.')
   parser.add_argument('--out', required=True, help='directory of results.json, report.md, PNGs.')
   parser.add_argument('--skip_done', action='store_true',
                       help='keep runs already in DIR/results.json for the same tables (finish a '
@@ -145,6 +147,14 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                       help="position scheme (default: the preset's).")
   parser.add_argument('--conv_kernel', type=int, default=None,
                       help="short convolution taps, 0 for none (default: the preset's).")
+  parser.add_argument('--learning_rate', type=float, default=None,
+                      help="peak learning rate of every run (default: the preset's).")
+  parser.add_argument('--steps', type=int, default=None,
+                      help="training steps of every run (default: the preset's).")
+  parser.add_argument('--sweeps', action=argparse.BooleanOptionalAction, default=True,
+                      help="MQAR's kv-pair and width sweeps (--no-sweeps: base settings only).")
+  parser.add_argument('--jobs_per_part', type=int, default=None,
+                      help="runs per --part (default: the preset's).")
   parser.add_argument('--attention_execution', default='fast', choices=kernels.EXECUTIONS,
                       help='how attention runs, as network.Transformer.attention_execution.')
   return parser.parse_args(argv)
@@ -154,6 +164,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse(argv)
   preset = presets.get(args.preset, positions=args.positions, conv_kernel=args.conv_kernel)
+  training = {k: v for k, v in (('learning_rate', args.learning_rate), ('steps', args.steps))
+              if v is not None}
+  preset = dataclasses.replace(
+      preset, train=dataclasses.replace(preset.train, **training),
+      jobs_per_part=preset.jobs_per_part if args.jobs_per_part is None else args.jobs_per_part,
+      **({} if args.sweeps else {'kv_pairs_sweep': (), 'width_sweep': ()}))
   task_names = [t.strip() for t in args.tasks.split(',') if t.strip()]
   unknown = [t for t in task_names if t not in tasks_lib.TASKS]
   if unknown:
@@ -169,6 +185,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.part is not None and not 1 <= args.part <= len(all_parts):
     raise SystemExit(f'--part {args.part}: this request has parts 1..{len(all_parts)}.')
   chosen = all_parts[args.part - 1] if args.part else [j for part in all_parts for j in part]
+  if args.report_only:
+    chosen = []
 
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, 'results.json')
