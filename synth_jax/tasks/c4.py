@@ -1,12 +1,13 @@
 """C4 span-corruption pretraining (T5's objective, Raffel et al. 2020).
 
 `synth_jax_c4_span_corruption` reads TFDS `c4/en`, tokenizes each document's
-text, joins runs of 128 documents into one stream and cuts it into chunks
-that become span-corruption examples (`span_corruption.py`): noise density
-0.15, mean span length 3, sentinels from the vocabulary's extra ids. With
-`FEATURE_LENGTHS` (512/114) the chunks are 568 tokens, the length that fills
-512 input ids once corrupted, so nearly every example is full length, as in
-T5.
+text, keeps one random chunk of at most 65,536 tokens of each document, joins
+runs of 128 documents into one stream (dropping id-0 tokens, as T5 does) and
+cuts it into chunks that become span-corruption examples
+(`span_corruption.py`): noise density 0.15, mean span length 3, sentinels
+from the vocabulary's extra ids. With `FEATURE_LENGTHS` (512/114) the chunks
+are 568 tokens, the length that fills 512 input ids once corrupted, so nearly
+every example is full length, as in T5.
 """
 from typing import Optional
 

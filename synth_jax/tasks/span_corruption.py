@@ -16,11 +16,13 @@ here; the EOS that seqio appends is accounted for in the length arithmetic.
 import functools
 from typing import List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
+CHUNK_LENGTH = 65536
 
 
 def first_sentinel_id(vocabulary: seqio.Vocabulary) -> int:
@@ -50,17 +52,22 @@ def noise_counts(num_tokens: int,
                  ) -> Tuple[int, int]:
   """(noise tokens, noise spans) in a chunk of `num_tokens` tokens.
 
-  Python twin of the counts inside `random_spans_noise_mask` (same float64
+  Python twin of the counts inside `random_spans_noise_mask` (same float32
   arithmetic and round-half-to-even), used to size chunks ahead of time.
   A chunk of fewer than 2 tokens is left uncorrupted: (0, 0).
   """
   if num_tokens < 2:
     return 0, 0
+  # float32, as T5's TF ops: 190 * 0.15 is 28.500002 in float32 (29 noise
+  # tokens) but 28.5 in float64, which rounds half to even (28).
+  noise = int(np.round(np.float32(num_tokens) * np.float32(noise_density)))
   # At least one token of each kind, so both inputs and targets say something.
-  noise = min(max(round(num_tokens * noise_density), 1), num_tokens - 1)
-  # Every noise span needs a non-noise span before it.
-  spans = min(max(round(noise / mean_noise_span_length), 1), noise,
-              num_tokens - noise)
+  noise = min(max(noise, 1), num_tokens - 1)
+  spans = int(np.round(np.float32(noise) /
+                       np.float32(mean_noise_span_length)))
+  # T5 clamps spans only from below; the upper bound (every noise span needs
+  # a non-noise span before it) binds only where T5's mask fails to build.
+  spans = min(max(spans, 1), noise, num_tokens - noise)
   return noise, spans
 
 
@@ -106,11 +113,12 @@ def span_corruption_lengths(
 
 def _noise_counts_tf(length, noise_density, mean_noise_span_length):
   """`noise_counts` in TF ops, for `length` >= 2 (int32 scalar tensors)."""
-  noise = tf.cast(
-      tf.round(tf.cast(length, tf.float64) * noise_density), tf.int32)
+  noise = tf.cast(tf.round(tf.cast(length, tf.float32) *
+                           tf.constant(noise_density, tf.float32)), tf.int32)
   noise = tf.clip_by_value(noise, 1, length - 1)
-  spans = tf.cast(
-      tf.round(tf.cast(noise, tf.float64) / mean_noise_span_length), tf.int32)
+  spans = tf.cast(tf.round(tf.cast(noise, tf.float32) /
+                           tf.constant(mean_noise_span_length, tf.float32)),
+                  tf.int32)
   spans = tf.minimum(tf.maximum(spans, 1), tf.minimum(noise, length - noise))
   return noise, spans
 
@@ -226,6 +234,40 @@ def split_tokens(dataset: tf.data.Dataset, max_tokens: int,
   return dataset.map(to_chunks, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
+@seqio.map_over_dataset(num_seeds=1)
+def _random_chunk(features, seed, chunk_length, feature_key):
+  tokens = features[feature_key]
+  num_chunks = (tf.size(tokens) + chunk_length - 1) // chunk_length
+  chunk = tf.random.stateless_uniform([], seed=seed, maxval=num_chunks,
+                                      dtype=tf.int32)
+  start = chunk * chunk_length
+  return {feature_key: tokens[start:start + chunk_length]}
+
+
+def select_random_chunk(dataset: tf.data.Dataset,
+                        chunk_length: int = CHUNK_LENGTH,
+                        feature_key: str = 'targets') -> tf.data.Dataset:
+  """Keeps one random `chunk_length`-token chunk of each document.
+
+  As T5, a document is cut into consecutive chunks of `chunk_length` (the
+  last may be shorter) and one is picked uniformly, so no document of many
+  chunks dominates a stream. Draws come from seqio's map seeds, like
+  `span_corruption`'s.
+
+  Args:
+    dataset: examples with int `[length]` ids under `feature_key`.
+    chunk_length: longest chunk kept (T5: 65536).
+    feature_key: the feature to cut; other features are dropped.
+
+  Returns:
+    Examples `{feature_key: int [<= chunk_length]}`, each starting at a
+    multiple of `chunk_length` in its document; empty documents are dropped.
+  """
+  dataset = dataset.filter(lambda features: tf.size(features[feature_key]) > 0)
+  return _random_chunk(dataset, chunk_length=chunk_length,
+                       feature_key=feature_key)
+
+
 def concatenate_tokens(dataset: tf.data.Dataset,
                        documents_per_stream: int = 128,
                        feature_key: str = 'targets') -> tf.data.Dataset:
@@ -241,13 +283,20 @@ def concatenate_tokens(dataset: tf.data.Dataset,
     feature_key: the feature to join; other features are dropped.
 
   Returns:
-    Examples `{feature_key: int [total length]}`, documents in order.
+    Examples `{feature_key: int [total length]}`, documents in order, without
+    any id-0 token.
   """
+
+  def join(batch):
+    tokens = batch[feature_key].flat_values
+    # T5 joins through a zero-padded batch and strips every 0 as padding, so
+    # id-0 (PAD) tokens inside documents go too.
+    return {feature_key: tf.boolean_mask(tokens, tf.not_equal(tokens, 0))}
+
   dataset = dataset.map(lambda features: {feature_key: features[feature_key]},
                         num_parallel_calls=tf.data.AUTOTUNE)
   return dataset.ragged_batch(documents_per_stream).map(
-      lambda batch: {feature_key: batch[feature_key].flat_values},
-      num_parallel_calls=tf.data.AUTOTUNE)
+      join, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @seqio.map_over_dataset(num_seeds=2)
@@ -270,12 +319,12 @@ def span_corruption(
 ) -> tf.data.Dataset:
   """seqio preprocessor: tokenized text -> span-corruption examples.
 
-  Place after `seqio.preprocessors.tokenize` (and `concatenate_tokens`) and
-  before `seqio.preprocessors.append_eos_after_trim`. Chunks are sized by
-  `span_corruption_lengths(sequence_length['inputs'])` so that, EOS included,
-  inputs never exceed the inputs length and targets need at most the length
-  it reports (114 for 512). Noise is drawn from seqio's map seeds, so a
-  dataset built under `seqio.map_seed_manager(seed)` (or
+  Place after `seqio.preprocessors.tokenize` (and `select_random_chunk`,
+  `concatenate_tokens`) and before `seqio.preprocessors.append_eos_after_trim`.
+  Chunks are sized by `span_corruption_lengths(sequence_length['inputs'])` so
+  that, EOS included, inputs never exceed the inputs length and targets need
+  at most the length it reports (114 for 512). Noise is drawn from seqio's
+  map seeds, so a dataset built under `seqio.map_seed_manager(seed)` (or
   `task.get_dataset(..., seed=seed)`) is reproducible.
 
   Args:
@@ -381,6 +430,7 @@ def pretraining_preprocessors() -> list:
       functools.partial(seqio.preprocessors.rekey, key_map={'targets': 'text'}),
       seqio.preprocessors.tokenize,
       seqio.CacheDatasetPlaceholder(),
+      select_random_chunk,
       concatenate_tokens,
       span_corruption,
       seqio.preprocessors.append_eos_after_trim,

@@ -14,6 +14,10 @@ FIRST_SENTINEL = VOCAB.vocab_size - 1
 # Three documents: several full 568-token chunks, a short one, a tiny one.
 DOCUMENTS = [pydoc_data.topics.topics['assignment'][:2000],
              pydoc_data.topics.topics['assert'][:300], 'Hi.']
+# 70,000 ASCII bytes: one full 65,536-token chunk and a 4,464-token tail.
+LONG_DOCUMENT = ''.join(
+    text for _, text in sorted(pydoc_data.topics.topics.items())).encode(
+        'ascii', 'ignore').decode('ascii')[:70000]
 
 
 def _as_dataset(builder, split, **unused_kwargs):
@@ -70,3 +74,26 @@ def test_mock_c4_packs_into_t5_feature_lengths_with_sentinel_targets():
       inputs = ex['encoder_input_tokens'][ex['encoder_segment_ids'] ==
                                           segment]
       assert FIRST_SENTINEL in inputs and inputs[-1] == 1
+
+
+def test_long_document_keeps_one_aligned_65536_token_chunk():
+
+  def as_dataset(builder, split, **unused_kwargs):
+    del builder, split
+    return tf.data.Dataset.from_tensor_slices(
+        {'text': [LONG_DOCUMENT, 'Hi.'], 'url': ['https://example.com'] * 2})
+
+  def merged(seed):
+    examples = task_testing.task_examples(
+        c4.span_corruption_task(VOCAB), 'train', c4.FEATURE_LENGTHS,
+        as_dataset_fn=as_dataset, seed=seed)
+    tokens = []
+    for ex in examples:
+      tokens += span_corruption.merge_inputs_and_targets(
+          ex['inputs'], ex['targets'], VOCAB)
+    return tuple(tokens)
+
+  tokens, short = VOCAB.encode(LONG_DOCUMENT), VOCAB.encode('Hi.')
+  # Seed 0 draws the tail, seed 2 the first chunk.
+  assert {merged(0), merged(2)} == {tuple(tokens[65536:] + short),
+                                    tuple(tokens[:65536] + short)}

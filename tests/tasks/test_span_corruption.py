@@ -87,12 +87,56 @@ def test_graph_noise_counts_match_python_arithmetic():
     assert size == length
 
 
+@pytest.mark.parametrize('length,noise,spans', [
+    # f32: 190 * 0.15 = 28.500002 -> 29, 29 / 3 -> 10 (f64: 28.5 -> 28, 9).
+    (190, 29, 10),
+    # f32: 350 * 0.15 = 52.500004 -> 53, 53 / 3 -> 18 (f64: 52.5 -> 52, 17).
+    (350, 53, 18),
+    # f32: 390 * 0.15 = 58.500004 -> 59, 59 / 3 -> 20 (f64: 58.5 -> 58, 19).
+    (390, 59, 20),
+    # f32 and f64 agree: 568 * 0.15 = 85.2 -> 85, 85 / 3 = 28.33 -> 28.
+    (568, 85, 28),
+])
+def test_noise_counts_round_in_float32_as_t5_does(length, noise, spans):
+  assert sc.noise_counts(length) == (noise, spans)
+  mask = sc.random_spans_noise_mask(length, [(1, 2), (3, 4)]).numpy()
+  starts = mask & ~np.concatenate([[False], mask[:-1]])
+  assert (mask.sum(), starts.sum()) == (noise, spans)
+
+
 def test_corrupt_spans_replaces_spans_with_descending_sentinels():
   tokens = tf.range(10, 18)
   noise_mask = tf.constant([0, 1, 1, 0, 0, 1, 1, 1]) > 0
   inputs, targets = sc.corrupt_spans(tokens, noise_mask, FIRST_SENTINEL)
   np.testing.assert_array_equal(inputs, [10, 358, 13, 14, 357])
   np.testing.assert_array_equal(targets, [358, 11, 12, 357, 15, 16, 17])
+
+
+def test_concatenate_tokens_drops_id_0_tokens_as_t5_does():
+  documents = [[0, 5, 0, 6], [7, 0], [0], [8, 9, 0]]
+  ds = sc.concatenate_tokens(_dataset(documents), documents_per_stream=2)
+  streams = [ex['targets'].tolist() for ex in ds.as_numpy_iterator()]
+  assert streams == [[5, 6, 7], [8, 9]]
+
+
+def _chunks(documents, seed, chunk_length):
+  with seqio.map_seed_manager(seed):
+    ds = sc.select_random_chunk(_dataset(documents), chunk_length)
+  return [ex['targets'].tolist() for ex in ds.as_numpy_iterator()]
+
+
+def test_select_random_chunk_keeps_one_aligned_chunk_per_document():
+  # 23 tokens in chunks of 5: starts 0, 5, 10, 15 and a 3-token tail at 20.
+  long_document = list(range(10, 33))
+  documents = [long_document] * 40 + [[], [7, 8, 9]]
+  chunks = _chunks(documents, seed=1, chunk_length=5)
+  assert len(chunks) == 41 and chunks[-1] == [7, 8, 9]  # [] is dropped
+  starts = [chunk[0] - 10 for chunk in chunks[:-1]]
+  for start, chunk in zip(starts, chunks):
+    assert chunk == long_document[start:start + 5]
+  assert set(starts) == {0, 5, 10, 15, 20}
+  assert _chunks(documents, seed=1, chunk_length=5) == chunks
+  assert _chunks(documents, seed=2, chunk_length=5) != chunks
 
 
 def test_merge_restores_original_tokens():
