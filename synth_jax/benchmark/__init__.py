@@ -3,7 +3,7 @@
   python -m synth_jax.bench                              # all types, base, batch 128, packed
   python -m synth_jax.bench --types vanilla --fused cudnn
   python -m synth_jax.bench --types vanilla,random --seq_sweep --json sweep.json
-  python -m synth_jax.bench --preset tiny --steps 2      # CPU smoke run
+  python -m synth_jax.bench --preset tiny --steps 2      # CPU smoke run, ~2 min on 2 cores
 
 One row per attention type (set as encoder and decoder self-attention; cross-attention stays
 vanilla, as in `gin/models/t5_1_1_base.gin`): the time of a whole training step
