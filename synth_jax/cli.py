@@ -163,9 +163,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
   """Errors about the run's inputs (data, MODEL_DIR, checkpoints), printed without a traceback."""
   # pylint: disable=g-import-not-at-top
-  from synth_jax import checkpoints, data, lease, run_config
+  from synth_jax import checkpoints, data, lease, run_config, train
   return (data.DataNotPreparedError, lease.LeaseHeldError, lease.LeaseLostError,
-          run_config.ModelMismatchError, checkpoints.CheckpointError)
+          run_config.ModelMismatchError, checkpoints.CheckpointError, train.ModelDirError)
 
 
 def _is_multihost_tpu() -> bool:

@@ -33,6 +33,10 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+class ModelDirError(ValueError):
+  """MODEL_DIR cannot hold a run (a file, or not writable)."""
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks between steps."""
 
@@ -201,7 +205,7 @@ def _check_model_dir(model_dir: Optional[str]):
     problem = f'cannot be created or written ({existing} is not writable)'
   else:
     return
-  raise ValueError(f'MODEL_DIR={model_dir!r} {problem}: point MODEL_DIR at a directory you can '
+  raise ModelDirError(f'MODEL_DIR={model_dir!r} {problem}: point MODEL_DIR at a directory you can '
                    'write, e.g. --gin.MODEL_DIR="\'/tmp/my_run\'".')
 
 

@@ -154,3 +154,17 @@ def test_an_unprepared_tfds_dataset_is_named_with_its_data_dir_and_the_prepare_s
   os.makedirs(tmp_path / 'c4' / 'en' / '3.1.0')
   (tmp_path / 'c4' / 'en' / '3.1.0' / 'dataset_info.json').write_text('{}')
   assert data.unprepared_tfds_datasets(name) == []
+
+
+def test_decoded_examples_are_the_same_for_every_dataset_of_a_seed():
+  """Span corruption draws noise: the examples decoded at the end of training, by `eval` and by
+  `infer` come from fresh `Dataset`s and must agree."""
+  lengths = {'inputs': 64, 'targets': 16}
+  first, second = (list(data.Dataset('synth_jax_local_span_corruption', lengths, 2,
+                                     seed=5).eval_examples('validation', 3)) for _ in range(2))
+  other = list(data.Dataset('synth_jax_local_span_corruption', lengths, 2,
+                            seed=6).eval_examples('validation', 3))
+  for a, b in zip(first, second):
+    np.testing.assert_array_equal(a['inputs'], b['inputs'])
+    np.testing.assert_array_equal(a['targets'], b['targets'])
+  assert any(not np.array_equal(a['inputs'], c['inputs']) for a, c in zip(first, other))

@@ -224,3 +224,23 @@ def test_a_model_dir_that_cannot_hold_a_run_is_a_one_line_error(tmp_path, where)
   assert first_line.startswith(f'MODEL_DIR={str(model_dir)!r} ')
   assert 'point MODEL_DIR at a directory you can write' in first_line
   assert not (tmp_path / 'taken' / 'run').exists()
+
+
+def test_the_cli_prints_an_unusable_model_dir_as_one_line_without_a_traceback(tmp_path):
+  from synth_jax import cli  # pylint: disable=g-import-not-at-top
+  blocker = tmp_path / 'taken'
+  blocker.write_text('not a directory')
+  with pytest.raises(SystemExit) as error:
+    cli.main(['train', '--gin_file=configs/demo.gin', f"--gin.MODEL_DIR='{blocker}'"])
+  assert str(error.value.code) == (
+      f'synth-jax train: MODEL_DIR={str(blocker)!r} is a file: point MODEL_DIR at a directory you '
+      'can write, e.g. --gin.MODEL_DIR="\'/tmp/my_run\'".')
+
+
+def test_an_eval_without_task_metrics_logs_no_skipping_eval_and_no_uncached_warning(
+    tmp_path, caplog, capsys):
+  with caplog.at_level('WARNING'):
+    run(str(tmp_path), 2, eval_period=2, eval_steps=1)
+  logged = caplog.text
+  assert 'Skipping eval' not in logged and 'uncached' not in logged, logged
+  assert 'eval  step 2' in capsys.readouterr().out
