@@ -5,9 +5,12 @@
         solves MQAR and induction; overwrite and selective copy need more than it gives.
   full  the research sweep for one GPU (Zoology's scale: vocabulary 8192, length 256), split
         into parts of `jobs_per_part` runs (`synth-jax diagnose --preset full --part N`); MQAR
-        is swept over kv pairs and width. Ten runs a part is sized for one 10-minute device call
-        at up to ~50 s a run (compile included), an estimate not yet timed on the H200: if a part
-        is cut short, run it again with `--skip_done` on the same --out.
+        is swept over kv pairs and width. Measured on the H200 (2026-11-30): a run takes 25-110 s
+        with eight processes sharing the GPU (compile included), so ten runs a part fit a
+        10-minute call only alone or two at a time; a part cut short is finished with
+        `--skip_done` on the same --out. The learning rate, 5e-3, is the best of 2e-3, 5e-3 and
+        1e-2 for vanilla on induction and MQAR in a probe (RESULTS.md); even so vanilla learns
+        neither in 2000 steps, so this budget favours the variants that learn fast.
 
 Both use a short causal convolution before attention (Zoology's hybrid block): with the previous
 token in the residual stream, one attention layer can do recall, so what a variant's attention
@@ -70,7 +73,7 @@ PRESETS = {
     'full': Preset(
         name='full',
         model=dict(width=128, num_layers=2, num_heads=2, positions='relative', conv_kernel=3),
-        train=train.TrainConfig(steps=2000, batch_size=64, learning_rate=1e-3, warmup_steps=100,
+        train=train.TrainConfig(steps=2000, batch_size=64, learning_rate=5e-3, warmup_steps=100,
                                 eval_every=100, eval_examples=512),
         tasks=_tasks(length=256, vocab_size=8192, kv_pairs=32, copy_tokens=16,
                      extrapolate='induction'),

@@ -6,6 +6,7 @@ file holds an exclusive lock on `DIR/results.json.lock`, and the file is replace
 a run that finishes is never lost to another process's write and a reader never sees half a file.
 """
 import contextlib
+import gzip
 import json
 import os
 
@@ -23,11 +24,18 @@ def locked(path: str):
 
 
 def read(path: str, meta: dict) -> dict:
-  """The results in `path` (which must be of `meta`'s configuration), or an empty set."""
-  if not os.path.exists(path):
+  """The results in `path` (which must be of `meta`'s configuration), or an empty set.
+
+  A `path + '.gz'` is read when `path` is absent (sweeps are committed compressed).
+  """
+  if os.path.exists(path):
+    with open(path) as f:
+      results = json.load(f)
+  elif os.path.exists(path + '.gz'):
+    with gzip.open(path + '.gz', 'rt') as f:
+      results = json.load(f)
+  else:
     return {'meta': meta, 'commands': [], 'runs': {}}
-  with open(path) as f:
-    results = json.load(f)
   if any(results['meta'].get(k) != meta[k] for k in CONFIGURATION_KEYS):
     saved = {k: results['meta'].get(k) for k in CONFIGURATION_KEYS}
     raise SystemExit(f'{path} holds results of another configuration ({saved}); '

@@ -194,7 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   command = {'argv': ['synth-jax', 'diagnose', *argv],
              'date': datetime.datetime.now().isoformat(timespec='seconds'),
              'device': meta['device']}
-  results_file.update(path, meta, command=command)  # a wrong --out fails before any training
+  # A wrong --out fails before any training; a redraw trains nothing, so it is no command.
+  results_file.update(path, meta, command=None if args.report_only else command)
   where = f'part {args.part}/{len(all_parts)}, ' if args.part else ''
   print(f'diagnose: {where}{len(chosen)} runs, preset {preset.name}, seed {args.seed}', flush=True)
   for i, job in enumerate(chosen, 1):

@@ -47,3 +47,13 @@ def test_another_configuration_is_refused_and_left_untouched(tmp_path):
   with pytest.raises(SystemExit, match="another configuration.*give a new --out"):
     results_file.update(path, {**META, 'seed': 1}, runs={'y': {}})
   assert open(path).read() == before
+
+
+def test_a_compressed_results_file_is_read_when_the_plain_one_is_absent(tmp_path):
+  import gzip  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'results.json')
+  results_file.update(path, META, runs={'x': {'v': 1}})
+  with open(path, 'rb') as plain, gzip.open(path + '.gz', 'wb') as packed:
+    packed.write(plain.read())
+  os.remove(path)
+  assert results_file.read(path, META)['runs'] == {'x': {'v': 1}}

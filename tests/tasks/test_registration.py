@@ -16,7 +16,9 @@ MODULES = (c4, glue, superglue, local_corpus)
 
 
 def _our_names():
-  tasks = {n for n in seqio.TaskRegistry.names() if n.startswith('synth_jax')}
+  """The package's registrations (tests register theirs as synth_jax_test_*)."""
+  tasks = {n for n in seqio.TaskRegistry.names()
+           if n.startswith('synth_jax') and not n.startswith('synth_jax_test_')}
   mixtures = {n for n in seqio.MixtureRegistry.names()
               if n.startswith('synth_jax')}
   return tasks, mixtures
