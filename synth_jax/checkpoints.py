@@ -31,12 +31,14 @@ class Manager:
     """Whether `maybe_save` saves at `step` without being forced."""
     return self._manager is not None and step % self.period == 0
 
-  def maybe_save(self, step: int, state, force: bool = False):
+  def maybe_save(self, step: int, state, force: bool = False) -> bool:
+    """Starts saving `state` as `step` if due (or forced); returns whether it did."""
     if self._manager is None or not (force or self.is_due(step)):
-      return
+      return False
     if step in self._manager.all_steps():
-      return
+      return False
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    return True
 
   def wait(self):
     if self._manager is not None:

@@ -105,9 +105,28 @@ examples:
 """
 
 
+def _import_tensorflow_quietly():
+  """TensorFlow serves only our input pipeline. At import and when it probes for a GPU it prints
+  C++ notices (oneDNN, CPU features, missing CUDA drivers) that no user can act on; import it
+  with stderr silenced, and keep it off GPUs, which belong to JAX. An import error still raises
+  (after stderr is back)."""
+  if 'tensorflow' in sys.modules:
+    return
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs a command; returns the process exit status (0)."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  _import_tensorflow_quietly()
   if argv and argv[0] in SUBCOMMANDS:
     return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0
   bindings, argv = _split_gin_flags(argv)

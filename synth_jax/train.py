@@ -238,8 +238,11 @@ def _run_steps(state, start: int, train_steps: int, batches, *, step_fn, batch_s
         metrics.read()
       if trainer_lease is not None and (save_now or preempted):
         trainer_lease.check()  # another trainer took MODEL_DIR over: do not overwrite its saves
+      begin = time.perf_counter()
       with log.paused():
-        manager.maybe_save(step, state, force=(step == train_steps or preempted))
+        saved = manager.maybe_save(step, state, force=(step == train_steps or preempted))
+      if saved:  # the device-to-host copy; writing to disk continues in the background
+        print(f'saved step {step} ({time.perf_counter() - begin:.1f} s)', flush=True)
       if preempted:
         print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
         break

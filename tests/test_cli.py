@@ -73,6 +73,7 @@ def test_train_command_runs_a_tiny_model_end_to_end(tmp_path, capsys):
   assert status == 0
   out = capsys.readouterr().out
   assert 'step 2/2' in out and 'eval  step 2' in out
+  assert 'step 1: compiled the train step' in out and 'saved step 2 (' in out
   assert os.listdir(os.path.join(model_dir, 'checkpoints')) == ['2']
   assert "ATTENTION_TYPE = 'dense'" in open(os.path.join(model_dir, 'config.gin')).read()
 
