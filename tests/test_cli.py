@@ -154,3 +154,12 @@ def test_help_lists_the_gin_flags_with_an_example(capsys):
   for text in ('--gin_file', '--gin.NAME=VALUE', '--gin.ATTENTION_TYPE="\'random\'"',
                'a gin file (repeatable)'):
     assert text in out
+
+
+@pytest.mark.parametrize('command', [['train'], ['eval'], ['infer'], ['attention-maps']])
+def test_each_commands_help_lists_the_gin_flags(command, capsys):
+  with pytest.raises(SystemExit) as exit_status:
+    cli.main([*command, '--help'])
+  assert exit_status.value.code == 0
+  out = capsys.readouterr().out
+  assert '--gin.NAME=VALUE' in out and '--gin_file' in out
