@@ -109,6 +109,27 @@ def claims_section(results: dict) -> list[str]:
           + table(['claim', 'test', 'evidence', 'outcome'], rows) + [''])
 
 
+def commands(recorded: Sequence[dict]) -> list[str]:
+  """Each recorded command once, as "`argv` (date)"; the parts of one request (equal but for
+  `--part N`) as one command with `--part 1,2,...` and its first date."""
+  grouped = {}
+  for command in recorded:
+    argv = list(command['argv'])
+    part = None
+    if '--part' in argv[:-1]:
+      i = argv.index('--part')
+      part, argv = argv[i + 1], argv[:i + 1] + ['{parts}'] + argv[i + 2:]
+    key = ' '.join(argv)
+    first = grouped.setdefault(key, {'parts': [], 'date': command['date']})
+    if part is not None and part not in first['parts']:
+      first['parts'].append(part)
+  listed = []
+  for key, entry in grouped.items():
+    parts = ','.join(sorted(entry['parts'], key=int))
+    listed.append(f"`{key.replace('{parts}', parts)}` ({entry['date']})")
+  return listed
+
+
 def write(results: dict, out_dir: str, images: Sequence[str] = ()) -> str:
   """Writes `out_dir/report.md`; returns its path."""
   meta = results['meta']
@@ -119,8 +140,7 @@ def write(results: dict, out_dir: str, images: Sequence[str] = ()) -> str:
            + f". Every run: {train['steps']} steps of batch {train['batch_size']}, AdamW peak "
            f"rate {train['learning_rate']}, held-out accuracy on answers every "
            f"{train['eval_every']} steps over {train['eval_examples']} examples.", '',
-           'Commands: ' + '; '.join(f"`{' '.join(c['argv'])}` ({c['date']})"
-                                    for c in results.get('commands', [])), '']
+           'Commands: ' + '; '.join(commands(results.get('commands', []))), '']
   for task in task_names(results):
     lines += task_section(results, task)
   lines += sweep_section(results, 'kv_pairs', 'kv', 'MQAR accuracy by number of kv pairs')

@@ -121,3 +121,11 @@ def test_plots_are_png_files_for_each_task_and_sweep(results, tmp_path):
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   text = open(report.write(results, str(tmp_path), paths)).read()
   assert '![mqar_kv_pairs.png](mqar_kv_pairs.png)' in text
+
+
+def test_the_parts_of_one_request_are_listed_as_one_command():
+  recorded = [{'argv': ['synth-jax', 'diagnose', '--part', p, '--out', 'D'], 'date': d}
+              for p, d in (('2', 't2'), ('1', 't1'), ('2', 't3'))]
+  recorded.append({'argv': ['synth-jax', 'diagnose', '--out', 'E'], 'date': 't4'})
+  assert report.commands(recorded) == [
+      '`synth-jax diagnose --part 1,2 --out D` (t2)', '`synth-jax diagnose --out E` (t4)']
