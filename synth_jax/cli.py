@@ -63,7 +63,8 @@ def parse_run_config(gin_files: Sequence[str], bindings: Sequence[str],
 
   Order, later wins: the --gin_file files, then MODEL_DIR/config.gin, then the --gin.NAME=VALUE
   bindings. So `synth-jax eval --gin.MODEL_DIR=...` evaluates the run as it was trained, and a
-  flag still changes what it names. Returns the saved config's path, or None if there is none.
+  flag still changes what it names. A MODEL_DIR without a checkpoint holds no run yet: its
+  config.gin is ignored. Returns the saved config's path, or None if none was read.
   """
   parse_gin(gin_files, bindings, extra_paths)
   try:
@@ -71,7 +72,8 @@ def parse_run_config(gin_files: Sequence[str], bindings: Sequence[str],
   except ValueError:  # no MODEL_DIR macro: nothing remembered
     return None
   from synth_jax import run_config  # pylint: disable=g-import-not-at-top
-  saved = run_config.saved_config(model_dir)
+  # Without a checkpoint there is no run to continue: a new one starts from its own gin files.
+  saved = run_config.saved_config(model_dir) if run_config.has_checkpoint(model_dir) else None
   if saved:
     gin.clear_config()
     parse_gin([*gin_files, saved], bindings, extra_paths)
@@ -162,8 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  'saved its config.gin.')
   saved = parse_run_config(args.gin_file, bindings, args.gin_search_paths)
   if not saved and not args.gin_file:
-    raise SystemExit('MODEL_DIR has no config.gin (a run saves one when it starts training): '
-                     'give the run\'s --gin_file.')
+    raise SystemExit('MODEL_DIR has no run to read (a config.gin and a checkpoint, written by '
+                     'synth-jax train): give the run\'s --gin_file.')
   if saved:
     print(f'Configuration: {saved}, with the flags on top.', flush=True)
   from synth_jax import train  # pylint: disable=g-import-not-at-top

@@ -1,7 +1,8 @@
 """MODEL_DIR remembers its run: the configuration saved when training starts, read back later.
 
   MODEL_DIR/config.gin   the run's gin configuration; `synth-jax eval|infer|train` on a MODEL_DIR
-                         that has one start from it (the CLI's `parse_gin`), flags on top
+                         that has it and a checkpoint start from it (the CLI's
+                         `parse_run_config`), flags on top
   MODEL_DIR/model.json   the network's `T5Config`; a resume, eval or infer whose architecture
                          differs from it is refused (`check_same_model`) before anything is
                          restored
@@ -37,6 +38,14 @@ def saved_config(model_dir: Optional[str]) -> Optional[str]:
     return None
   path = os.path.join(model_dir, CONFIG_FILE)
   return path if _gfile().exists(path) else None
+
+
+def has_checkpoint(model_dir: Optional[str]) -> bool:
+  """Whether `model_dir/checkpoints` holds a step: a run to evaluate or resume."""
+  directory = os.path.join(model_dir or '', 'checkpoints')
+  if not model_dir or not _gfile().isdir(directory):
+    return False
+  return any(name.rstrip('/').isdigit() for name in _gfile().listdir(directory))
 
 
 def describe(model) -> dict:

@@ -92,6 +92,20 @@ def test_a_resume_reads_the_saved_config_and_flags_still_win(tmp_path, capsys):
   assert 'TRAIN_STEPS = 3' in open(os.path.join(model_dir, 'config.gin')).read()
 
 
-def test_a_model_dir_without_a_saved_config_needs_a_gin_file(tmp_path):
-  with pytest.raises(SystemExit, match='has no config.gin.*--gin_file'):
+def test_a_model_dir_without_a_saved_run_needs_a_gin_file(tmp_path):
+  with pytest.raises(SystemExit, match='has no run to read.*--gin_file'):
     cli.main(['eval', f"--gin.MODEL_DIR='{tmp_path}'"])
+
+
+def test_a_new_run_in_a_model_dir_without_checkpoints_ignores_an_old_config(tmp_path):
+  """A leftover config.gin (its checkpoints deleted) must not override the new run's files."""
+  model_dir = tmp_path / 'run'
+  model_dir.mkdir()
+  (model_dir / 'config.gin').write_text("ATTENTION_TYPE = 'dense'\n")
+  assert cli.parse_run_config(['configs/demo.gin'], [f"MODEL_DIR = '{model_dir}'"]) is None
+  assert gin.query_parameter('%ATTENTION_TYPE') == 'vanilla'
+  (model_dir / 'checkpoints' / '300').mkdir(parents=True)
+  gin.clear_config()
+  assert cli.parse_run_config(['configs/demo.gin'], [f"MODEL_DIR = '{model_dir}'"]) == str(
+      model_dir / 'config.gin')
+  assert gin.query_parameter('%ATTENTION_TYPE') == 'dense'
