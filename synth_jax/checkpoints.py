@@ -51,11 +51,19 @@ class Manager:
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(state, shardings)))
     except Exception as error:  # orbax raises many types; all mean the same to the user
-      differences = parameter_differences(state, os.path.join(step_dir, 'default'))
+      item = os.path.join(step_dir, 'default')
+      differences = parameter_differences(state, item)
       if differences:
         raise CheckpointError(different_model_message(
             f'checkpoint step {step} in {self.directory}', differences,
             os.path.dirname(self.directory), 'MODEL_DIR')) from None
+      optimizer = parameter_differences(state, item, keep=('opt_state',))
+      if optimizer:
+        raise CheckpointError(
+            f'checkpoint step {step} in {self.directory} holds the same parameters but another '
+            f'optimizer state ({len(optimizer)} leaves differ, e.g. {optimizer[0]}): resume '
+            'with the optimizer it was trained with (make_optimizer and its options), or start '
+            'a new MODEL_DIR from it with INITIAL_CHECKPOINT_PATH.') from None
       raise CheckpointError(
           f'could not restore checkpoint step {step} from {self.directory}: '
           f'{_first_line(error)}. Its parameters match the model, so the step directory is '
@@ -110,17 +118,17 @@ def _flat_shapes(tree, keep=('params', 'frozen')) -> dict[str, tuple]:
   return shapes
 
 
-def parameter_differences(state, item_dir: str) -> list[str]:
-  """How the parameters saved in `item_dir` differ from `state`'s, one line each (empty if they
-  match or the checkpoint's metadata cannot be read)."""
+def parameter_differences(state, item_dir: str, keep=('params', 'frozen')) -> list[str]:
+  """How the leaves under `keep` saved in `item_dir` differ from `state`'s, one line each
+  (empty if they match or the checkpoint's metadata cannot be read)."""
   try:
     metadata = ocp.StandardCheckpointer().metadata(item_dir)
   except Exception:  # pylint: disable=broad-except  (unreadable: the caller calls it corrupt)
     return []
-  saved = _flat_shapes(getattr(metadata, 'item_metadata', metadata))
+  saved = _flat_shapes(getattr(metadata, 'item_metadata', metadata), keep)
   if not saved:
     return []
-  expected = _flat_shapes(state)
+  expected = _flat_shapes(state, keep)
   lines = [f'only in the checkpoint: {p} {saved[p]}' for p in sorted(set(saved) - set(expected))]
   lines += [f'only in this model: {p} {expected[p]}' for p in sorted(set(expected) - set(saved))]
   lines += [f'shape: {p} is {saved[p]} in the checkpoint, {expected[p]} in this model'

@@ -76,7 +76,10 @@ def parse_run_config(gin_files: Sequence[str], bindings: Sequence[str],
   saved = run_config.saved_config(model_dir) if run_config.has_checkpoint(model_dir) else None
   if saved:
     gin.clear_config()
-    parse_gin([*gin_files, saved], bindings, extra_paths)
+    parse_gin(gin_files, [], extra_paths)
+    # Read through gfile (MODEL_DIR may be gs://), then the flags on top.
+    gin.parse_config(run_config.read_text(saved))
+    gin.parse_config(list(bindings))
   return saved
 
 
@@ -167,7 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     raise SystemExit('MODEL_DIR has no run to read (a config.gin and a checkpoint, written by '
                      'synth-jax train): give the run\'s --gin_file.')
   if saved:
-    print(f'Configuration: {saved}, with the flags on top.', flush=True)
+    print(f'Configuration: {saved} (the run\'s saved settings win over --gin_file files; '
+          '--gin.NAME=VALUE wins over both).', flush=True)
   from synth_jax import train  # pylint: disable=g-import-not-at-top
   try:
     if args.command == 'infer':

@@ -11,15 +11,20 @@ this one stops before its next checkpoint save instead of overwriting that train
 
 Works on local disk and on `gs://` (`tf.io.gfile`). Two trainers starting in the same instant are
 told apart by writing, waiting `settle_s` and reading back: the later write wins, the other
-trainer exits.
+trainer exits. A read that fails for another reason than a missing file is retried and then
+raised, never taken for "no lease". On several hosts, process 0 holds the lease and every host
+learns its verdict (one broadcast at start and at each save), so all stop together.
 """
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
 from typing import Optional
+
+import numpy as np
 
 LEASE_FILE = 'trainer.lease'
 
@@ -35,6 +40,28 @@ class LeaseLostError(RuntimeError):
 def _gfile():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile reads and writes gs://)
   return tf.io.gfile
+
+
+def _pid_namespace() -> str:
+  """This process's PID namespace: pids are comparable only within one (containers)."""
+  try:
+    return os.readlink('/proc/self/ns/pid')
+  except OSError:
+    return ''
+
+
+def _on_process_0_everywhere(failed: bool) -> bool:
+  """Process 0's `failed`, as every host sees it (a no-op on one host)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return failed
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
+
+
+def _is_process_0() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
 
 
 def _process_alive(pid: int) -> bool:
@@ -55,17 +82,27 @@ class Lease:
     self.path = os.path.join(model_dir, LEASE_FILE)
     self.timeout_s, self.heartbeat_s = timeout_s, heartbeat_s
     self.settle_s = (1.0 if '://' in model_dir else 0.05) if settle_s is None else settle_s
-    self.mine = {'host': socket.gethostname(), 'pid': os.getpid(), 'token': uuid.uuid4().hex}
+    self.mine = {'host': socket.gethostname(), 'pid': os.getpid(),
+                 'pid_namespace': _pid_namespace(), 'token': uuid.uuid4().hex}
+    self._holder = _is_process_0()
     self._stop = threading.Event()
     self._thread = None
     self.lost_to = None  # the lease that replaced ours, once seen
 
-  def read(self) -> Optional[dict]:
-    try:
-      with _gfile().GFile(self.path) as f:
-        return json.load(f)
-    except Exception:  # pylint: disable=broad-except  (absent, or a write in progress)
-      return None
+  def read(self, attempts: int = 3) -> Optional[dict]:
+    """The lease on disk, or None if there is none. Other read errors are retried, then
+    raised: a failed read must not look like a free MODEL_DIR."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    for attempt in range(attempts):
+      try:
+        with _gfile().GFile(self.path) as f:
+          return json.load(f)
+      except tf.errors.NotFoundError:
+        return None
+      except (tf.errors.OpError, OSError, ValueError):
+        if attempt == attempts - 1:
+          raise
+        time.sleep(0.5 * (attempt + 1))
 
   def _write(self):
     gfile = _gfile()
@@ -76,9 +113,16 @@ class Lease:
     gfile.rename(temporary, self.path, overwrite=True)
 
   def is_stale(self, lease: dict) -> bool:
+    """Its heartbeat is older than the timeout, or its process, on this host and in this PID
+    namespace, is gone (our own pid there is an earlier incarnation, e.g. a restarted
+    container's PID 1)."""
     if time.time() - lease.get('heartbeat', 0) > self.timeout_s:
       return True
-    return lease.get('host') == self.mine['host'] and not _process_alive(int(lease.get('pid', 0)))
+    if (lease.get('host') != self.mine['host'] or
+        lease.get('pid_namespace', '') != self.mine['pid_namespace']):
+      return False
+    pid = int(lease.get('pid', 0))
+    return pid == self.mine['pid'] or not _process_alive(pid)
 
   def describe(self, lease: dict) -> str:
     age = time.time() - lease.get('heartbeat', 0)
@@ -93,7 +137,19 @@ class Lease:
         'heartbeat; run again then.')
 
   def acquire(self):
-    """Takes the lease, or raises `LeaseHeldError` if a live trainer holds it."""
+    """Takes the lease, or raises `LeaseHeldError` if a live trainer holds it (on every host:
+    process 0 decides)."""
+    error = None
+    if self._holder:
+      try:
+        self._take()
+      except LeaseHeldError as held:
+        error = held
+    if _on_process_0_everywhere(error is not None):
+      raise error or LeaseHeldError(f'process 0 found MODEL_DIR {os.path.dirname(self.path)} in '
+                                    'use by another trainer (its log names it); exiting.')
+
+  def _take(self):
     held = self.read()
     if held and held.get('token') != self.mine['token']:
       if not self.is_stale(held):
@@ -109,27 +165,41 @@ class Lease:
 
   def _heartbeat(self):
     while not self._stop.wait(self.heartbeat_s):
-      held = self.read()
-      if held is not None and held.get('token') != self.mine['token']:
-        self.lost_to = held
-        return
-      self._write()
+      try:
+        held = self.read()
+        if held is not None and held.get('token') != self.mine['token']:
+          self.lost_to = held
+          return
+        self._write()
+      except Exception as error:  # pylint: disable=broad-except  (retried at the next beat)
+        logging.warning('lease heartbeat on %s failed (%s); retrying in %.0f s', self.path,
+                        error, self.heartbeat_s)
 
   def check(self):
-    """Raises `LeaseLostError` if another trainer has taken the lease over."""
-    held = self.read() if self.lost_to is None else self.lost_to
-    if held is not None and held.get('token') != self.mine['token']:
-      self.lost_to = held
+    """Raises `LeaseLostError` on every host if another trainer has taken the lease over."""
+    held = None
+    if self._holder:
+      held = self.read() if self.lost_to is None else self.lost_to
+      if held is not None and held.get('token') == self.mine['token']:
+        held = None
+    if _on_process_0_everywhere(held is not None):
+      self.lost_to = held or self.lost_to
+      who = self.describe(held) if held else 'another trainer (process 0 names it)'
       raise LeaseLostError(
-          f'{self.describe(held)} took over {os.path.dirname(self.path)} (this trainer\'s '
-          'heartbeat was older than the lease timeout); this trainer stops without saving.')
+          f'{who} took over {os.path.dirname(self.path)} (this trainer\'s heartbeat was older '
+          'than the lease timeout); this trainer stops without saving.')
 
   def release(self):
     """Stops the heartbeat and deletes the lease if it is still ours."""
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
-    held = self.read()
+    if not self._holder:
+      return
+    try:
+      held = self.read()
+    except Exception:  # pylint: disable=broad-except  (unreadable: the timeout frees it)
+      return
     if held and held.get('token') == self.mine['token']:
       try:
         _gfile().remove(self.path)

@@ -53,6 +53,22 @@ def describe(model) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(model.config), default=str))
 
 
+def _defaults(config_class) -> dict:
+  """The JSON values of `config_class`'s field defaults (fields without one are left out)."""
+  defaults = {}
+  for field in dataclasses.fields(config_class):
+    if field.default is not dataclasses.MISSING:
+      defaults[field.name] = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+      defaults[field.name] = field.default_factory()
+  return json.loads(json.dumps(defaults, default=str))
+
+
+def read_text(path: str) -> str:
+  with _gfile().GFile(path) as f:
+    return f.read()
+
+
 def write(model_dir: str, config_text: str, model):
   """Saves the run's gin configuration and its model description under `model_dir`."""
   gfile = _gfile()
@@ -70,8 +86,7 @@ def saved_attention(model_dir: str) -> Optional[str]:
   path = saved_config(model_dir)
   if path is None:
     return None
-  with _gfile().GFile(path) as f:
-    text = f.read()
+  text = read_text(path)
   found = (re.search(r'^ATTENTION_TYPE = .*$', text, re.MULTILINE) or
            re.search(r'^T5Config\.encoder_attention = .*$', text, re.MULTILINE))
   return found.group(0) if found else None
@@ -88,6 +103,9 @@ def check_same_model(model_dir: Optional[str], model, command: str = 'resume'):
   with _gfile().GFile(path) as f:
     saved = json.load(f)
   current = describe(model)
+  # A field added after the run was saved is the same model if it holds its default.
+  defaults = _defaults(type(model.config))
+  saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
   differing = sorted(k for k in set(saved) | set(current)
                      if k not in NOT_ARCHITECTURE and saved.get(k) != current.get(k))
   if not differing:

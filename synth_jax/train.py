@@ -211,41 +211,41 @@ def _check_model_dir(model_dir: Optional[str]):
 
 def _run_steps(state, start: int, train_steps: int, batches, *, step_fn, batch_sharding, rng,
                manager: checkpoints.Manager, metrics: _StepMetrics, log: progress.TrainProgress,
-               evaluate_all: _Evaluation, eval_period: int,
+               evaluate_all: _Evaluation, eval_period: int, preemption: _Preemption,
                trainer_lease: Optional[lease_lib.Lease] = None):
-  """Steps `start + 1 .. train_steps`, logging, evaluating and saving when due; SIGTERM saves
-  and stops. Returns the state and the last eval metrics."""
+  """Steps `start + 1 .. train_steps`, logging, evaluating and saving when due; SIGTERM (seen
+  by `preemption`, also when it came before the first step) saves and stops. Returns the state
+  and the last eval metrics."""
   eval_metrics = {}
-  with _Preemption() as preemption:
-    for step in range(start + 1, train_steps + 1):
-      state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
-      metrics.add(step, step_metrics)
-      log_now = log.is_due(step)
-      eval_now = eval_period and (step % eval_period == 0 or step == train_steps)
-      save_now = manager.is_due(step) or step == train_steps or preemption.requested
-      first = step == start + 1
-      if first or metrics.on_step is not None or log_now or eval_now or save_now:
-        metrics.read()
-      if first:
-        log.first_step_done(step)
-      if log_now:
-        log.write(step, metrics.latest)
-      if eval_now:
-        with log.paused():
-          eval_metrics = evaluate_all(state, step)
-      preempted = preemption.requested  # read once, and any SIGTERM so far has its losses read
-      if preempted:
-        metrics.read()
-      if trainer_lease is not None and (save_now or preempted):
-        trainer_lease.check()  # another trainer took MODEL_DIR over: do not overwrite its saves
-      begin = time.perf_counter()
+  for step in range(start + 1, train_steps + 1):
+    state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
+    metrics.add(step, step_metrics)
+    log_now = log.is_due(step)
+    eval_now = eval_period and (step % eval_period == 0 or step == train_steps)
+    save_now = manager.is_due(step) or step == train_steps or preemption.requested
+    first = step == start + 1
+    if first or metrics.on_step is not None or log_now or eval_now or save_now:
+      metrics.read()
+    if first:
+      log.first_step_done(step)
+    if log_now:
+      log.write(step, metrics.latest)
+    if eval_now:
       with log.paused():
-        saved = manager.maybe_save(step, state, force=(step == train_steps or preempted))
-      if saved:  # the device-to-host copy; writing to disk continues in the background
-        print(f'saved step {step} ({time.perf_counter() - begin:.1f} s)', flush=True)
-      if preempted:
-        print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
-        break
+        eval_metrics = evaluate_all(state, step)
+    preempted = preemption.requested  # read once, and any SIGTERM so far has its losses read
+    if preempted:
+      metrics.read()
+    begin = time.perf_counter()
+    with log.paused():
+      if trainer_lease is not None and (save_now or preempted):
+        trainer_lease.check()  # another trainer took MODEL_DIR over: keep its saves
+      saved = manager.maybe_save(step, state, force=(step == train_steps or preempted))
+    if saved:  # the device-to-host copy; writing to disk continues in the background
+      print(f'saved step {step} ({time.perf_counter() - begin:.1f} s)', flush=True)
+    if preempted:
+      print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
+      break
   return state, eval_metrics
 
 
@@ -304,10 +304,13 @@ def train(*,
     on_step: test hook called with (step, metrics) after each step.
   """
   _check_model_dir(model_dir)
-  trainer_lease = None
-  if model_dir and not eval_only and jax.process_index() == 0:
-    trainer_lease = lease_lib.Lease(model_dir, timeout_s=lease_timeout_s)
-  with trainer_lease or contextlib.nullcontext():
+  with contextlib.ExitStack() as scope:
+    # Training: SIGTERM from here on is a preemption (saved at the next step, the lease then
+    # released), not a kill that leaves the lease behind.
+    preemption = None if eval_only else scope.enter_context(_Preemption())
+    trainer_lease = None
+    if model_dir and not eval_only:  # every host takes part; process 0 holds the file
+      trainer_lease = scope.enter_context(lease_lib.Lease(model_dir, timeout_s=lease_timeout_s))
     manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
     if manager.latest_step() is not None:
       run_config.check_same_model(model_dir, model, 'evaluate' if eval_only else 'resume')
@@ -349,7 +352,7 @@ def train(*,
           state, start, train_steps, batches, step_fn=step_fn,
           batch_sharding=batch_sharding, rng=jax.random.key(seed + 1), manager=manager,
           metrics=metrics, log=log, evaluate_all=evaluate_all, eval_period=eval_period,
-          trainer_lease=trainer_lease)
+          preemption=preemption, trainer_lease=trainer_lease)
     manager.wait()
     result = {'train': metrics.latest, 'eval': eval_metrics, 'step': int(state.step),
               'state': state}

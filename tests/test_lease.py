@@ -111,3 +111,43 @@ def test_a_trainer_whose_lease_was_taken_over_stops_before_saving(tmp_path):
                 log_period=100, checkpoint_period=2, eval_period=0, on_step=usurp)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
   assert json.load(open(tmp_path / lease_lib.LEASE_FILE))['host'] == 'tpu-vm-9'  # left alone
+
+
+def test_our_own_pid_in_a_lease_of_this_host_is_an_earlier_incarnation(tmp_path):
+  """A restarted container's trainer is often PID 1 again: its old lease is stale."""
+  lease = lease_lib.Lease(str(tmp_path), timeout_s=60)
+  mine = {'host': socket.gethostname(), 'pid_namespace': lease.mine['pid_namespace'],
+          'heartbeat': time.time()}
+  assert lease.is_stale({**mine, 'pid': os.getpid()})
+  assert not lease.is_stale({**mine, 'pid': os.getppid()})  # alive
+  # Another PID namespace on the same host: pids say nothing, only the heartbeat counts.
+  assert not lease.is_stale({**mine, 'pid_namespace': 'pid:[1]', 'pid': 2 ** 22 + 1})
+
+
+def test_a_failing_read_is_raised_not_taken_for_a_free_model_dir(tmp_path, monkeypatch):
+  write_lease(tmp_path, 'tpu-vm-7', 1234, age_s=0)
+  lease = lease_lib.Lease(str(tmp_path), timeout_s=60)
+
+  class Unreadable:
+    def GFile(self, *args):  # pylint: disable=invalid-name
+      raise OSError('503: backend error')
+  monkeypatch.setattr(lease_lib, '_gfile', Unreadable)
+  monkeypatch.setattr(lease_lib.time, 'sleep', lambda seconds: None)
+  with pytest.raises(OSError, match='503'):
+    lease.acquire()
+
+
+def test_the_heartbeat_survives_a_failed_write(tmp_path, monkeypatch):
+  with lease_lib.Lease(str(tmp_path), timeout_s=60, heartbeat_s=0.05) as held:
+    write = held._write  # pylint: disable=protected-access
+    failures = []
+
+    def flaky():
+      if not failures:
+        failures.append(1)
+        raise OSError('transient')
+      write()
+    monkeypatch.setattr(held, '_write', flaky)
+    first = json.load(open(held.path))['heartbeat']
+    wait_for(lambda: failures and (held.read() or {}).get('heartbeat', first) > first, timeout=10)
+    assert held._thread.is_alive()  # pylint: disable=protected-access

@@ -1,7 +1,9 @@
 """MODEL_DIR remembers its run: eval/infer/resume read the saved config; another model is named."""
+import json
 import os
 
 import gin
+import optax
 import pytest
 
 from synth_jax import checkpoints
@@ -109,3 +111,29 @@ def test_a_new_run_in_a_model_dir_without_checkpoints_ignores_an_old_config(tmp_
   assert cli.parse_run_config(['configs/demo.gin'], [f"MODEL_DIR = '{model_dir}'"]) == str(
       model_dir / 'config.gin')
   assert gin.query_parameter('%ATTENTION_TYPE') == 'dense'
+
+
+def test_a_field_added_since_the_run_was_saved_is_the_same_model_at_its_default(tmp_path):
+  model = fixtures.tiny_model('dense')
+  run_config.write(str(tmp_path), '', model)
+  path = tmp_path / run_config.MODEL_FILE
+  saved = json.loads(path.read_text())
+  del saved['self_attention_options']  # as written before that field existed
+  path.write_text(json.dumps(saved))
+  run_config.check_same_model(str(tmp_path), model)
+  with pytest.raises(run_config.ModelMismatchError, match='self_attention_options'):
+    run_config.check_same_model(
+        str(tmp_path), fixtures.tiny_model('dense', self_attention_options={'rank': 2}))
+
+
+def test_another_optimizer_state_is_named_not_called_corrupt(tmp_path):
+  common = dict(model=fixtures.tiny_model(), mixture_or_task_name=fixtures.register_copy_task(),
+                task_feature_lengths=fixtures.LENGTHS, batch_size=8, log_period=100,
+                checkpoint_period=2, eval_period=0)
+  train.train(model_dir=str(tmp_path), train_steps=2, **common)
+  sgd = lambda plan, learning_rate: optax.sgd(learning_rate)  # no per-parameter state
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    train.train(model_dir=str(tmp_path), train_steps=3, make_optimizer=sgd, **common)
+  message = str(error.value)
+  assert 'holds the same parameters but another optimizer state' in message
+  assert 'corrupt' not in message

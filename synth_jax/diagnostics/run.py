@@ -185,8 +185,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.part is not None and not 1 <= args.part <= len(all_parts):
     raise SystemExit(f'--part {args.part}: this request has parts 1..{len(all_parts)}.')
   chosen = all_parts[args.part - 1] if args.part else [j for part in all_parts for j in part]
-  if args.report_only:
-    chosen = []
 
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, 'results.json')
@@ -194,8 +192,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   command = {'argv': ['synth-jax', 'diagnose', *argv],
              'date': datetime.datetime.now().isoformat(timespec='seconds'),
              'device': meta['device']}
-  # A wrong --out fails before any training; a redraw trains nothing, so it is no command.
-  results_file.update(path, meta, command=None if args.report_only else command)
+  if args.report_only:  # redraw from the file as it is (a .gz stays the only copy)
+    with results_file.locked(path):
+      results = results_file.read(path, meta)
+    images = plots.write(results, args.out)
+    print(f'wrote {report.write(results, args.out, images)} and {len(images)} plots')
+    return 0
+  results_file.update(path, meta, command=command)  # a wrong --out fails before any training
   where = f'part {args.part}/{len(all_parts)}, ' if args.part else ''
   print(f'diagnose: {where}{len(chosen)} runs, preset {preset.name}, seed {args.seed}', flush=True)
   for i, job in enumerate(chosen, 1):

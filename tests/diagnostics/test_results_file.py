@@ -57,3 +57,16 @@ def test_a_compressed_results_file_is_read_when_the_plain_one_is_absent(tmp_path
     packed.write(plain.read())
   os.remove(path)
   assert results_file.read(path, META)['runs'] == {'x': {'v': 1}}
+
+
+def test_report_only_redraws_from_a_compressed_file_without_writing_it_out(tmp_path, capsys):
+  import gzip  # pylint: disable=g-import-not-at-top
+  from synth_jax.diagnostics import run  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'diag'
+  out.mkdir()
+  meta = run.metadata(run.presets.get('tiny'), 0, 'fast')
+  with gzip.open(out / 'results.json.gz', 'wt') as f:
+    json.dump({'meta': meta, 'commands': [], 'runs': {}}, f)
+  assert run.main(['--preset', 'tiny', '--attention', 'vanilla', '--out', str(out),
+                   '--report_only']) == 0
+  assert (out / 'report.md').exists() and not (out / 'results.json').exists()
