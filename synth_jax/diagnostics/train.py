@@ -102,6 +102,12 @@ def held_out_accuracy_at(model: model_lib.DecoderLM, variables, task: tasks_lib.
   return float(jax.jit(lambda v: held_out_accuracy(model, v, task, seed, cfg, length))(variables))
 
 
+def trace_values(values) -> list[float]:
+  """Per-step traces at 5 significant digits: enough for curves and spike ratios, and a sweep's
+  results.json a third of the size."""
+  return [float(f'{float(x):.5g}') for x in values]
+
+
 def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, seed: int,
           label: str = '', log: Callable[[str], None] = print):
   """Trains `model` on `task`; returns `(record, variables)`.
@@ -141,10 +147,10 @@ def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, se
     acc = float(acc)
     curve_steps.append(start + cfg.eval_every)
     curve.append(acc)
-    losses += [float(x) for x in loss]
-    norms += [float(x) for x in norm['global']]
+    losses += trace_values(loss)
+    norms += trace_values(norm['global'])
     for name, trace in norm['modules'].items():
-      module_norms.setdefault(name, []).extend(float(x) for x in trace)
+      module_norms.setdefault(name, []).extend(trace_values(trace))
     log(f'{label} step {start + cfg.eval_every}/{cfg.steps}  loss {losses[-1]:.3f}  '
         f'eval-acc {acc:.3f}  grad-norm {norms[-1]:.3f}  {time.perf_counter() - started:.0f}s')
   record = {

@@ -54,3 +54,8 @@ def test_every_variant_sees_the_same_batches_and_held_out_examples():
   np.testing.assert_array_equal(data[0]['inputs'], data[1]['inputs'])
   assert (data[0]['inputs'] != data[2]['inputs']).any()
   assert (data[0]['inputs'] != held_out['inputs']).any()
+
+
+def test_traces_keep_five_significant_digits():
+  assert train.trace_values(np.array([9.518963813781738, 0.00123456789, 12345.678])) == [
+      9.519, 0.0012346, 12346.0]
