@@ -7,6 +7,8 @@ from typing import Optional
 import jax
 import orbax.checkpoint as ocp
 
+from synth_jax import run_config
+
 
 class CheckpointError(RuntimeError):
   pass
@@ -139,7 +141,6 @@ def parameter_differences(state, item_dir: str, keep=('params', 'frozen')) -> li
 def different_model_message(what: str, differences: list[str], run_dir: str,
                             run_name: str) -> str:
   """At most ~10 lines: which parameters differ and how the saved run chose its attention."""
-  from synth_jax import run_config  # pylint: disable=g-import-not-at-top
   shown = differences[:5] + ([f'... and {len(differences) - 5} more'] if len(differences) > 5
                              else [])
   attention = run_config.saved_attention(run_dir)

@@ -19,6 +19,7 @@ import numpy as np
 
 from synth_jax import checkpoints
 from synth_jax import data as data_lib
+from synth_jax import decoding
 from synth_jax import evaluation
 from synth_jax import lease as lease_lib
 from synth_jax import network
@@ -135,6 +136,16 @@ class _Evaluation:
   steps: int
   task_evaluator: Any  # seqio.Evaluator or None
 
+  @classmethod
+  def create(cls, model, dataset: data_lib.Dataset, eval_fn, batch_sharding, summaries,
+             split: str, steps: int, with_task_metrics: bool, metric_examples: Optional[int]):
+    """With `with_task_metrics`, an Evaluator over the dataset's tasks that have metrics."""
+    task_evaluator = None
+    if with_task_metrics:
+      task_evaluator = evaluation.make_evaluator(dataset.name, dataset.lengths, split,
+                                                 metric_examples)
+    return cls(model, dataset, eval_fn, batch_sharding, summaries, split, steps, task_evaluator)
+
   def __call__(self, state: train_state.TrainState, step: int) -> dict[str, Any]:
     results = {}
     begin = time.perf_counter()
@@ -236,17 +247,35 @@ def _run_steps(state, start: int, train_steps: int, batches, *, step_fn, batch_s
     preempted = preemption.requested  # read once, and any SIGTERM so far has its losses read
     if preempted:
       metrics.read()
-    begin = time.perf_counter()
-    with log.paused():
-      if trainer_lease is not None and (save_now or preempted):
-        trainer_lease.check()  # another trainer took MODEL_DIR over: keep its saves
-      saved = manager.maybe_save(step, state, force=(step == train_steps or preempted))
-    if saved:  # the device-to-host copy; writing to disk continues in the background
-      print(f'saved step {step} ({time.perf_counter() - begin:.1f} s)', flush=True)
+    if save_now or preempted:
+      begin = time.perf_counter()
+      with log.paused():
+        if trainer_lease is not None:
+          trainer_lease.check()  # another trainer took MODEL_DIR over: keep its saves
+        saved = manager.maybe_save(step, state, force=(step == train_steps or preempted))
+      if saved:  # the device-to-host copy; writing to disk continues in the background
+        print(f'saved step {step} ({time.perf_counter() - begin:.1f} s)', flush=True)
     if preempted:
       print(f'SIGTERM: saved step {step} to {manager.directory}; exiting.', flush=True)
       break
   return state, eval_metrics
+
+
+def _claim_model_dir(scope: contextlib.ExitStack, model_dir: Optional[str], model,
+                     eval_only: bool, lease_timeout_s: float, checkpoint_period: int,
+                     keep_checkpoints: Optional[int]):
+  """`(preemption, lease, checkpoint manager)` of a run, entered into `scope`; a resume or eval
+  of another model is refused here, before anything is built."""
+  # Training: SIGTERM from here on is a preemption (saved at the next step, the lease then
+  # released), not a kill that leaves the lease behind.
+  preemption = None if eval_only else scope.enter_context(_Preemption())
+  trainer_lease = None
+  if model_dir and not eval_only:  # every host takes part; process 0 holds the file
+    trainer_lease = scope.enter_context(lease_lib.Lease(model_dir, timeout_s=lease_timeout_s))
+  manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+  if manager.latest_step() is not None:
+    run_config.check_same_model(model_dir, model, 'evaluate' if eval_only else 'resume')
+  return preemption, trainer_lease, manager
 
 
 @gin.configurable(module='synth_jax.train', denylist=['on_step'])
@@ -305,15 +334,8 @@ def train(*,
   """
   _check_model_dir(model_dir)
   with contextlib.ExitStack() as scope:
-    # Training: SIGTERM from here on is a preemption (saved at the next step, the lease then
-    # released), not a kill that leaves the lease behind.
-    preemption = None if eval_only else scope.enter_context(_Preemption())
-    trainer_lease = None
-    if model_dir and not eval_only:  # every host takes part; process 0 holds the file
-      trainer_lease = scope.enter_context(lease_lib.Lease(model_dir, timeout_s=lease_timeout_s))
-    manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
-    if manager.latest_step() is not None:
-      run_config.check_same_model(model_dir, model, 'evaluate' if eval_only else 'resume')
+    preemption, trainer_lease, manager = _claim_model_dir(
+        scope, model_dir, model, eval_only, lease_timeout_s, checkpoint_period, keep_checkpoints)
     mesh = partitioning.create_mesh(model_parallelism)
     dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths,
                                _per_host_batch_size(batch_size, mesh), seed=seed, pack=pack,
@@ -328,12 +350,9 @@ def train(*,
     if model_dir and not eval_only and jax.process_index() == 0:
       run_config.write(model_dir, gin.config_str(), model)
     summaries = progress.Summaries(model_dir)
-    task_evaluator = None
-    if eval_period or eval_only:
-      task_evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths,
-                                                 eval_split, metric_examples)
-    evaluate_all = _Evaluation(model, dataset, eval_fn, batch_sharding, summaries, eval_split,
-                               eval_steps, task_evaluator)
+    evaluate_all = _Evaluation.create(model, dataset, eval_fn, batch_sharding, summaries,
+                                      eval_split, eval_steps, eval_period or eval_only,
+                                      metric_examples)
 
     metrics = _StepMetrics(manager, on_step)
     if eval_only:
@@ -354,10 +373,8 @@ def train(*,
           metrics=metrics, log=log, evaluate_all=evaluate_all, eval_period=eval_period,
           preemption=preemption, trainer_lease=trainer_lease)
     manager.wait()
-    result = {'train': metrics.latest, 'eval': eval_metrics, 'step': int(state.step),
-              'state': state}
+    result = dict(train=metrics.latest, eval=eval_metrics, step=int(state.step), state=state)
     if infer_examples:
-      from synth_jax import decoding  # pylint: disable=g-import-not-at-top
       result['examples'] = decoding.print_examples(
           model, state.variables(), dataset, eval_split, infer_examples)
     return result

@@ -127,6 +127,12 @@ def metadata(preset: presets.Preset, seed: int, execution: str) -> dict:
   })
 
 
+def draw(results: dict, out: str) -> str:
+  """Writes the plots and report.md of `results` into `out`; says what it wrote."""
+  images = plots.write(results, out)
+  return f'{report.write(results, out, images)} and {len(images)} plots'
+
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='synth-jax diagnose', description=__doc__.split('\n')[0])
   parser.add_argument('--tasks', default=','.join(tasks_lib.TASKS),
@@ -195,8 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.report_only:  # redraw from the file as it is (a .gz stays the only copy)
     with results_file.locked(path):
       results = results_file.read(path, meta)
-    images = plots.write(results, args.out)
-    print(f'wrote {report.write(results, args.out, images)} and {len(images)} plots')
+    print(f'wrote {draw(results, args.out)}')
     return 0
   results_file.update(path, meta, command=command)  # a wrong --out fails before any training
   where = f'part {args.part}/{len(all_parts)}, ' if args.part else ''
@@ -212,10 +217,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results_file.update(path, meta, runs={job.id: record})
     print(f'{label}: final accuracy {record["final_accuracy"]:.3f}', flush=True)
   with results_file.locked(path):  # parts finishing together draw in turn, from the whole file
-    results = results_file.read(path, meta)
-    images = plots.write(results, args.out)
-    written = report.write(results, args.out, images)
-  print(f'wrote {path}, {written} and {len(images)} plots')
+    written = draw(results_file.read(path, meta), args.out)
+  print(f'wrote {path}, {written}')
   return 0
 
 
