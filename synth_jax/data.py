@@ -109,9 +109,8 @@ def unprepared_tfds_datasets(mixture_or_task_name: str) -> list[tuple[str, str]]
     if loader is None or not loader.name:
       continue
     data_dir = loader.data_dir or os.environ.get('TFDS_DATA_DIR') or constants.DATA_DIR
-    name, sep, version = loader.name.partition(':')
-    info = os.path.join(data_dir, name, version if sep else '', 'dataset_info.json')
-    if not tf.io.gfile.glob(info if sep else os.path.join(data_dir, name, '*', 'dataset_info.json')):
+    name, _, version = loader.name.partition(':')
+    if not tf.io.gfile.glob(os.path.join(data_dir, name, version or '*', 'dataset_info.json')):
       missing.append((loader.name, data_dir))
   return sorted(set(missing))
 
