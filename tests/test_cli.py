@@ -123,6 +123,12 @@ def test_diagnose_writes_results_report_and_plots_with_cannot_run_for_a_synthesi
                    'fixed_random', '--out', str(out), '--seed', '3', '--skip_done']) == 0
   assert '[1/1] mqar/fixed_random: already in' in capsys.readouterr().out
   assert len(json.load(open(out / 'results.json'))['commands']) == 2
+  # --no-draw leaves the report to a later --report_only.
+  (out / 'report.md').unlink()
+  assert cli.main(['diagnose', '--preset', 'tiny', '--tasks', 'mqar', '--attention',
+                   'fixed_random', '--out', str(out), '--seed', '3', '--skip_done',
+                   '--no-draw']) == 0
+  assert not (out / 'report.md').exists()
 
 
 def test_diagnose_plan_lists_parts_and_bad_requests_are_clear_errors(capsys):

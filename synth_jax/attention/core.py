@@ -99,6 +99,10 @@ class Attention(nn.Module):
     kernel_init: initializer of the value/out (and, where present, key) kernels.
     dispatch: `(module, inputs_q, key_features, value, mask, bias) -> heads | None`, a faster
       exact computation of `mix_heads` (`kernels.Dispatch`); None: always the reference path.
+    fold_query_scale: where dot-product variants (vanilla, rotary, topk) put 1/sqrt(head_dim):
+      True (T5) folds it into the query kernel's initializer; False (Vaswani et al.) keeps an
+      unscaled kernel and multiplies the logits (`dot_product.py` says when each is right).
+      Other variants ignore it.
   """
   num_heads: int = 8
   head_dim: Optional[int] = None
@@ -108,6 +112,7 @@ class Attention(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: Any = default_kernel_init
   dispatch: Optional[Callable] = None
+  fold_query_scale: bool = True
 
   variant_name = 'attention'
   axis_rules = AXIS_RULES

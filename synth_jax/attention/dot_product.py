@@ -1,8 +1,13 @@
 """Vanilla multi-head dot-product attention, T5 conventions (Vaswani et al. 2017, eq. 1).
 
 logits[b, h, i, j] = q[b, i, h] . k[b, j, h], with q = x W_Q and k = x W_K. T5 never divides by
-sqrt(head_dim) at run time: the scale is folded into the query kernel's initializer, which is
-equivalent under Adafactor. Parameter paths and axes equal T5X's: `query/kernel`, `key/kernel`,
+sqrt(head_dim) at run time: the scale is folded into the query kernel's initializer. Both give
+the same function at init, and they train alike under Adafactor, whose steps are relative to a
+parameter's scale. Under Adam they do not: a step moves each weight by about the learning rate
+whatever its size, so a query kernel drawn sqrt(head_dim) times smaller changes sqrt(head_dim)
+times faster relative to itself, and so do the logits. `fold_query_scale=False` keeps the query
+kernel at the key's scale and multiplies the logits by 1/sqrt(head_dim) (Vaswani et al.): the
+diagnostics, trained with AdamW, use it. Parameter paths and axes equal T5X's: `query/kernel`, `key/kernel`,
 `value/kernel` `('embed', 'joined_kv')` and `out/kernel` `('joined_kv', 'embed')`.
 
 `QueryKeyAttention` is the base of every variant whose logits are scaled query.key products
@@ -56,7 +61,13 @@ class DotProductAttention(QueryKeyAttention):
     return self.projection('key', inputs_kv.shape[-1])(inputs_kv)
 
   def queries(self, inputs_q, mask):
-    """Queries `[batch, q_len, heads, head_dim]`, scale 1/sqrt(head_dim) folded into the init."""
+    """Queries `[batch, q_len, heads, head_dim]`; with `fold_query_scale`, the kernel's init
+    carries the 1/sqrt(head_dim) scale."""
     embed = inputs_q.shape[-1]
-    query_init = scaled_init(self.kernel_init, self.head_size(embed) ** -0.5)
+    query_init = self.kernel_init
+    if self.fold_query_scale:
+      query_init = scaled_init(query_init, self.head_size(embed) ** -0.5)
     return self.projection('query', embed, kernel_init=query_init)(inputs_q)
+
+  def logit_scale(self, head_dim: int) -> float:
+    return 1.0 if self.fold_query_scale else head_dim ** -0.5

@@ -30,7 +30,8 @@ class MixtureAttention(core.Attention):
     from synth_jax.attention import registry  # pylint: disable=g-import-not-at-top
     shared = dict(num_heads=self.num_heads, head_dim=self.head_dim,
                   max_query_length=self.max_query_length, max_key_length=self.max_key_length,
-                  dtype=self.dtype, kernel_init=self.kernel_init, dispatch=self.dispatch)
+                  dtype=self.dtype, kernel_init=self.kernel_init, dispatch=self.dispatch,
+                  fold_query_scale=self.fold_query_scale)
     return [registry.build(m, name=m, **shared) for m in self.members]
 
   def mixture_weights(self) -> jax.Array:

@@ -52,6 +52,9 @@ class ModelConfig:
     positions: one of `POSITIONS`.
     conv_kernel: taps of the causal depthwise convolution before each attention (0: none).
     attention_options: extra constructor options of the attention, as `(name, value)` pairs.
+    fold_query_scale: `core.Attention.fold_query_scale`. False by default here: these models
+      train with AdamW, under which T5's folded scale makes dot-product variants' logits learn
+      sqrt(head_dim) times faster than other variants' (see `attention/dot_product.py`).
   """
   vocab_size: int
   attention: str = 'vanilla'
@@ -63,6 +66,7 @@ class ModelConfig:
   positions: str = 'relative'
   conv_kernel: int = 0
   attention_options: Any = ()
+  fold_query_scale: bool = False
 
   def __post_init__(self):
     attention.is_position_dependent(self.attention)  # raises on unknown names
@@ -129,7 +133,7 @@ class Block(nn.Module):
     mixer = attention.build(
         cfg.attention, num_heads=cfg.num_heads, head_dim=cfg.width // cfg.num_heads,
         max_query_length=cfg.max_length, max_key_length=cfg.max_length, dispatch=self.dispatch,
-        name='attention', **dict(cfg.attention_options))
+        fold_query_scale=cfg.fold_query_scale, name='attention', **dict(cfg.attention_options))
     h = h + mixer(x, x, mask, bias)
     if self.capture_probabilities:
       self.sow('intermediates', PROBABILITIES, mixer.probabilities(x, x, mask, bias))

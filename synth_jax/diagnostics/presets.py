@@ -64,7 +64,8 @@ def _tasks(length: int, vocab_size: int, kv_pairs: int, copy_tokens: int,
 PRESETS = {
     'tiny': Preset(
         name='tiny',
-        model=dict(width=64, num_layers=2, num_heads=2, positions='relative', conv_kernel=3),
+        model=dict(width=64, num_layers=2, num_heads=2, positions='relative', conv_kernel=3,
+                   fold_query_scale=False),
         train=train.TrainConfig(steps=300, batch_size=32, learning_rate=6e-3, warmup_steps=30,
                                 eval_every=50, eval_examples=128),
         # MQAR extrapolates here: induction at 4L would need more distinct tokens than 64.
@@ -72,7 +73,8 @@ PRESETS = {
     ),
     'full': Preset(
         name='full',
-        model=dict(width=128, num_layers=2, num_heads=2, positions='relative', conv_kernel=3),
+        model=dict(width=128, num_layers=2, num_heads=2, positions='relative', conv_kernel=3,
+                   fold_query_scale=False),
         train=train.TrainConfig(steps=2000, batch_size=64, learning_rate=5e-3, warmup_steps=100,
                                 eval_every=100, eval_examples=512),
         tasks=_tasks(length=256, vocab_size=8192, kv_pairs=32, copy_tokens=16,

@@ -58,3 +58,25 @@ def update(path: str, meta: dict, runs: dict = None, command: dict = None) -> di
       results['commands'].append(command)
     write(results, path)
   return results
+
+
+def claim_groups(path: str, meta: dict, run_id: str, groups, tag_only) -> bool:
+  """Whether run `run_id` is in the file for every one of `groups` (then it need not run again).
+
+  A recorded run also serves a group it lacks when that group is in `tag_only`: one that asks
+  for no measurement beyond training (a sweep point equal to the base setting). Such groups are
+  added to its record; any other missing group (extrapolation's longer evaluations) means the
+  run must be redone.
+  """
+  with locked(path):
+    results = read(path, meta)
+    record = results['runs'].get(run_id)
+    if record is None:
+      return False
+    missing = set(groups) - set(record['job']['groups'])
+    if not missing <= set(tag_only):
+      return False
+    if missing:
+      record['job']['groups'] = list(record['job']['groups']) + sorted(missing)
+      write(results, path)
+    return True

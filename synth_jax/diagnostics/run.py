@@ -34,6 +34,8 @@ from synth_jax.diagnostics import tasks as tasks_lib
 from synth_jax.diagnostics import train as train_lib
 
 STATISTICS_EXAMPLES = 8
+# Groups a finished run serves without measuring anything more (`--skip_done` adds them).
+TAG_ONLY_GROUPS = ('base', 'kv_pairs', 'width')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +147,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--report_only', action='store_true',
                       help='redraw report.md and the plots from DIR/results.json; train nothing.')
   parser.add_argument('--out', required=True, help='directory of results.json, report.md, PNGs.')
+  parser.add_argument('--draw', action=argparse.BooleanOptionalAction, default=True,
+                      help='write report.md and the plots when done (--no-draw: many small parts '
+                           'at once leave them to one --report_only at the end).')
   parser.add_argument('--skip_done', action='store_true',
                       help='keep runs already in DIR/results.json for the same tables (finish a '
                       'part cut short).')
@@ -153,6 +158,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                       help="position scheme (default: the preset's).")
   parser.add_argument('--conv_kernel', type=int, default=None,
                       help="short convolution taps, 0 for none (default: the preset's).")
+  parser.add_argument('--fold_query_scale', action=argparse.BooleanOptionalAction, default=None,
+                      help="T5's 1/sqrt(head_dim) in the query kernel's init instead of the "
+                           "logits, for dot-product variants (default: the preset's, off).")
   parser.add_argument('--learning_rate', type=float, default=None,
                       help="peak learning rate of every run (default: the preset's).")
   parser.add_argument('--steps', type=int, default=None,
@@ -169,7 +177,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse(argv)
-  preset = presets.get(args.preset, positions=args.positions, conv_kernel=args.conv_kernel)
+  preset = presets.get(args.preset, positions=args.positions, conv_kernel=args.conv_kernel,
+                       fold_query_scale=args.fold_query_scale)
   training = {k: v for k, v in (('learning_rate', args.learning_rate), ('steps', args.steps))
               if v is not None}
   preset = dataclasses.replace(
@@ -208,14 +217,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f'diagnose: {where}{len(chosen)} runs, preset {preset.name}, seed {args.seed}', flush=True)
   for i, job in enumerate(chosen, 1):
     label = f'[{i}/{len(chosen)}] {job.id}'
-    with results_file.locked(path):
-      done = results_file.read(path, meta)['runs'].get(job.id, {}).get('job', {}).get('groups', [])
-    if args.skip_done and set(job.groups) <= set(done):
+    if args.skip_done and results_file.claim_groups(path, meta, job.id, job.groups,
+                                                    TAG_ONLY_GROUPS):
       print(f'{label}: already in {path}, kept', flush=True)
       continue
     record = run_job(job, preset, args.seed, args.attention_execution, label)
     results_file.update(path, meta, runs={job.id: record})
     print(f'{label}: final accuracy {record["final_accuracy"]:.3f}', flush=True)
+  if not args.draw:
+    print(f'wrote {path}')
+    return 0
   with results_file.locked(path):  # parts finishing together draw in turn, from the whole file
     written = draw(results_file.read(path, meta), args.out)
   print(f'wrote {path}, {written}')

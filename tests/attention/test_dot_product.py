@@ -1,4 +1,4 @@
-"""Vanilla T5 attention: T5X parameter layout, folded scale, fused path."""
+"""Vanilla T5 attention: T5X parameter layout, folded or logit scale, fused path."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +8,7 @@ import pytest
 from synth_jax.attention import kernels
 from synth_jax.attention import masks
 from tests.attention import helpers
+from tests.attention import reference
 
 
 def test_parameter_paths_and_axes_equal_t5x():
@@ -31,13 +32,51 @@ def test_query_init_folds_the_inverse_sqrt_head_dim_scale():
   np.testing.assert_allclose(float(jnp.std(params['query']['kernel'])), 1 / 16 / 8, rtol=0.05)
 
 
-@pytest.mark.parametrize('decode', [False, True])
-def test_fused_jax_attention_path_equals_the_core(decode):
+@pytest.mark.parametrize('name', ['vanilla', 'rotary', 'topk'])
+def test_unfolded_scale_keeps_the_query_kernel_at_the_keys_scale_and_divides_the_logits(name):
+  module = helpers.build(name, num_heads=4, head_dim=64, fold_query_scale=False)
+  params = helpers.init(module, helpers.inputs(0, embed=256))['params']
+  np.testing.assert_allclose(float(jnp.std(params['query']['kernel'])), 1 / 16, rtol=0.05)
+  assert module.logit_scale(64) == 1 / 8
+
+
+def test_unfolded_scale_against_numpy_and_equal_to_the_folded_function():
   x = helpers.inputs(0)
   mask = masks.make_causal_mask(jnp.ones(x.shape[:2]))
   bias = helpers.random_bias(1, 6, 6)
-  core_module = helpers.build('vanilla')
-  fused_module = helpers.build('vanilla', dispatch=kernels.dispatch_for('xla'))
+  unfolded = helpers.build('vanilla', fold_query_scale=False)
+  variables = helpers.init(unfolded, x)
+  params = helpers.numpy_tree(variables['params'])
+  logits = reference.vanilla_logits(params, np.asarray(x, np.float64), np.asarray(x, np.float64),
+                                    helpers.HEADS) / np.sqrt(helpers.HEAD_DIM)
+  expected = reference.output(params, reference.probabilities(logits, mask, bias),
+                              np.asarray(x, np.float64), helpers.HEADS)
+  actual = unfolded.apply(variables, x, x, mask, bias)
+  np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+  # T5's parameterization is the same function once the scale moves into the query kernel.
+  folded_params = {**variables['params'], 'query': {
+      'kernel': variables['params']['query']['kernel'] / np.sqrt(helpers.HEAD_DIM)}}
+  np.testing.assert_allclose(helpers.build('vanilla').apply({'params': folded_params}, x, x,
+                                                            mask, bias), actual, atol=1e-5)
+
+
+def test_mixtures_pass_the_scale_convention_to_their_members():
+  x = helpers.inputs(0, embed=256)
+  module = helpers.build('random+vanilla', num_heads=4, head_dim=64, fold_query_scale=False)
+  params = helpers.init(module, x)['params']
+  np.testing.assert_allclose(float(jnp.std(params['vanilla']['query']['kernel'])), 1 / 16,
+                             rtol=0.05)
+
+
+@pytest.mark.parametrize('fold', [True, False])
+@pytest.mark.parametrize('decode', [False, True])
+def test_fused_jax_attention_path_equals_the_core(decode, fold):
+  x = helpers.inputs(0)
+  mask = masks.make_causal_mask(jnp.ones(x.shape[:2]))
+  bias = helpers.random_bias(1, 6, 6)
+  core_module = helpers.build('vanilla', fold_query_scale=fold)
+  fused_module = helpers.build('vanilla', dispatch=kernels.dispatch_for('xla'),
+                               fold_query_scale=fold)
   variables = helpers.init(core_module, x)
   if not decode:
     np.testing.assert_allclose(fused_module.apply(variables, x, x, mask, bias),

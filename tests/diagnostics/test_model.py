@@ -10,9 +10,10 @@ from synth_jax.diagnostics import model
 VOCAB, LENGTH, CUT = 24, 12, 7
 
 
-def build(attention='vanilla', positions='relative', conv_kernel=0, **kw):
+def build(attention='vanilla', positions='relative', conv_kernel=0, fold_query_scale=False, **kw):
   config = model.ModelConfig(vocab_size=VOCAB, attention=attention, width=16, num_heads=2,
-                             max_length=LENGTH, positions=positions, conv_kernel=conv_kernel)
+                             max_length=LENGTH, positions=positions, conv_kernel=conv_kernel,
+                             fold_query_scale=fold_query_scale)
   lm = model.DecoderLM(config, **kw)
   tokens = jax.random.randint(jax.random.key(0), (2, LENGTH), 0, VOCAB)
   variables = nn.unbox(jax.jit(lm.init)(jax.random.key(1), tokens))
@@ -93,3 +94,12 @@ def test_unknown_position_scheme_and_attention_are_clear_errors():
     model.ModelConfig(vocab_size=8, positions='rope')
   with pytest.raises(ValueError, match='unknown attention type'):
     model.ModelConfig(vocab_size=8, attention='synth')
+
+
+@pytest.mark.parametrize('fold', [False, True])
+def test_the_query_scale_convention_reaches_the_attention(fold):
+  lm, variables, _ = build(fold_query_scale=fold)
+  attention = variables['params']['layers_0']['attention']
+  ratio = float(jnp.std(attention['query']['kernel']) / jnp.std(attention['key']['kernel']))
+  head_dim = 8
+  np.testing.assert_allclose(ratio, head_dim ** -0.5 if fold else 1.0, rtol=0.35)

@@ -49,6 +49,17 @@ def test_another_configuration_is_refused_and_left_untouched(tmp_path):
   assert open(path).read() == before
 
 
+def test_a_recorded_run_serves_a_tag_only_group_but_not_one_that_measures_more(tmp_path):
+  path = str(tmp_path / 'results.json')
+  results_file.update(path, META, runs={'mqar/v': {'job': {'groups': ['base']}}})
+  assert not results_file.claim_groups(path, META, 'mqar/w', ['base'], ['base', 'width'])
+  assert results_file.claim_groups(path, META, 'mqar/v', ['base', 'width'], ['base', 'width'])
+  assert results_file.read(path, META)['runs']['mqar/v']['job']['groups'] == ['base', 'width']
+  assert not results_file.claim_groups(path, META, 'mqar/v', ['base', 'extrapolation'],
+                                       ['base', 'width'])
+  assert results_file.read(path, META)['runs']['mqar/v']['job']['groups'] == ['base', 'width']
+
+
 def test_a_compressed_results_file_is_read_when_the_plain_one_is_absent(tmp_path):
   import gzip  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / 'results.json')

@@ -43,5 +43,7 @@ def test_preset_overrides_replace_model_fields_only_when_given():
   preset = presets.get('tiny', positions='learned', conv_kernel=None)
   assert preset.model['positions'] == 'learned'
   assert preset.model['conv_kernel'] == presets.PRESETS['tiny'].model['conv_kernel']
+  assert preset.model['fold_query_scale'] is False  # AdamW: the scale goes in the logits
+  assert presets.get('full', fold_query_scale=True).model['fold_query_scale'] is True
   with pytest.raises(ValueError, match='unknown preset'):
     presets.get('huge')
