@@ -63,15 +63,25 @@ def final_accuracy(results: dict, tasks: list[str], out_dir: str) -> str:
   return _save(figure, os.path.join(out_dir, 'final_accuracy.png'))
 
 
+def _label_points_on_log_axis(axis, values):
+  """Ticks at exactly the measured values, written plainly (4, 8, 16), not as powers of ten."""
+  values = sorted(set(values))
+  axis.set_xticks(values, [str(v) for v in values])
+  axis.minorticks_off()
+
+
 def extrapolation(results: dict, out_dir: str) -> str:
   figure, axis = plt.subplots(figsize=(6, 4))
+  lengths = []
   for variant, run in claims.base_runs(results, 'extrapolation').items():
+    lengths += [r['length'] for r in run['extrapolation']]
     rows = [r for r in run['extrapolation'] if r['accuracy'] is not None]
     refused = [r['length'] for r in run['extrapolation'] if r['accuracy'] is None]
     label = variant + (f' (cannot run at {", ".join(map(str, refused))})' if refused else '')
     axis.plot([r['length'] for r in rows], [r['accuracy'] for r in rows], marker='o', label=label)
   axis.set(title='extrapolation: accuracy by evaluation length', xlabel='length',
            ylabel='accuracy', xscale='log', ylim=(-0.02, 1.02))
+  _label_points_on_log_axis(axis, lengths)
   axis.legend(fontsize='small')
   return _save(figure, os.path.join(out_dir, 'extrapolation.png'))
 
@@ -88,6 +98,7 @@ def sweep(results: dict, group: str, out_dir: str) -> str:
   xlabel = 'number of kv pairs' if group == 'kv_pairs' else 'model width'
   axis.set(title=f'MQAR accuracy by {xlabel}', xlabel=xlabel, ylabel='accuracy', xscale='log',
            ylim=(-0.02, 1.02))
+  _label_points_on_log_axis(axis, [value(r) for r in runs])
   axis.legend(fontsize='small')
   return _save(figure, os.path.join(out_dir, f'mqar_{group}.png'))
 
