@@ -5,12 +5,13 @@
         solves MQAR and induction; overwrite and selective copy need more than it gives.
   full  the research sweep for one GPU (Zoology's scale: vocabulary 8192, length 256), split
         into parts of `jobs_per_part` runs (`synth-jax diagnose --preset full --part N`); MQAR
-        is swept over kv pairs and width. Measured on the H200 (2026-11-30): a run takes 25-110 s
-        with eight processes sharing the GPU (compile included), so ten runs a part fit a
-        10-minute call only alone or two at a time; a part cut short is finished with
-        `--skip_done` on the same --out. The learning rate, 5e-3, is the best of 2e-3, 5e-3 and
-        1e-2 for vanilla on induction and MQAR in a probe (RESULTS.md); even so vanilla learns
-        neither in 2000 steps, so this budget favours the variants that learn fast.
+        is swept over kv pairs and width. Measured on the H200 (2026-12-01): twelve processes
+        sharing the GPU, each taking the next one-run part (`--jobs_per_part 1 --skip_done
+        --no-draw`), finish about 30 runs in a 9-minute call (a run trains in 25-140 s, plus
+        start-up and compile); RESULTS.md has the scripts. The learning rate, 5e-3, was the
+        best of 2e-3, 5e-3 and 1e-2 for vanilla in a probe (then with T5's folded scale); with
+        the scale in the logits,
+        vanilla solves MQAR at it on three seeds, not induction.
 
 Both use a short causal convolution before attention (Zoology's hybrid block): with the previous
 token in the residual stream, one attention layer can do recall, so what a variant's attention
