@@ -7,8 +7,8 @@ parameter's scale. Under Adam they do not: a step moves each weight by about the
 whatever its size, so a query kernel drawn sqrt(head_dim) times smaller changes sqrt(head_dim)
 times faster relative to itself, and so do the logits. `fold_query_scale=False` keeps the query
 kernel at the key's scale and multiplies the logits by 1/sqrt(head_dim) (Vaswani et al.): the
-diagnostics, trained with AdamW, use it. Parameter paths and axes equal T5X's: `query/kernel`, `key/kernel`,
-`value/kernel` `('embed', 'joined_kv')` and `out/kernel` `('joined_kv', 'embed')`.
+diagnostics, trained with AdamW, use it. Parameter paths and axes equal T5X's: `query/kernel`,
+`key/kernel`, `value/kernel` `('embed', 'joined_kv')` and `out/kernel` `('joined_kv', 'embed')`.
 
 `QueryKeyAttention` is the base of every variant whose logits are scaled query.key products
 (vanilla, orthogonal): it declares `query_key`, so a run may compute it fused

@@ -9,9 +9,13 @@ import contextlib
 import gzip
 import json
 import os
+from typing import Optional
 
 # What makes two runs comparable: a results file holds one value of each.
 CONFIGURATION_KEYS = ('preset', 'seed', 'model', 'train')
+# Model fields added after results were first saved, with the value the older runs had: a file
+# without one was written under that value (fold_query_scale: T5's convention until 2026-12-01).
+ADDED_MODEL_FIELDS = {'fold_query_scale': True}
 
 
 @contextlib.contextmanager
@@ -21,6 +25,12 @@ def locked(path: str):
   with open(path + '.lock', 'a') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     yield
+
+
+def _configuration(meta: dict, key: str):
+  """`meta[key]`, the model's fields completed with `ADDED_MODEL_FIELDS` it predates."""
+  value = meta.get(key)
+  return {**ADDED_MODEL_FIELDS, **value} if key == 'model' and value is not None else value
 
 
 def read(path: str, meta: dict) -> dict:
@@ -36,7 +46,8 @@ def read(path: str, meta: dict) -> dict:
       results = json.load(f)
   else:
     return {'meta': meta, 'commands': [], 'runs': {}}
-  if any(results['meta'].get(k) != meta[k] for k in CONFIGURATION_KEYS):
+  if any(_configuration(results['meta'], k) != _configuration(meta, k)
+         for k in CONFIGURATION_KEYS):
     saved = {k: results['meta'].get(k) for k in CONFIGURATION_KEYS}
     raise SystemExit(f'{path} holds results of another configuration ({saved}); '
                      'give a new --out.')
@@ -49,34 +60,44 @@ def write(results: dict, path: str):
   os.replace(path + '.tmp', path)
 
 
+def _keep_recorded_groups(record: dict, recorded: Optional[dict]):
+  """A run trained again (two parts racing for it) keeps the groups its record already had."""
+  if recorded and 'job' in recorded and 'job' in record:
+    known = list(recorded['job'].get('groups', []))
+    record['job']['groups'] = known + [g for g in record['job'].get('groups', [])
+                                       if g not in known]
+
+
 def update(path: str, meta: dict, runs: dict = None, command: dict = None) -> dict:
   """Adds `runs` (id -> record) and `command` to the file under its lock; returns the whole."""
   with locked(path):
     results = read(path, meta)
-    results['runs'].update(runs or {})
+    for run_id, record in (runs or {}).items():
+      _keep_recorded_groups(record, results['runs'].get(run_id))
+      results['runs'][run_id] = record
     if command is not None:
       results['commands'].append(command)
     write(results, path)
   return results
 
 
-def claim_groups(path: str, meta: dict, run_id: str, groups, tag_only) -> bool:
-  """Whether run `run_id` is in the file for every one of `groups` (then it need not run again).
+def reuse_recorded_run(path: str, meta: dict, run_id: str, groups, tag_only) -> bool:
+  """Whether run `run_id` is in the file for every one of `groups`, so it need not run again.
 
   A recorded run also serves a group it lacks when that group is in `tag_only`: one that asks
   for no measurement beyond training (a sweep point equal to the base setting). Such groups are
-  added to its record; any other missing group (extrapolation's longer evaluations) means the
-  run must be redone.
+  then added to the run's record in the file (the one write this makes); any other missing group
+  (extrapolation's longer evaluations) means the run must be redone.
   """
   with locked(path):
     results = read(path, meta)
-    record = results['runs'].get(run_id)
-    if record is None:
+    recorded = results['runs'].get(run_id, {}).get('job')
+    if recorded is None:
       return False
-    missing = set(groups) - set(record['job']['groups'])
+    missing = set(groups) - set(recorded.get('groups', []))
     if not missing <= set(tag_only):
       return False
     if missing:
-      record['job']['groups'] = list(record['job']['groups']) + sorted(missing)
+      recorded['groups'] = list(recorded.get('groups', [])) + sorted(missing)
       write(results, path)
     return True

@@ -7,7 +7,8 @@
 The runs of a preset are planned in a fixed order (task, setting, variant) and cut into parts of
 `Preset.jobs_per_part`; `--part N` (1-based) runs one part, `--plan` lists them. Runs land in
 `DIR/results.json` after each one, merged with what earlier parts left there, and `report.md`
-and the PNGs are redrawn from the whole file at the end of every call. Parts may also run at the
+and the PNGs are redrawn from the whole file at the end of every call (unless `--no-draw`; then
+`--report_only` draws them once at the end). Parts may also run at the
 same time on one --out (`results_file.py` locks the file), e.g. four processes on one GPU:
 
   for p in 1 2 3 4; do XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 synth-jax diagnose --preset full \
@@ -152,7 +153,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                            'at once leave them to one --report_only at the end).')
   parser.add_argument('--skip_done', action='store_true',
                       help='keep runs already in DIR/results.json for the same tables (finish a '
-                      'part cut short).')
+                      'part cut short); a recorded run also serves a sweep point equal to it.')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--positions', default=None, choices=model_lib.POSITIONS,
                       help="position scheme (default: the preset's).")
@@ -217,8 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f'diagnose: {where}{len(chosen)} runs, preset {preset.name}, seed {args.seed}', flush=True)
   for i, job in enumerate(chosen, 1):
     label = f'[{i}/{len(chosen)}] {job.id}'
-    if args.skip_done and results_file.claim_groups(path, meta, job.id, job.groups,
-                                                    TAG_ONLY_GROUPS):
+    if args.skip_done and results_file.reuse_recorded_run(path, meta, job.id, job.groups,
+                                                          TAG_ONLY_GROUPS):
       print(f'{label}: already in {path}, kept', flush=True)
       continue
     record = run_job(job, preset, args.seed, args.attention_execution, label)

@@ -33,11 +33,28 @@ def test_query_init_folds_the_inverse_sqrt_head_dim_scale():
 
 
 @pytest.mark.parametrize('name', ['vanilla', 'rotary', 'topk'])
-def test_unfolded_scale_keeps_the_query_kernel_at_the_keys_scale_and_divides_the_logits(name):
+def test_unfolded_scale_keeps_the_query_kernel_at_the_keys_scale(name):
   module = helpers.build(name, num_heads=4, head_dim=64, fold_query_scale=False)
   params = helpers.init(module, helpers.inputs(0, embed=256))['params']
   np.testing.assert_allclose(float(jnp.std(params['query']['kernel'])), 1 / 16, rtol=0.05)
   assert module.logit_scale(64) == 1 / 8
+
+
+@pytest.mark.parametrize('name', ['vanilla', 'rotary', 'topk', 'random+vanilla'])
+def test_unfolded_scale_is_the_folded_function_with_the_scale_moved_into_the_query_kernel(name):
+  x = helpers.inputs(0)
+  mask = masks.make_causal_mask(jnp.ones(x.shape[:2]))
+  bias = helpers.random_bias(1, 6, 6)
+  unfolded = helpers.build(name, fold_query_scale=False)
+  variables = helpers.init(unfolded, x)
+  folded_params = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf / np.sqrt(helpers.HEAD_DIM)
+      if 'query' in jax.tree_util.keystr(path) else leaf, variables['params'])
+  actual = unfolded.apply(variables, x, x, mask, bias)
+  expected = helpers.build(name).apply({**variables, 'params': folded_params}, x, x, mask, bias)
+  np.testing.assert_allclose(actual, expected, atol=1e-5)
+  # Not a no-op: the unscaled query kernel with T5's convention gives other outputs.
+  assert np.abs(helpers.build(name).apply(variables, x, x, mask, bias) - actual).max() > 1e-3
 
 
 def test_unfolded_scale_against_numpy_and_equal_to_the_folded_function():
