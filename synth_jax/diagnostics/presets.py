@@ -10,7 +10,9 @@
         --no-draw`), finish about 30 runs in a 9-minute call (a run trains in 25-140 s, plus
         start-up and compile); RESULTS.md has the scripts. The learning rate, 5e-3, was the
         best of 2e-3, 5e-3 and 1e-2 for vanilla in a probe (then with T5's folded scale); with
-        the scale in the logits, vanilla solves MQAR at it on three seeds, not induction.
+        the scale in the logits, vanilla solves MQAR at it on three seeds, not induction, where
+        a CPU check at a middle scale found 5e-3 unstable and 2e-3 not (RESULTS.md): the rate
+        is to be probed again under this convention.
 
 Both use a short causal convolution before attention (Zoology's hybrid block): with the previous
 token in the residual stream, one attention layer can do recall, so what a variant's attention

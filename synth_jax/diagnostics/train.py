@@ -55,6 +55,9 @@ class TrainConfig:
     if self.eval_examples % self.batch_size:
       raise ValueError(f'eval_examples={self.eval_examples} must be a multiple of '
                        f'batch_size={self.batch_size}.')
+    if self.warmup_steps >= self.steps:
+      raise ValueError(f'steps={self.steps} leaves no decay after warmup_steps='
+                       f'{self.warmup_steps}: give more --steps than the warmup.')
 
 
 def stream(seed: int, which: int) -> jax.Array:

@@ -3,6 +3,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
 from synth_jax.diagnostics import model
 from synth_jax.diagnostics import presets
@@ -59,3 +60,8 @@ def test_every_variant_sees_the_same_batches_and_held_out_examples():
 def test_traces_keep_five_significant_digits():
   assert train.trace_values(np.array([9.518963813781738, 0.00123456789, 12345.678])) == [
       9.519, 0.0012346, 12346.0]
+
+
+def test_a_budget_without_room_after_warmup_is_a_clear_error():
+  with pytest.raises(ValueError, match='give more --steps than the warmup'):
+    train.TrainConfig(steps=100, warmup_steps=100, eval_every=50)
