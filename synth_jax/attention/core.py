@@ -162,7 +162,8 @@ class Attention(nn.Module):
   @creates_variables
   def mix_heads(self, inputs_q, inputs_kv, value, mask: masks.Mask, bias, *, decode=False,
                 deterministic=True) -> Array:
-    """`value` `[batch, k_len, heads, head_dim]` mixed by the attention: `[batch, q_len, heads, head_dim]`."""
+    """`value` `[batch, k_len, heads, head_dim]` mixed by the attention:
+    `[batch, q_len, heads, head_dim]`."""
     mask = masks.as_mask(mask, *inputs_q.shape[:2], inputs_kv.shape[1])
     bias = bias if self.position_bias else None
     dropout = not deterministic and self.dropout_rate > 0

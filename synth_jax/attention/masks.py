@@ -141,7 +141,8 @@ class Mask:
     return jnp.array(0, jnp.int32) if self.step is None else self.step
 
   def dense(self) -> Array:
-    """The reference form: `[batch, 1 | heads, q_len, k_len]` bool, True where attending is allowed."""
+    """The reference form: `[batch, 1 | heads, q_len, k_len]` bool, True where attending is
+    allowed."""
     q_len, k_len = self.query_valid.shape[1], self.key_valid.shape[1]
     mask = self.query_valid[:, :, None] & self.key_valid[:, None, :]
     if self.query_segments is not None:
@@ -166,7 +167,8 @@ class Mask:
 
 
 def as_mask(mask, batch: int, q_len: int, k_len: int) -> Mask:
-  """A `Mask` from what a caller passed: a `Mask`, a dense `[batch, 1|heads, q, k]` array, or None."""
+  """A `Mask` from what a caller passed: a `Mask`, a dense `[batch, 1|heads, q, k]` array or
+  None."""
   if isinstance(mask, Mask):
     return mask
   everything = Mask.everything_visible(batch, q_len, k_len)

@@ -28,7 +28,7 @@ def per_head_orthonormal(key, shape, dtype=jnp.float32):
 
 
 class OrthogonalAttention(dot_product.QueryKeyAttention):
-  """Frozen orthonormal `query`/`key` kernels `[embed, heads, head_dim]` in the 'frozen' collection."""
+  """Frozen orthonormal `query`/`key` kernels `[embed, heads, head_dim]` ('frozen' collection)."""
   variant_name = 'orthogonal'
 
   def frozen_init(self, key, shape):

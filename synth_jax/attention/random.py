@@ -24,7 +24,8 @@ AXIS_RULES = {
 
 
 class TableSynthesizer(core.Attention):
-  """A synthesizer whose logits are `score_table()` `[heads, max_query, max_key]` at the positions."""
+  """A synthesizer whose logits are `score_table()` `[heads, max_query, max_key]` read at the
+  token positions."""
   position_dependent = True
   shared_logits = True
   axis_rules = AXIS_RULES
