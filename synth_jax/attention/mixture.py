@@ -10,6 +10,8 @@ member mixes the shared value through its own `mix_heads` (and so its own fastes
 `[batch, heads, q, k]` sum is formed. Under attention dropout (one dropout mask on the mixed
 probabilities, as a single attention would have) the members' `probabilities` are summed first.
 """
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,10 +30,10 @@ class MixtureAttention(core.Attention):
 
   def member_modules(self) -> list[core.Attention]:
     from synth_jax.attention import registry  # pylint: disable=g-import-not-at-top
-    shared = dict(num_heads=self.num_heads, head_dim=self.head_dim,
-                  max_query_length=self.max_query_length, max_key_length=self.max_key_length,
-                  dtype=self.dtype, kernel_init=self.kernel_init, dispatch=self.dispatch,
-                  fold_query_scale=self.fold_query_scale)
+    # Members take every `core.Attention` field of the mixture but dropout: the mixture drops
+    # once, on the mixed probabilities.
+    shared = {field.name: getattr(self, field.name) for field in dataclasses.fields(core.Attention)
+              if field.name not in ('parent', 'name', 'dropout_rate')}
     return [registry.build(m, name=m, **shared) for m in self.members]
 
   def mixture_weights(self) -> jax.Array:

@@ -8,8 +8,8 @@ The run is described as `synth-jax eval` reads it: the run's own `MODEL_DIR/conf
 when it started training), under any --gin_file and with `--gin.NAME=VALUE` on top. The model
 is the gin-bound `synth_jax.network.Transformer`; its parameters come from the latest checkpoint
 of MODEL_DIR (or `--step`), read straight from the checkpoint (params and frozen variables only,
-whatever the optimizer); the examples are the first `--examples` of the run's eval split, unpacked (one
-example per row) and cut to `--max_length` tokens per feature.
+whatever the optimizer); the examples are the first `--examples` of the run's eval split,
+unpacked (one example per row) and cut to `--max_length` tokens per feature.
 
 How the maps are captured: the network runs once, forward, under `nn.intercept_methods`.
 Every call of an `attention.Attention` module's `__call__` is intercepted and, before it runs,

@@ -60,12 +60,17 @@ def write(results: dict, path: str):
   os.replace(path + '.tmp', path)
 
 
+def _joined_groups(known, added) -> list:
+  """`known` groups, then those of `added` not among them."""
+  known = list(known)
+  return known + [g for g in added if g not in known]
+
+
 def _keep_recorded_groups(record: dict, recorded: Optional[dict]):
   """A run trained again (two parts racing for it) keeps the groups its record already had."""
   if recorded and 'job' in recorded and 'job' in record:
-    known = list(recorded['job'].get('groups', []))
-    record['job']['groups'] = known + [g for g in record['job'].get('groups', [])
-                                       if g not in known]
+    record['job']['groups'] = _joined_groups(recorded['job'].get('groups', []),
+                                             record['job'].get('groups', []))
 
 
 def update(path: str, meta: dict, runs: dict = None, command: dict = None) -> dict:
@@ -98,6 +103,6 @@ def reuse_recorded_run(path: str, meta: dict, run_id: str, groups, tag_only) -> 
     if not missing <= set(tag_only):
       return False
     if missing:
-      recorded['groups'] = list(recorded.get('groups', [])) + sorted(missing)
+      recorded['groups'] = _joined_groups(recorded.get('groups', []), sorted(missing))
       write(results, path)
     return True

@@ -8,8 +8,8 @@ The runs of a preset are planned in a fixed order (task, setting, variant) and c
 `Preset.jobs_per_part`; `--part N` (1-based) runs one part, `--plan` lists them. Runs land in
 `DIR/results.json` after each one, merged with what earlier parts left there, and `report.md`
 and the PNGs are redrawn from the whole file at the end of every call (unless `--no-draw`; then
-`--report_only` draws them once at the end). Parts may also run at the
-same time on one --out (`results_file.py` locks the file), e.g. four processes on one GPU:
+`--report_only` draws them once at the end). Parts may also run at the same time on one --out
+(`results_file.py` locks the file), e.g. four processes on one GPU:
 
   for p in 1 2 3 4; do XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 synth-jax diagnose --preset full \
       --attention vanilla,random --out DIR --part $p & done; wait

@@ -123,6 +123,23 @@ def test_plots_are_png_files_for_each_task_and_sweep(results, tmp_path):
   assert '![mqar_kv_pairs.png](mqar_kv_pairs.png)' in text
 
 
+@pytest.mark.parametrize('draw, values', [
+    (lambda results, out: plots.sweep(results, 'kv_pairs', out), ['6', '12']),
+    (plots.extrapolation, ['32', '64'])])
+def test_log_axes_are_ticked_plainly_at_the_measured_points(results, tmp_path, monkeypatch,
+                                                             draw, values):
+  ticks = []
+  def keep_ticks(figure, path):
+    axis = figure.axes[0]
+    ticks.append(([t.get_text() for t in axis.get_xticklabels()], list(axis.get_xticks()),
+                  axis.xaxis.get_minor_ticks()))
+    return path
+  monkeypatch.setattr(plots, '_save', keep_ticks)
+  draw(results, str(tmp_path))
+  (labels, positions, minor), = ticks
+  assert labels == values and positions == [float(v) for v in values] and not minor
+
+
 def test_the_parts_of_one_request_are_listed_as_one_command():
   recorded = [{'argv': ['synth-jax', 'diagnose', '--part', p, '--out', 'D'], 'date': d}
               for p, d in (('2', 't2'), ('1', 't1'), ('2', 't3'))]
