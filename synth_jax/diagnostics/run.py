@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 import jax
@@ -222,9 +223,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                           TAG_ONLY_GROUPS):
       print(f'{label}: already in {path}, kept', flush=True)
       continue
+    started = time.perf_counter()
     record = run_job(job, preset, args.seed, args.attention_execution, label)
     results_file.update(path, meta, runs={job.id: record})
-    print(f'{label}: final accuracy {record["final_accuracy"]:.3f}', flush=True)
+    print(f'{label}: final accuracy {record["final_accuracy"]:.3f} ({record["seconds"]:.0f} s '
+          f'in the training loop, {time.perf_counter() - started:.0f} s in all)', flush=True)
   if not args.draw:
     print(f'wrote {path}')
     return 0

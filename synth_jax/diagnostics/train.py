@@ -64,11 +64,17 @@ def stream(seed: int, which: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), which)
 
 
-def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, cfg.warmup_steps, cfg.steps, cfg.learning_rate * 0.1)
+def optimizer(cfg: TrainConfig, learning_rate=None) -> optax.GradientTransformation:
+  """AdamW on `cfg`'s schedule, peaking at `learning_rate` (default `cfg.learning_rate`).
+
+  The rate may be a traced scalar: runs that differ only in rate (or seed) then share one
+  compiled program, which JAX's persistent compilation cache can serve to every later run.
+  """
+  peak = cfg.learning_rate if learning_rate is None else learning_rate
+  unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, cfg.warmup_steps, cfg.steps, 0.1)
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                     optax.adamw(schedule, b2=0.98, weight_decay=cfg.weight_decay))
+                     optax.adamw(lambda count: peak * unit(count), b2=0.98,
+                                 weight_decay=cfg.weight_decay))
 
 
 def answer_metrics(logits: jax.Array, batch: tasks_lib.Batch) -> tuple[jax.Array, jax.Array]:
@@ -122,9 +128,8 @@ def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, se
   variables = nn.unbox(jax.jit(model.init)(stream(seed, INIT_STREAM), sample['inputs']))
   params = variables['params']
   fixed = {k: v for k, v in variables.items() if k != 'params'}  # frozen maps: no gradient
-  tx = optimizer(cfg)
 
-  def step(carry, index):
+  def step(carry, index, seed, tx):
     params, opt_state = carry
     batch = task.generate(jax.random.fold_in(stream(seed, DATA_STREAM), index), cfg.batch_size)
     def loss_fn(p):
@@ -135,18 +140,22 @@ def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, se
         loss, statistics.gradient_norms(grads))
 
   @jax.jit
-  def chunk(params, opt_state, start):
-    """`eval_every` steps, then the held-out accuracy: one program to compile."""
-    (params, opt_state), (loss, norm) = jax.lax.scan(step, (params, opt_state),
-                                                     start + jnp.arange(cfg.eval_every))
+  def chunk(params, opt_state, start, seed, learning_rate):
+    """`eval_every` steps, then the held-out accuracy: one program to compile (the seed and the
+    rate are arguments, so other seeds and rates reuse it)."""
+    tx = optimizer(cfg, learning_rate)
+    (params, opt_state), (loss, norm) = jax.lax.scan(
+        lambda carry, index: step(carry, index, seed, tx), (params, opt_state),
+        start + jnp.arange(cfg.eval_every))
     acc = held_out_accuracy(model, {'params': params, **fixed}, task, seed, cfg, task.length)
     return params, opt_state, loss, norm, acc
 
-  opt_state = tx.init(params)
+  opt_state = optimizer(cfg).init(params)
   curve_steps, curve, losses, norms, module_norms = [], [], [], [], {}
   started = time.perf_counter()
   for start in range(0, cfg.steps, cfg.eval_every):
-    params, opt_state, loss, norm, acc = chunk(params, opt_state, start)
+    params, opt_state, loss, norm, acc = chunk(params, opt_state, start, jnp.int32(seed),
+                                               jnp.float32(cfg.learning_rate))
     acc = float(acc)
     curve_steps.append(start + cfg.eval_every)
     curve.append(acc)

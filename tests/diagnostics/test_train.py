@@ -3,6 +3,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from synth_jax.diagnostics import model
@@ -65,3 +66,26 @@ def test_traces_keep_five_significant_digits():
 def test_a_budget_without_room_after_warmup_is_a_clear_error():
   with pytest.raises(ValueError, match='give more --steps than the warmup'):
     train.TrainConfig(steps=100, warmup_steps=100, eval_every=50)
+
+
+def test_a_traced_rate_follows_the_schedule_of_the_configured_one():
+  """The rate is an argument of the compiled chunk (so other rates reuse its program); the
+  updates it gives must follow the configured schedule: linear warmup, cosine decay to a tenth.
+  With a constant gradient and the weights held at 1, AdamW's step t is exactly
+  -rate_t * (sign(g) + weight_decay)."""
+  cfg = train.TrainConfig(steps=200, learning_rate=3e-3, warmup_steps=20, eval_every=50)
+  params = {'w': np.ones(3, np.float32)}
+  grads = {'w': np.array([1.0, -2.0, 0.5], np.float32)}
+
+  def updates(tx):
+    def step(state, _):
+      update, state = tx.update(grads, state, params)
+      return state, update['w']
+    return jax.lax.scan(step, tx.init(params), None, length=cfg.steps)[1]
+
+  traced = jax.jit(lambda rate: updates(train.optimizer(cfg, rate)))
+  rates = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 20, 200, 3e-4)(np.arange(200))
+  expected = -np.asarray(rates)[:, None] * (np.sign(grads['w']) + cfg.weight_decay)
+  np.testing.assert_allclose(traced(np.float32(3e-3)), expected, rtol=1e-4, atol=1e-9)
+  np.testing.assert_allclose(updates(train.optimizer(cfg)), expected, rtol=1e-4, atol=1e-9)
+  np.testing.assert_allclose(traced(np.float32(6e-3)), 2 * expected, rtol=1e-4, atol=1e-9)

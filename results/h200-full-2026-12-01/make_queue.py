@@ -1,0 +1,59 @@
+"""Writes a device work queue: one line per diagnostic run not yet in its results file.
+
+Each line is `OUT_SUBDIR ARGS...` for `python -m synth_jax.diagnostics.run --preset full
+--jobs_per_part 1 --skip_done --no-draw --out WORK/OUT_SUBDIR ARGS... --part N`, in the order
+given below (the most wanted runs first: a call that runs out of time leaves the tail).
+Usage: python results/h200-full-2026-12-01/make_queue.py > queue.txt
+"""
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ALL = ('vanilla,random,fixed_random,dense,random+vanilla,orthogonal,frozen_gaussian,cosine,'
+       'neg_l2,hyperbolic,linear,rotary,topk')
+SWEPT = 'vanilla,random,orthogonal,frozen_gaussian,neg_l2,linear'
+UNSWEPT = 'fixed_random,dense,random+vanilla,cosine,hyperbolic,rotary,topk'
+
+# (results subdirectory, arguments, job-id filter) in priority order.
+REQUESTS = [
+    ('rate-2e-3', f'--no-sweeps --tasks mqar,induction --attention {ALL} --learning_rate 2e-3',
+     None),
+    ('rate-1e-3', f'--no-sweeps --tasks mqar,induction --attention {ALL} --learning_rate 1e-3',
+     None),
+    ('full', f'--tasks mqar --attention {UNSWEPT}', lambda job: 'width' not in job),
+    ('full', f'--tasks mqar --attention {ALL}', lambda job: 'width=64' in job),
+    ('full', f'--tasks mqar --attention {UNSWEPT}', lambda job: 'width=32' in job),
+    ('full', f'--tasks mqar --attention {ALL}', lambda job: 'width=256' in job),
+]
+
+
+def recorded(subdir: str) -> set:
+  for name in ('results.json', 'results.json.gz'):
+    path = os.path.join(HERE, subdir, name)
+    if os.path.exists(path):
+      with (gzip.open(path, 'rt') if name.endswith('.gz') else open(path)) as f:
+        return set(json.load(f)['runs'])
+  return set()
+
+
+def main():
+  seen = set()
+  for subdir, args, keep in REQUESTS:
+    plan = subprocess.run(
+        [sys.executable, '-m', 'synth_jax.diagnostics.run', '--preset', 'full',
+         '--jobs_per_part', '1', '--plan', '--out', '/tmp/unused', *args.split()],
+        capture_output=True, text=True, check=True).stdout
+    done = recorded(subdir)
+    for line in plan.splitlines():  # "part N/M: JOB"
+      number, job = line.split(':', 1)
+      number, job = number.split()[1].split('/')[0], job.strip()
+      if (keep is None or keep(job)) and job not in done and (subdir, job) not in seen:
+        seen.add((subdir, job))
+        print(f'{subdir} {args} --part {number}')
+
+
+if __name__ == '__main__':
+  main()

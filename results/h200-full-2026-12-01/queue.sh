@@ -1,0 +1,29 @@
+#!/bin/bash
+# Runs the work queue QUEUE (lines from make_queue.py) on one GPU: SLOTS processes each take
+# the next line until the queue or BUDGET seconds run out; results come back as $OUT/diag.tgz.
+# JAX's persistent compilation cache is shared by the processes, so runs that differ only in
+# seed or learning rate (arguments of the compiled program) compile once.
+QUEUE=${1:?usage: queue.sh QUEUE}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+export JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+SLOTS=${SLOTS:-12}; BUDGET=${BUDGET:-530}
+export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.92 / $SLOTS, 3))")
+SRC=results/h200-full-2026-12-01; W=/tmp/diagwork; rm -rf $W; mkdir -p $W/logs
+for d in $(awk '{print $1}' $QUEUE | sort -u); do
+  mkdir -p $W/$d
+  if [ -f $SRC/$d/results.json.gz ]; then gunzip -c $SRC/$d/results.json.gz > $W/$d/results.json; fi
+done
+cp $QUEUE $W/queue; echo 0 > $W/next; start=$SECONDS; end=$((start+BUDGET))
+R="python3 -m synth_jax.diagnostics.run --preset full --jobs_per_part 1 --skip_done --no-draw"
+take() { flock $W/next.lock bash -c "n=\$(cat $W/next); echo \$((n+1)) > $W/next; echo \$n"; }
+slot() { local id=$1; while :; do n=$(take); line=$(sed -n "$((n+1))p" $W/queue); [ -n "$line" ] || return
+    left=$((end-SECONDS)); [ $left -gt 20 ] || return; set -- $line; out=$1; shift
+    echo "queue line $((n+1)) start $((SECONDS-start)) s" >> $W/logs/slot$id.log
+    timeout $left $R --out $W/$out "$@" >> $W/logs/slot$id.log 2>&1
+    echo "queue line $((n+1)) end $((SECONDS-start)) s rc $?" >> $W/logs/slot$id.log; done; }
+for s in $(seq 1 $SLOTS); do slot $s & done; wait
+taken=$(cat $W/next); lines=$(wc -l < $W/queue); [ $taken -le $lines ] || taken=$lines
+echo "queue: took $taken of $lines lines in $((SECONDS-start)) s" | tee $W/summary.txt
+rm -f $W/*/results.json.lock $W/*/results.json.tmp
+echo "runs finished: $(grep -h 'final accuracy' $W/logs/*.log | wc -l)" >> $W/summary.txt
+tar czf $OUT/diag.tgz -C $W --exclude=next --exclude=next.lock .; ls -la $OUT; cat $W/summary.txt
