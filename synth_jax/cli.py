@@ -1,4 +1,4 @@
-"""`synth-jax train|eval|infer|params|diagnose|attention-maps`: T5X-style flags over gin.
+"""`synth-jax COMMAND` (train, eval, infer, params, diagnose...): T5X-style flags over gin.
 
   synth-jax train --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
   synth-jax train --gin_file=configs/c4_pretrain_base.gin --gin.ATTENTION_TYPE="'random'" ...
@@ -6,6 +6,7 @@
   synth-jax infer --gin.MODEL_DIR="'/tmp/demo'" --examples=4
   synth-jax params [attention types...]
   synth-jax diagnose --preset tiny --tasks mqar,induction --attention vanilla,random --out DIR
+  synth-jax diagnose-compare DIR DIR ...   (one table of runs across rates, seeds, ...)
   synth-jax attention-maps ...   (a trained run's per-layer, per-head attention maps as PNG)
 
 `--gin_file` may repeat; `--gin.NAME=VALUE` binds a macro or parameter (VALUE is gin syntax, so
@@ -28,6 +29,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUBCOMMANDS = {
     'diagnose': 'synth_jax.diagnostics.run',
     'attention-maps': 'synth_jax.diagnostics.attention_maps',
+    'diagnose-compare': 'synth_jax.diagnostics.compare',
 }
 
 
@@ -139,7 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       prog='synth-jax', description=__doc__.split('\n')[0], epilog=GIN_FLAGS_HELP,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('command', choices=['train', 'eval', 'infer', 'params', *SUBCOMMANDS],
-                      help='diagnose and attention-maps take their own flags (COMMAND --help).')
+                      help='diagnose, diagnose-compare and attention-maps take their own flags '
+                           '(COMMAND --help).')
   parser.add_argument('--examples', type=int, default=8, help='examples `infer` decodes.')
   parser.add_argument('--gin_file', action='append', default=[],
                       help='a gin file (repeatable), e.g. configs/demo.gin')

@@ -27,26 +27,30 @@ def locked(path: str):
     yield
 
 
-def _configuration(meta: dict, key: str):
+def configuration(meta: dict, key: str):
   """`meta[key]`, the model's fields completed with `ADDED_MODEL_FIELDS` it predates."""
   value = meta.get(key)
   return {**ADDED_MODEL_FIELDS, **value} if key == 'model' and value is not None else value
 
 
-def read(path: str, meta: dict) -> dict:
-  """The results in `path` (which must be of `meta`'s configuration), or an empty set.
-
-  A `path + '.gz'` is read when `path` is absent (sweeps are committed compressed).
-  """
+def load(path: str) -> Optional[dict]:
+  """The results in `path`, or in `path + '.gz'` when `path` is absent (sweeps are committed
+  compressed); None if neither exists."""
   if os.path.exists(path):
     with open(path) as f:
-      results = json.load(f)
-  elif os.path.exists(path + '.gz'):
+      return json.load(f)
+  if os.path.exists(path + '.gz'):
     with gzip.open(path + '.gz', 'rt') as f:
-      results = json.load(f)
-  else:
+      return json.load(f)
+  return None
+
+
+def read(path: str, meta: dict) -> dict:
+  """The results in `path` (`load`), which must be of `meta`'s configuration, or an empty set."""
+  results = load(path)
+  if results is None:
     return {'meta': meta, 'commands': [], 'runs': {}}
-  if any(_configuration(results['meta'], k) != _configuration(meta, k)
+  if any(configuration(results['meta'], k) != configuration(meta, k)
          for k in CONFIGURATION_KEYS):
     saved = {k: results['meta'].get(k) for k in CONFIGURATION_KEYS}
     raise SystemExit(f'{path} holds results of another configuration ({saved}); '

@@ -1,0 +1,120 @@
+"""`synth-jax diagnose-compare DIR...`: one table of runs across results files that differ in one
+setting (learning rate, seed, ...): how robust a variant's result is to it.
+
+Each directory holds one configuration (`results_file.CONFIGURATION_KEYS`); its column is named
+by the settings in which it differs from the others (`train.learning_rate=0.002`, `seed=1`). A
+row is a run id (`mqar/vanilla`, `mqar/kv=8/rotary`, ...) with its final held-out accuracy in
+each file ('-' where that file has no such run; rows in one file only are left out unless
+`--all_runs`), then:
+  best     the column of the highest accuracy (Zoology reports each variant at its best rate);
+  solved   in how many of the files that ran it the accuracy reached `claims.SOLVED`.
+
+Usage:
+  synth-jax diagnose-compare results/full results/rate-2e-3 results/rate-1e-3 [--tasks mqar]
+      [--out compare.md]
+"""
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from synth_jax.diagnostics import claims
+from synth_jax.diagnostics import report
+from synth_jax.diagnostics import results_file
+
+
+def flat_configuration(meta: dict) -> dict:
+  """`meta`'s configuration as dotted keys: {'train.learning_rate': 0.005, 'seed': 0, ...}."""
+  flat = {}
+  for key in results_file.CONFIGURATION_KEYS:
+    value = results_file.configuration(meta, key)
+    if isinstance(value, dict):
+      flat.update({f'{key}.{name}': v for name, v in value.items()})
+    else:
+      flat[key] = value
+  return flat
+
+
+def column_names(metas: Sequence[dict]) -> list[str]:
+  """Per file, the settings that tell it from the others ('k=v, ...'); the files must differ."""
+  flats = [flat_configuration(m) for m in metas]
+  keys = sorted({k for f in flats for k in f})
+  differing = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+  names = [', '.join(f'{k}={f.get(k)}' for k in differing) for f in flats]
+  if len(set(names)) < len(names):
+    raise SystemExit('two of these results files hold the same configuration; give directories '
+                     'that differ in a setting (learning rate, seed, ...).')
+  return names
+
+
+def order(run_id: str):
+  """Tasks in the report's order, each base run before its sweep points."""
+  task = run_id.split('/')[0]
+  titles = list(report.TASK_TITLES)
+  return (titles.index(task) if task in titles else len(titles), run_id.count('/'), run_id)
+
+
+def rows(all_runs: Sequence[dict], tasks: Optional[Sequence[str]] = None,
+         min_files: int = 1) -> list[list]:
+  """Per run id in `order` that `min_files` or more files hold: its accuracy per file (None if
+  absent), the best column's index, how many files solved it, how many ran it."""
+  ids = sorted({i for runs in all_runs for i in runs
+                if not tasks or i.split('/')[0] in tasks}, key=order)
+  ids = [i for i in ids if sum(i in runs for runs in all_runs) >= min_files]
+  out = []
+  for run_id in ids:
+    accuracies = [runs[run_id]['final_accuracy'] if run_id in runs else None
+                  for runs in all_runs]
+    ran = [a for a in accuracies if a is not None]
+    best = max(range(len(accuracies)), key=lambda i: -1 if accuracies[i] is None
+               else accuracies[i])
+    out.append([run_id, accuracies, best, sum(a >= claims.SOLVED for a in ran), len(ran)])
+  return out
+
+
+def markdown(directories: Sequence[str], tasks: Optional[Sequence[str]] = None,
+             min_files: int = 2) -> str:
+  loaded = [results_file.load(os.path.join(d, 'results.json')) for d in directories]
+  names = column_names([r['meta'] for r in loaded])
+  lines = ['# Diagnostics across settings', '',
+           'Final held-out accuracy per run; the columns differ only in the settings named.', '']
+  for directory, name, results in zip(directories, names, loaded):
+    lines.append(f'- `{name}`: {directory} ({len(results["runs"])} runs)')
+  lines.append('')
+  header = ['run'] + [f'`{n}`' for n in names] + ['best', f'solved (>= {claims.SOLVED})']
+  body = [[run_id] + [report.accuracy(a) for a in accuracies] + [f'`{names[best]}`',
+                                                                 f'{solved} of {ran}']
+          for run_id, accuracies, best, solved, ran in rows([r['runs'] for r in loaded], tasks,
+                                                            min_files)]
+  return '\n'.join(lines + report.table(header, body)) + '\n'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog='synth-jax diagnose-compare', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('directories', nargs='+', help='`synth-jax diagnose --out` directories.')
+  parser.add_argument('--tasks', help='comma-separated tasks to keep (default: all).')
+  parser.add_argument('--all_runs', action='store_true',
+                      help='also the runs only one file holds (default: those in two or more).')
+  parser.add_argument('--out', help='write the table here (default: print it).')
+  args = parser.parse_args(argv)
+  if len(args.directories) < 2:
+    parser.error('give at least two directories to compare.')
+  for directory in args.directories:
+    if not any(os.path.exists(os.path.join(directory, n))
+               for n in ('results.json', 'results.json.gz')):
+      parser.error(f'{directory} has no results.json(.gz): give `synth-jax diagnose --out` '
+                   'directories.')
+  tasks = [t for t in (args.tasks or '').split(',') if t]
+  text = markdown(args.directories, tasks, min_files=1 if args.all_runs else 2)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text)
+    print(f'wrote {args.out}')
+  else:
+    print(text, end='')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
