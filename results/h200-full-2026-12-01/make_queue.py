@@ -20,7 +20,8 @@ UNSWEPT = 'fixed_random,dense,random+vanilla,cosine,hyperbolic,rotary,topk'
 VANILLA_INDUCTION = '--no-sweeps --tasks induction --attention vanilla'
 
 # (results subdirectory, arguments, job-id filter) in priority order. Call 3 ran the rate probe
-# and part of the sweeps; call 4 adds probes of vanilla's induction failure, then seeds 1 and 2.
+# and part of the sweeps; call 4 adds probes of vanilla's induction failure, then seeds 1 and 2;
+# call 5 gives frozen QK (then topk and linear) three times the steps.
 REQUESTS = [
     ('rate-2e-3', f'--no-sweeps --tasks mqar,induction --attention {ALL} --learning_rate 2e-3',
      None),
@@ -30,14 +31,17 @@ REQUESTS = [
     ('probe-vanilla-positions-none-2e-3',
      f'{VANILLA_INDUCTION} --positions none --learning_rate 2e-3', None),
     ('probe-vanilla-sinusoidal', f'{VANILLA_INDUCTION} --positions sinusoidal', None),
-    ('probe-vanilla-6000-steps-2e-3', f'{VANILLA_INDUCTION} --steps 6000 --learning_rate 2e-3',
-     None),
+    ('steps-6000-rate-2e-3', f'{VANILLA_INDUCTION} --steps 6000 --learning_rate 2e-3', None),
+    ('steps-6000-rate-2e-3', '--no-sweeps --tasks mqar,induction --attention '
+     'vanilla,orthogonal,frozen_gaussian --steps 6000 --learning_rate 2e-3', None),
     ('full', f'--tasks mqar --attention {UNSWEPT}', lambda job: 'width' not in job),
     ('full', f'--tasks mqar --attention {ALL}', lambda job: 'width=64' in job),
     ('full', f'--tasks mqar --attention {UNSWEPT}', lambda job: 'width=32' in job),
     ('full', f'--tasks mqar --attention {ALL}', lambda job: 'width=256' in job),
     ('seed1', f'--no-sweeps --tasks mqar,induction --attention {ALL} --seed 1', None),
     ('seed2', f'--no-sweeps --tasks mqar,induction --attention {ALL} --seed 2', None),
+    ('steps-6000-rate-2e-3', '--no-sweeps --tasks mqar,induction --attention topk,linear '
+     '--steps 6000 --learning_rate 2e-3', None),
 ]
 
 
