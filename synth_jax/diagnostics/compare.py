@@ -105,7 +105,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                for n in ('results.json', 'results.json.gz')):
       parser.error(f'{directory} has no results.json(.gz): give `synth-jax diagnose --out` '
                    'directories.')
-  tasks = [t for t in (args.tasks or '').split(',') if t]
+  tasks = [t.strip() for t in (args.tasks or '').split(',') if t.strip()]
+  unknown = [t for t in tasks if t not in report.TASK_TITLES]
+  if unknown:
+    parser.error(f'unknown task {unknown[0]!r}; tasks: {", ".join(report.TASK_TITLES)}.')
   text = markdown(args.directories, tasks, min_files=1 if args.all_runs else 2)
   if args.out:
     with open(args.out, 'w') as f:

@@ -77,3 +77,6 @@ def test_a_directory_without_results_is_a_clear_error(tmp_path, capsys):
   with pytest.raises(SystemExit):
     compare.main([first])
   assert 'at least two directories' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    compare.main([first, first, '--tasks', 'copy'])
+  assert "unknown task 'copy'; tasks: mqar, induction" in capsys.readouterr().err
