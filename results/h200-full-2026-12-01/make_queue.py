@@ -5,11 +5,11 @@ Each line is `OUT_SUBDIR ARGS...` for `python -m synth_jax.diagnostics.run --pre
 given below (the most wanted runs first: a call that runs out of time leaves the tail).
 Usage: python results/h200-full-2026-12-01/make_queue.py > queue.txt
 """
-import gzip
-import json
 import os
 import subprocess
 import sys
+
+from synth_jax.diagnostics import results_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL = ('vanilla,random,fixed_random,dense,random+vanilla,orthogonal,frozen_gaussian,cosine,'
@@ -46,12 +46,8 @@ REQUESTS = [
 
 
 def recorded(subdir: str) -> set:
-  for name in ('results.json', 'results.json.gz'):
-    path = os.path.join(HERE, subdir, name)
-    if os.path.exists(path):
-      with (gzip.open(path, 'rt') if name.endswith('.gz') else open(path)) as f:
-        return set(json.load(f)['runs'])
-  return set()
+  results = results_file.load(os.path.join(HERE, subdir, 'results.json'))
+  return set(results['runs']) if results else set()
 
 
 def main():

@@ -11,19 +11,23 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.92 / $SLOTS, 3
 SRC=results/h200-full-2026-12-01; W=/tmp/diagwork; rm -rf $W; mkdir -p $W/logs
 for d in $(awk '{print $1}' $QUEUE | sort -u); do
   mkdir -p $W/$d
-  if [ -f $SRC/$d/results.json.gz ]; then gunzip -c $SRC/$d/results.json.gz > $W/$d/results.json; fi
+  gz=$SRC/$d/results.json.gz; if [ -f $gz ]; then gunzip -c $gz > $W/$d/results.json; fi
 done
 cp $QUEUE $W/queue; echo 0 > $W/next; start=$SECONDS; end=$((start+BUDGET))
 R="python3 -m synth_jax.diagnostics.run --preset full --jobs_per_part 1 --skip_done --no-draw"
 take() { flock $W/next.lock bash -c "n=\$(cat $W/next); echo \$((n+1)) > $W/next; echo \$n"; }
-slot() { local id=$1; while :; do n=$(take); line=$(sed -n "$((n+1))p" $W/queue); [ -n "$line" ] || return
-    left=$((end-SECONDS)); [ $left -gt 20 ] || return; set -- $line; out=$1; shift
+# A run takes 65-115 s: a slot starts none with less than MIN_LEFT seconds to go.
+MIN_LEFT=${MIN_LEFT:-120}
+slot() { local id=$1; while [ $((end-SECONDS)) -gt $MIN_LEFT ]; do
+    n=$(take); line=$(sed -n "$((n+1))p" $W/queue); [ -n "$line" ] || return
+    set -- $line; out=$1; shift
     echo "queue line $((n+1)) start $((SECONDS-start)) s" >> $W/logs/slot$id.log
-    timeout $left $R --out $W/$out "$@" >> $W/logs/slot$id.log 2>&1
+    timeout $((end-SECONDS)) $R --out $W/$out "$@" >> $W/logs/slot$id.log 2>&1
     echo "queue line $((n+1)) end $((SECONDS-start)) s rc $?" >> $W/logs/slot$id.log; done; }
 for s in $(seq 1 $SLOTS); do slot $s & done; wait
-taken=$(cat $W/next); lines=$(wc -l < $W/queue); [ $taken -le $lines ] || taken=$lines
-echo "queue: took $taken of $lines lines in $((SECONDS-start)) s" | tee $W/summary.txt
+started=$(cat $W/logs/*.log | grep -c "^queue line .* start")
+echo "queue: started $started of $(wc -l < $W/queue) lines in $((SECONDS-start)) s" \
+  | tee $W/summary.txt
 rm -f $W/*/results.json.lock $W/*/results.json.tmp
 echo "runs finished: $(grep -h 'final accuracy' $W/logs/*.log | wc -l)" >> $W/summary.txt
 tar czf $OUT/diag.tgz -C $W --exclude=next --exclude=next.lock .; ls -la $OUT; cat $W/summary.txt

@@ -1,12 +1,13 @@
-"""`synth-jax diagnose-compare DIR...`: one table of runs across results files that differ in one
-setting (learning rate, seed, ...): how robust a variant's result is to it.
+"""`synth-jax diagnose-compare DIR...`: one table of runs across results files that differ in a
+setting or more (learning rate, seed, steps, ...): how robust a variant's result is to them.
 
 Each directory holds one configuration (`results_file.CONFIGURATION_KEYS`); its column is named
 by the settings in which it differs from the others (`train.learning_rate=0.002`, `seed=1`). A
 row is a run id (`mqar/vanilla`, `mqar/kv=8/rotary`, ...) with its final held-out accuracy in
 each file ('-' where that file has no such run; rows in one file only are left out unless
 `--all_runs`), then:
-  best     the column of the highest accuracy (Zoology reports each variant at its best rate);
+  best     the column of the highest accuracy (Zoology reports each variant at its best rate),
+           or '-' when no column solved the run or the top columns tie at the shown precision;
   solved   in how many of the files that ran it the accuracy reached `claims.SOLVED`.
 
 Usage:
@@ -48,16 +49,29 @@ def column_names(metas: Sequence[dict]) -> list[str]:
 
 
 def order(run_id: str):
-  """Tasks in the report's order, each base run before its sweep points."""
-  task = run_id.split('/')[0]
+  """Tasks in the report's order, each base run before its sweep points, sweep points by value
+  (kv=4 before kv=16)."""
+  task, *rest = run_id.split('/')
   titles = list(report.TASK_TITLES)
-  return (titles.index(task) if task in titles else len(titles), run_id.count('/'), run_id)
+  parts = [(0, part.split('=')[0], int(part.split('=')[1]))
+           if '=' in part and part.split('=')[1].isdigit() else (1, part, 0) for part in rest]
+  return (titles.index(task) if task in titles else len(titles), len(rest), parts)
+
+
+def best_column(accuracies: Sequence[Optional[float]]) -> Optional[int]:
+  """The index of the highest accuracy; None if none reached `claims.SOLVED` or the top ones
+  tie at three decimals (no setting to prefer)."""
+  shown = [None if a is None else round(a, 3) for a in accuracies]
+  top = max((a for a in shown if a is not None), default=None)
+  if top is None or top < claims.SOLVED or shown.count(top) > 1:
+    return None
+  return shown.index(top)
 
 
 def rows(all_runs: Sequence[dict], tasks: Optional[Sequence[str]] = None,
          min_files: int = 1) -> list[list]:
   """Per run id in `order` that `min_files` or more files hold: its accuracy per file (None if
-  absent), the best column's index, how many files solved it, how many ran it."""
+  absent), `best_column`, how many files solved it, how many ran it."""
   ids = sorted({i for runs in all_runs for i in runs
                 if not tasks or i.split('/')[0] in tasks}, key=order)
   ids = [i for i in ids if sum(i in runs for runs in all_runs) >= min_files]
@@ -66,14 +80,15 @@ def rows(all_runs: Sequence[dict], tasks: Optional[Sequence[str]] = None,
     accuracies = [runs[run_id]['final_accuracy'] if run_id in runs else None
                   for runs in all_runs]
     ran = [a for a in accuracies if a is not None]
-    best = max(range(len(accuracies)), key=lambda i: -1 if accuracies[i] is None
-               else accuracies[i])
-    out.append([run_id, accuracies, best, sum(a >= claims.SOLVED for a in ran), len(ran)])
+    out.append([run_id, accuracies, best_column(accuracies),
+                sum(a >= claims.SOLVED for a in ran), len(ran)])
   return out
 
 
 def markdown(directories: Sequence[str], tasks: Optional[Sequence[str]] = None,
              min_files: int = 2) -> str:
+  """The comparison of the `diagnose --out` `directories` as markdown: a line per directory,
+  then the `rows` (of `tasks` if given, held by `min_files` or more files) as a table."""
   loaded = [results_file.load(os.path.join(d, 'results.json')) for d in directories]
   names = column_names([r['meta'] for r in loaded])
   lines = ['# Diagnostics across settings', '',
@@ -82,8 +97,8 @@ def markdown(directories: Sequence[str], tasks: Optional[Sequence[str]] = None,
     lines.append(f'- `{name}`: {directory} ({len(results["runs"])} runs)')
   lines.append('')
   header = ['run'] + [f'`{n}`' for n in names] + ['best', f'solved (>= {claims.SOLVED})']
-  body = [[run_id] + [report.accuracy(a) for a in accuracies] + [f'`{names[best]}`',
-                                                                 f'{solved} of {ran}']
+  body = [[run_id] + [report.accuracy(a) for a in accuracies]
+          + ['-' if best is None else f'`{names[best]}`', f'{solved} of {ran}']
           for run_id, accuracies, best, solved, ran in rows([r['runs'] for r in loaded], tasks,
                                                             min_files)]
   return '\n'.join(lines + report.table(header, body)) + '\n'

@@ -9,11 +9,12 @@
         sharing the GPU, each taking the next one-run part (`--jobs_per_part 1 --skip_done
         --no-draw`), finish about 65 runs in a 9-minute call with JAX's persistent compilation
         cache shared among them (a run compiling afresh takes about 115 s, one whose program
-        another rate or seed compiled about 65 s; without the cache, about 30 runs a call); RESULTS.md has the scripts. The learning rate, 5e-3, is the
-        best single rate of 1e-3, 2e-3 and 5e-3 in a probe of all 13 variants on MQAR and
-        induction with the scale in the logits (2026-12-01): it solves the most runs, and at
-        1e-3 nothing leaves the loss plateau within the 2000 steps (RESULTS.md has the table;
-        `synth-jax diagnose-compare` makes it).
+        another rate or seed compiled about 65 s; without the cache, about 30 runs a call);
+        RESULTS.md has the scripts. The learning rate, 5e-3, is the best single rate of 1e-3,
+        2e-3 and 5e-3 in a probe of all 13 variants on MQAR and induction with the scale in the
+        logits (2026-12-01): it solves the most runs, and at 1e-3 nothing leaves the loss
+        plateau within the 2000 steps (RESULTS.md has the table; `synth-jax diagnose-compare`
+        makes it).
 
 Both use a short causal convolution before attention (Zoology's hybrid block): with the previous
 token in the residual stream, one attention layer can do recall, so what a variant's attention

@@ -60,15 +60,17 @@ class TrainConfig:
                        f'{self.warmup_steps}: give more --steps than the warmup.')
 
 
-def stream(seed: int, which: int) -> jax.Array:
-  return jax.random.fold_in(jax.random.key(seed), which)
+def stream(seed, which: int) -> jax.Array:
+  """Random stream `which` (DATA_STREAM, EVAL_STREAM, INIT_STREAM) of a seed: `seed` is an int or
+  its root key `jax.random.key(seed)` (how a compiled chunk receives it, as an argument)."""
+  is_key = jnp.issubdtype(getattr(seed, 'dtype', None), jax.dtypes.prng_key)
+  return jax.random.fold_in(seed if is_key else jax.random.key(seed), which)
 
 
 def optimizer(cfg: TrainConfig, learning_rate=None) -> optax.GradientTransformation:
   """AdamW on `cfg`'s schedule, peaking at `learning_rate` (default `cfg.learning_rate`).
 
-  The rate may be a traced scalar: runs that differ only in rate (or seed) then share one
-  compiled program, which JAX's persistent compilation cache can serve to every later run.
+  The rate may be a traced scalar (`training_chunk` passes it so).
   """
   peak = cfg.learning_rate if learning_rate is None else learning_rate
   unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, cfg.warmup_steps, cfg.steps, 0.1)
@@ -95,7 +97,8 @@ def first_step_at(steps: Sequence[int], accuracies: Sequence[float],
 
 def held_out_accuracy(model: model_lib.DecoderLM, variables, task: tasks_lib.Task, seed,
                       cfg: TrainConfig, length: int) -> jax.Array:
-  """Answer accuracy on the `eval_examples` held-out examples at `length` (traceable)."""
+  """Answer accuracy on the `eval_examples` held-out examples at `length` (traceable; `seed` as
+  in `stream`)."""
   def one(index):
     batch = task.generate(jax.random.fold_in(stream(seed, EVAL_STREAM), index), cfg.batch_size,
                           length)
@@ -117,6 +120,38 @@ def trace_values(values) -> list[float]:
   return [float(f'{float(x):.5g}') for x in values]
 
 
+def training_chunk(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig):
+  """The compiled unit of training: `chunk(params, fixed, opt_state, start, root_key, rate)` runs
+  `eval_every` steps from step `start`, then the held-out accuracy; returns `(params, opt_state,
+  loss [eval_every], gradient norms, accuracy)`.
+
+  The seed's root key, the peak rate and the frozen collections (`fixed`, drawn from the seed)
+  are arguments, not constants, so runs that differ only in seed or rate lower to one program,
+  which JAX's persistent compilation cache then serves to every such run.
+  """
+  def step(carry, index, fixed, root_key, tx):
+    params, opt_state = carry
+    batch = task.generate(jax.random.fold_in(stream(root_key, DATA_STREAM), index),
+                          cfg.batch_size)
+    def loss_fn(p):
+      return answer_metrics(model.apply({'params': p, **fixed}, batch['inputs']), batch)[0]
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), (
+        loss, statistics.gradient_norms(grads))
+
+  @jax.jit
+  def chunk(params, fixed, opt_state, start, root_key, learning_rate):
+    tx = optimizer(cfg, learning_rate)
+    (params, opt_state), (loss, norm) = jax.lax.scan(
+        lambda carry, index: step(carry, index, fixed, root_key, tx), (params, opt_state),
+        start + jnp.arange(cfg.eval_every))
+    acc = held_out_accuracy(model, {'params': params, **fixed}, task, root_key, cfg,
+                            task.length)
+    return params, opt_state, loss, norm, acc
+  return chunk
+
+
 def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, seed: int,
           label: str = '', log: Callable[[str], None] = print):
   """Trains `model` on `task`; returns `(record, variables)`.
@@ -128,33 +163,13 @@ def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, se
   variables = nn.unbox(jax.jit(model.init)(stream(seed, INIT_STREAM), sample['inputs']))
   params = variables['params']
   fixed = {k: v for k, v in variables.items() if k != 'params'}  # frozen maps: no gradient
-
-  def step(carry, index, seed, tx):
-    params, opt_state = carry
-    batch = task.generate(jax.random.fold_in(stream(seed, DATA_STREAM), index), cfg.batch_size)
-    def loss_fn(p):
-      return answer_metrics(model.apply({'params': p, **fixed}, batch['inputs']), batch)[0]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (
-        loss, statistics.gradient_norms(grads))
-
-  @jax.jit
-  def chunk(params, opt_state, start, seed, learning_rate):
-    """`eval_every` steps, then the held-out accuracy: one program to compile (the seed and the
-    rate are arguments, so other seeds and rates reuse it)."""
-    tx = optimizer(cfg, learning_rate)
-    (params, opt_state), (loss, norm) = jax.lax.scan(
-        lambda carry, index: step(carry, index, seed, tx), (params, opt_state),
-        start + jnp.arange(cfg.eval_every))
-    acc = held_out_accuracy(model, {'params': params, **fixed}, task, seed, cfg, task.length)
-    return params, opt_state, loss, norm, acc
-
+  chunk = training_chunk(model, task, cfg)
   opt_state = optimizer(cfg).init(params)
   curve_steps, curve, losses, norms, module_norms = [], [], [], [], {}
   started = time.perf_counter()
   for start in range(0, cfg.steps, cfg.eval_every):
-    params, opt_state, loss, norm, acc = chunk(params, opt_state, start, jnp.int32(seed),
+    params, opt_state, loss, norm, acc = chunk(params, fixed, opt_state, start,
+                                               jax.random.key(seed),
                                                jnp.float32(cfg.learning_rate))
     acc = float(acc)
     curve_steps.append(start + cfg.eval_every)

@@ -43,14 +43,23 @@ def test_rows_hold_each_files_accuracy_the_best_column_and_the_solved_count():
   runs = [{'mqar/a': {'final_accuracy': 0.95}, 'mqar/b': {'final_accuracy': 0.2}},
           {'mqar/a': {'final_accuracy': 0.5}, 'induction/a': {'final_accuracy': 0.99}},
           {'mqar/a': {'final_accuracy': 0.91}, 'mqar/b': {'final_accuracy': 0.3}}]
+  runs[0]['mqar/kv=16/a'] = {'final_accuracy': 0.0}
   runs[0]['mqar/kv=4/a'] = {'final_accuracy': 0.0}
   assert compare.rows(runs) == [
       ['mqar/a', [0.95, 0.5, 0.91], 0, 2, 3],
-      ['mqar/b', [0.2, None, 0.3], 2, 0, 2],
-      ['mqar/kv=4/a', [0.0, None, None], 0, 0, 1],
+      ['mqar/b', [0.2, None, 0.3], None, 0, 2],  # solved nowhere: no best setting
+      ['mqar/kv=4/a', [0.0, None, None], None, 0, 1],  # sweep points by value, not as text
+      ['mqar/kv=16/a', [0.0, None, None], None, 0, 1],
       ['induction/a', [None, 0.99, None], 1, 1, 1]]
   assert [row[0] for row in compare.rows(runs, tasks=['induction'])] == ['induction/a']
   assert [row[0] for row in compare.rows(runs, min_files=2)] == ['mqar/a', 'mqar/b']
+
+
+def test_the_best_column_is_none_when_nothing_solved_it_or_the_top_ties():
+  assert compare.best_column([0.91, 0.99, None]) == 1
+  assert compare.best_column([0.0004, 0.0001]) is None
+  assert compare.best_column([0.9996, 1.0, 0.5]) is None  # both show as 1.000
+  assert compare.best_column([None, None]) is None
 
 
 def test_the_command_writes_the_table_from_plain_and_compressed_files(tmp_path, capsys):
@@ -63,7 +72,7 @@ def test_the_command_writes_the_table_from_plain_and_compressed_files(tmp_path, 
   assert ('| mqar/vanilla | 0.996 | 0.500 | `train.learning_rate=0.005` | 1 of 2 |') in text
   assert 'mqar/random' not in text  # in one file only
   assert compare.main([first, second, '--all_runs']) == 0
-  assert ('| mqar/random | 0.010 | - | `train.learning_rate=0.005` | 0 of 1 |'
+  assert ('| mqar/random | 0.010 | - | - | 0 of 1 |'
           in capsys.readouterr().out)
   assert compare.main([first, second, '--tasks', 'induction']) == 0
   assert 'mqar/' not in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The training loop: a tiny run must tell a content-based attention from a fixed map."""
 import dataclasses
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -89,3 +90,41 @@ def test_a_traced_rate_follows_the_schedule_of_the_configured_one():
   np.testing.assert_allclose(traced(np.float32(3e-3)), expected, rtol=1e-4, atol=1e-9)
   np.testing.assert_allclose(updates(train.optimizer(cfg)), expected, rtol=1e-4, atol=1e-9)
   np.testing.assert_allclose(traced(np.float32(6e-3)), 2 * expected, rtol=1e-4, atol=1e-9)
+
+
+def _lowered_chunk(attention: str, seed: int, rate: float) -> str:
+  config = model.ModelConfig(vocab_size=TASK.vocab_size, attention=attention,
+                             max_length=TASK.length, **TINY.model)
+  lm = model.DecoderLM(config)
+  variables = nn.unbox(lm.init(train.stream(seed, train.INIT_STREAM),
+                               np.zeros((1, TASK.length), np.int32)))
+  params = variables.pop('params')
+  chunk = train.training_chunk(lm, TASK, BUDGET)
+  return chunk.lower(params, variables, train.optimizer(BUDGET).init(params), 0,
+                     jax.random.key(seed), np.float32(rate)).as_text(), variables
+
+
+@pytest.mark.parametrize('attention', ['vanilla', 'orthogonal'])
+def test_other_seeds_and_rates_lower_to_the_same_program(attention):
+  """What lets a sweep's runs share compiled programs: nothing drawn from the seed (orthogonal's
+  frozen W_Q, W_K included) nor the rate is a constant of the program."""
+  program, fixed = _lowered_chunk(attention, seed=0, rate=5e-3)
+  other, other_fixed = _lowered_chunk(attention, seed=1, rate=2e-3)
+  assert program == other
+  if attention == 'orthogonal':  # the frozen maps differ by seed, yet the program does not
+    first, second = jax.tree.leaves(fixed), jax.tree.leaves(other_fixed)
+    assert first and any((a != b).any() for a, b in zip(first, second))
+
+
+def test_the_seed_reaches_the_compiled_chunk_as_the_same_streams():
+  """The chunk's final evaluation (seed passed as its key) equals an evaluation outside it with
+  the seed as a plain int: same held-out examples, so the same accuracy."""
+  config = model.ModelConfig(vocab_size=TASK.vocab_size, attention='vanilla',
+                             max_length=TASK.length, **TINY.model)
+  lm = model.DecoderLM(config)
+  budget = dataclasses.replace(BUDGET, steps=100)
+  record, variables = train.train(lm, TASK, budget, seed=5, log=lambda line: None)
+  assert record['final_accuracy'] == pytest.approx(
+      train.held_out_accuracy_at(lm, variables, TASK, 5, budget, TASK.length), abs=1e-6)
+  assert record['final_accuracy'] != pytest.approx(
+      train.held_out_accuracy_at(lm, variables, TASK, 6, budget, TASK.length), abs=1e-6)
