@@ -8,7 +8,6 @@ Thresholds: a run *solves* a task at held-out answer accuracy >= SOLVED and *fai
 FAILED; in between it is neither.
 """
 import dataclasses
-import statistics as stats
 from typing import Callable, Optional
 
 SOLVED = 0.9
@@ -17,7 +16,7 @@ FAILED = 0.5
 # lost beyond LOST_DROP.
 KEPT_DROP = 0.1
 LOST_DROP = 0.5
-# Training is less stable when the gradient-norm spike ratio exceeds vanilla's by this factor.
+# Training is less stable when the peak gradient norm exceeds vanilla's by this factor.
 SPIKE_FACTOR = 2.0
 # Heads are decorrelated when their mean pairwise map similarity is at most this fraction of
 # vanilla's.
@@ -145,12 +144,14 @@ def orthogonal_any_length(results) -> Outcome:
   return Outcome(claim, test, evidence, CONFIRMED if confirmed else INCONCLUSIVE)
 
 
-def spike_ratio(run: dict) -> Optional[float]:
-  """max / median gradient norm over the steps after the first 10% (past warmup's transient)."""
+def peak_gradient_norm(run: dict) -> Optional[float]:
+  """The largest gradient norm after the first 10% of steps (past warmup's transient): how high
+  the run's spikes went. Not divided by the median: once a run has solved its task its median
+  norm collapses, and a ratio then reads the solving as a spike (RESULTS.md: on the tiny preset
+  vanilla's max/median is 53-67 where its largest norm, 1.04-1.20, is orthogonal's)."""
   norms = run.get('grad_norm') or []
   late = norms[len(norms) // 10:]
-  median = stats.median(late) if late else 0.0
-  return max(late) / median if median > 0 else None
+  return max(late) if late else None
 
 
 def orthogonal_against_vanilla(results, metric) -> list[tuple[str, float, float]]:
@@ -168,11 +169,11 @@ def orthogonal_against_vanilla(results, metric) -> list[tuple[str, float, float]
 
 def orthogonal_stable(results) -> Outcome:
   claim = 'Orthogonal frozen-QK keeps training stable'
-  test = (f'gradient-norm spike ratio (max/median after 10% of steps): orthogonal <= vanilla on '
-          f'every task (refuted if > {SPIKE_FACTOR}x vanilla on one)')
+  test = (f'peak gradient norm (largest after 10% of steps): orthogonal <= vanilla on every task '
+          f'(refuted if > {SPIKE_FACTOR}x vanilla on one)')
   evidence, confirmed, refuted = [], True, False
-  for task, ours, theirs in orthogonal_against_vanilla(results, spike_ratio):
-    evidence.append(f'{task}: orthogonal {ours:.1f}, vanilla {theirs:.1f}')
+  for task, ours, theirs in orthogonal_against_vanilla(results, peak_gradient_norm):
+    evidence.append(f'{task}: orthogonal {ours:.2f}, vanilla {theirs:.2f}')
     confirmed &= ours <= theirs
     refuted |= ours > SPIKE_FACTOR * theirs
   if not evidence:
