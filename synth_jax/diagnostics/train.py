@@ -115,7 +115,7 @@ def held_out_accuracy_at(model: model_lib.DecoderLM, variables, task: tasks_lib.
 
 
 def trace_values(values) -> list[float]:
-  """Per-step traces at 5 significant digits: enough for curves and spike ratios, and a sweep's
+  """Per-step traces at 5 significant digits: enough for curves and spike heights, and a sweep's
   results.json a third of the size."""
   return [float(f'{float(x):.5g}') for x in values]
 
