@@ -51,11 +51,13 @@ def column_names(metas: Sequence[dict]) -> list[str]:
 def order(run_id: str):
   """Tasks in the report's order, each base run before its sweep points, sweep points by value
   (kv=4 before kv=16)."""
+  def part_key(part: str):
+    name, _, value = part.partition('=')
+    return (0, name, int(value)) if value.isdigit() else (1, part, 0)
   task, *rest = run_id.split('/')
   titles = list(report.TASK_TITLES)
-  parts = [(0, part.split('=')[0], int(part.split('=')[1]))
-           if '=' in part and part.split('=')[1].isdigit() else (1, part, 0) for part in rest]
-  return (titles.index(task) if task in titles else len(titles), len(rest), parts)
+  return (titles.index(task) if task in titles else len(titles), len(rest),
+          [part_key(part) for part in rest])
 
 
 def best_column(accuracies: Sequence[Optional[float]]) -> Optional[int]:
@@ -85,11 +87,11 @@ def rows(all_runs: Sequence[dict], tasks: Optional[Sequence[str]] = None,
   return out
 
 
-def markdown(directories: Sequence[str], tasks: Optional[Sequence[str]] = None,
-             min_files: int = 2) -> str:
-  """The comparison of the `diagnose --out` `directories` as markdown: a line per directory,
-  then the `rows` (of `tasks` if given, held by `min_files` or more files) as a table."""
-  loaded = [results_file.load(os.path.join(d, 'results.json')) for d in directories]
+def markdown(directories: Sequence[str], loaded: Sequence[dict],
+             tasks: Optional[Sequence[str]] = None, min_files: int = 2) -> str:
+  """The comparison of the `diagnose --out` `directories` (their results `loaded`) as markdown:
+  a line per directory, then the `rows` (of `tasks` if given, held by `min_files` or more
+  files) as a table."""
   names = column_names([r['meta'] for r in loaded])
   lines = ['# Diagnostics across settings', '',
            'Final held-out accuracy per run; the columns differ only in the settings named.', '']
@@ -115,16 +117,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   if len(args.directories) < 2:
     parser.error('give at least two directories to compare.')
+  loaded = []
   for directory in args.directories:
-    if not any(os.path.exists(os.path.join(directory, n))
-               for n in ('results.json', 'results.json.gz')):
+    loaded.append(results_file.load(os.path.join(directory, 'results.json')))
+    if loaded[-1] is None:
       parser.error(f'{directory} has no results.json(.gz): give `synth-jax diagnose --out` '
                    'directories.')
   tasks = [t.strip() for t in (args.tasks or '').split(',') if t.strip()]
   unknown = [t for t in tasks if t not in report.TASK_TITLES]
   if unknown:
     parser.error(f'unknown task {unknown[0]!r}; tasks: {", ".join(report.TASK_TITLES)}.')
-  text = markdown(args.directories, tasks, min_files=1 if args.all_runs else 2)
+  text = markdown(args.directories, loaded, tasks, min_files=1 if args.all_runs else 2)
   if args.out:
     with open(args.out, 'w') as f:
       f.write(text)

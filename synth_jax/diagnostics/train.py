@@ -129,23 +129,23 @@ def training_chunk(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainC
   are arguments, not constants, so runs that differ only in seed or rate lower to one program,
   which JAX's persistent compilation cache then serves to every such run.
   """
-  def step(carry, index, fixed, root_key, tx):
-    params, opt_state = carry
-    batch = task.generate(jax.random.fold_in(stream(root_key, DATA_STREAM), index),
-                          cfg.batch_size)
-    def loss_fn(p):
-      return answer_metrics(model.apply({'params': p, **fixed}, batch['inputs']), batch)[0]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (
-        loss, statistics.gradient_norms(grads))
-
   @jax.jit
   def chunk(params, fixed, opt_state, start, root_key, learning_rate):
     tx = optimizer(cfg, learning_rate)
-    (params, opt_state), (loss, norm) = jax.lax.scan(
-        lambda carry, index: step(carry, index, fixed, root_key, tx), (params, opt_state),
-        start + jnp.arange(cfg.eval_every))
+    data_key = stream(root_key, DATA_STREAM)
+
+    def step(carry, index):
+      params, opt_state = carry
+      batch = task.generate(jax.random.fold_in(data_key, index), cfg.batch_size)
+      def loss_fn(p):
+        return answer_metrics(model.apply({'params': p, **fixed}, batch['inputs']), batch)[0]
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), (
+          loss, statistics.gradient_norms(grads))
+
+    (params, opt_state), (loss, norm) = jax.lax.scan(step, (params, opt_state),
+                                                     start + jnp.arange(cfg.eval_every))
     acc = held_out_accuracy(model, {'params': params, **fixed}, task, root_key, cfg,
                             task.length)
     return params, opt_state, loss, norm, acc
@@ -165,12 +165,11 @@ def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, se
   fixed = {k: v for k, v in variables.items() if k != 'params'}  # frozen maps: no gradient
   chunk = training_chunk(model, task, cfg)
   opt_state = optimizer(cfg).init(params)
+  root_key, rate = jax.random.key(seed), jnp.float32(cfg.learning_rate)
   curve_steps, curve, losses, norms, module_norms = [], [], [], [], {}
   started = time.perf_counter()
   for start in range(0, cfg.steps, cfg.eval_every):
-    params, opt_state, loss, norm, acc = chunk(params, fixed, opt_state, start,
-                                               jax.random.key(seed),
-                                               jnp.float32(cfg.learning_rate))
+    params, opt_state, loss, norm, acc = chunk(params, fixed, opt_state, start, root_key, rate)
     acc = float(acc)
     curve_steps.append(start + cfg.eval_every)
     curve.append(acc)

@@ -18,10 +18,13 @@ TASK = tasks.Task('induction', 24, 64)
 BUDGET = dataclasses.replace(TINY.train, steps=250, eval_examples=64)
 
 
+def tiny_model(attention: str) -> model.DecoderLM:
+  return model.DecoderLM(model.ModelConfig(vocab_size=TASK.vocab_size, attention=attention,
+                                           max_length=TASK.length, **TINY.model))
+
+
 def run(attention: str):
-  config = model.ModelConfig(vocab_size=TASK.vocab_size, attention=attention,
-                             max_length=TASK.length, **TINY.model)
-  return train.train(model.DecoderLM(config), TASK, BUDGET, seed=0, log=lambda line: None)[0]
+  return train.train(tiny_model(attention), TASK, BUDGET, seed=0, log=lambda line: None)[0]
 
 
 def test_vanilla_learns_induction_while_a_fixed_random_map_stays_at_chance():
@@ -93,9 +96,7 @@ def test_a_traced_rate_follows_the_schedule_of_the_configured_one():
 
 
 def _lowered_chunk(attention: str, seed: int, rate: float) -> str:
-  config = model.ModelConfig(vocab_size=TASK.vocab_size, attention=attention,
-                             max_length=TASK.length, **TINY.model)
-  lm = model.DecoderLM(config)
+  lm = tiny_model(attention)
   variables = nn.unbox(lm.init(train.stream(seed, train.INIT_STREAM),
                                np.zeros((1, TASK.length), np.int32)))
   params = variables.pop('params')
@@ -119,9 +120,7 @@ def test_other_seeds_and_rates_lower_to_the_same_program(attention):
 def test_the_seed_reaches_the_compiled_chunk_as_the_same_streams():
   """The chunk's final evaluation (seed passed as its key) equals an evaluation outside it with
   the seed as a plain int: same held-out examples, so the same accuracy."""
-  config = model.ModelConfig(vocab_size=TASK.vocab_size, attention='vanilla',
-                             max_length=TASK.length, **TINY.model)
-  lm = model.DecoderLM(config)
+  lm = tiny_model('vanilla')
   budget = dataclasses.replace(BUDGET, steps=100)
   record, variables = train.train(lm, TASK, budget, seed=5, log=lambda line: None)
   assert record['final_accuracy'] == pytest.approx(
