@@ -6,6 +6,7 @@ so checkpoints convert with an identity map; they are reshaped to their full ran
 import functools
 from typing import Callable, Optional, Sequence, Union
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -242,6 +243,52 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool 
   return bucket + np.where(distance < max_exact, distance, large)
 
 
+@flax.struct.dataclass
+class RelativeBias:
+  """The T5 relative-position bias as its table: `[1, heads, q, k]` on demand, or block by block.
+
+  `dense()` is what `RelativePositionBiases` returns; blockwise attention reads `block()` for one
+  block of query and key indices instead, so no `[heads, q, k]` tensor exists at long lengths.
+
+  Attributes:
+    table: `rel_embedding` `[heads, num_buckets]`.
+    buckets: `[q_len + k_len - 1]` int32 bucket of each relative position k - q, at entry
+      k - q + q_len - 1 (a NumPy constant: T5's float32 bucketing, exactly).
+    q_len, k_len: the lengths the bias covers.
+    dtype: the dtype of the bias values.
+  """
+  table: jax.Array
+  buckets: jax.Array
+  q_len: int = flax.struct.field(pytree_node=False)
+  k_len: int = flax.struct.field(pytree_node=False)
+  dtype: jnp.dtype = flax.struct.field(pytree_node=False, default=jnp.float32)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (1, self.table.shape[0], self.q_len, self.k_len)
+
+  def dense(self) -> jax.Array:
+    """`[1, heads, q_len, k_len]`."""
+    return self.block(self.table, self.buckets, np.arange(self.q_len)[:, None],
+                      np.arange(self.k_len)[None, :], self.q_len, self.dtype)[None]
+
+  @staticmethod
+  def block(table: jax.Array, buckets: jax.Array, query_index, key_index, q_len: int,
+            dtype=jnp.float32) -> jax.Array:
+    """`[heads, q, k]` bias between the queries at `query_index` `[q, 1]` and the keys at
+    `key_index` `[1, k]` (`buckets` and `q_len` as the attributes).
+
+    A contraction with a one-hot `[buckets, q, k]` rather than a gather: the gather's gradient
+    scatter-adds q*k values into num_buckets slots, which on GPU serialises on atomics and, in
+    bf16, loses precision (see BENCHMARKS.md, the relative-position-bias fix). The matmul does
+    neither.
+    """
+    bucket = jnp.asarray(buckets)[key_index - query_index + q_len - 1]  # [q, k]
+    one_hot = bucket[None] == jnp.arange(table.shape[1])[:, None, None]
+    return jax.lax.dot_general(table.astype(dtype), one_hot.astype(dtype),
+                               (((1,), (0,)), ((), ())))
+
+
 class RelativePositionBiases(nn.Module):
   """T5 relative position attention bias: one learned scalar per (head, distance bucket).
 
@@ -257,21 +304,18 @@ class RelativePositionBiases(nn.Module):
   dtype: jnp.dtype = jnp.float32
   embedding_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 
-  @nn.compact
   def __call__(self, q_len: int, k_len: int, bidirectional: bool = True) -> jax.Array:
     """Bias `[1, heads, q_len, k_len]`; bidirectional for the encoder, causal for the decoder."""
-    relative_position = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]  # [q_len, k_len]
+    return self.table_bias(q_len, k_len, bidirectional).dense()
+
+  @nn.compact
+  def table_bias(self, q_len: int, k_len: int, bidirectional: bool = True) -> RelativeBias:
+    """The same bias as its table (`RelativeBias`), for attention that reads it block by block."""
+    relative_position = np.arange(-(q_len - 1), k_len)
     buckets = relative_position_bucket(relative_position, bidirectional, self.num_buckets,
                                        self.max_distance)
     table = self.param(
         'rel_embedding',
         nn.with_logical_partitioning(self.embedding_init, ('heads', 'relpos_buckets')),
         (self.num_heads, self.num_buckets), jnp.float32)
-    # A contraction with a constant one-hot [buckets, q, k] rather than a gather: the gather's
-    # gradient scatter-adds q*k values into num_buckets slots, which on GPU serialises on atomics
-    # and, in bf16, loses precision (see BENCHMARKS.md, the relative-position-bias fix). The
-    # matmul does neither.
-    one_hot = (jnp.asarray(buckets)[None] == jnp.arange(self.num_buckets)[:, None, None])
-    bias = jax.lax.dot_general(table.astype(self.dtype), one_hot.astype(self.dtype),
-                               (((1,), (0,)), ((), ())))
-    return bias[None]
+    return RelativeBias(table, jnp.asarray(buckets, jnp.int32), q_len, k_len, self.dtype)
