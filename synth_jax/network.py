@@ -142,7 +142,8 @@ class EncoderLayer(nn.Module):
 
     Args:
       mask: the self-attention mask (padding, packing and positions within segments).
-      encoder_bias: `[1, heads, length, length]` relative position bias.
+      encoder_bias: the relative position bias (`layers.RelativeBias`, `[1, heads, length,
+        length]` when made dense) or None.
     """
     cfg = self.config
     x = layers.LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
@@ -170,7 +171,7 @@ class DecoderLayer(nn.Module):
       self_mask: the causal self-attention mask; None when decoding (the attention cache masks
         positions not generated yet).
       cross_mask: the encoder-decoder mask.
-      decoder_bias: `[1, heads, length, length]` relative position bias; when decoding, over the
+      decoder_bias: the relative position bias (`layers.RelativeBias`); when decoding, over the
         whole `max_decode_length` (attention takes the row of the current step).
       decode: use and update the autoregressive cache of self-attention.
     """
@@ -210,7 +211,7 @@ class Encoder(nn.Module):
     # One bias shared by all layers (T5 learns a single table per stack).
     encoder_bias = None
     if attention.uses_position_bias(cfg.encoder_attention):
-      encoder_bias = _relpos_bias(cfg)(length, length, bidirectional=True)
+      encoder_bias = _relpos_bias(cfg).table_bias(length, length, bidirectional=True)
 
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     x = _dropout(cfg, x, deterministic).astype(cfg.dtype)
@@ -246,7 +247,8 @@ class Decoder(nn.Module):
     bias_length = max_decode_length if decode and max_decode_length else length
     decoder_bias = None
     if attention.uses_position_bias(cfg.decoder_attention):
-      decoder_bias = _relpos_bias(cfg)(bias_length, bias_length, bidirectional=False)
+      decoder_bias = _relpos_bias(cfg).table_bias(bias_length, bias_length,
+                                                 bidirectional=False)
 
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = _dropout(cfg, y, deterministic).astype(cfg.dtype)

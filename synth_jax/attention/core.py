@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from synth_jax import layers
 from synth_jax.attention import masks
+from synth_jax.attention import scores
 
 Array = jax.Array
 # Large but finite: exp(NEG_INF - max) is 0 in float32, and a fully masked row stays finite.
@@ -47,6 +48,11 @@ AXIS_RULES = {
     'heads': AxisRule('model', 'batch'),
     'kv': AxisRule(None, 'column'),
 }
+
+
+def dense_bias(bias) -> Optional[Array]:
+  """A bias as its `[1 | batch, heads, q, k]` array (a `layers.RelativeBias` is made dense)."""
+  return bias.dense() if isinstance(bias, layers.RelativeBias) else bias
 
 
 def normalize(logits: Array, mask: Optional[Array], bias: Optional[Array]) -> Array:
@@ -120,7 +126,8 @@ class Attention(nn.Module):
   position_dependent = False
   # Logits are `score_table()` read at the token positions: the same for every example.
   shared_logits = False
-  # Logits are `logit_scale(head_dim) * queries . keys` (`dot_product.QueryKeyAttention`).
+  # Logits are `scale * queries . keys`, up to a constant per query that the softmax cancels
+  # (`query_key_form`): they can run on the fused dot-product kernel (`kernels/flash.py`).
   query_key = False
   # Probabilities are a normalized kernel phi(q).phi(k) (`feature_logs()`; linear attention).
   kernel_features = False
@@ -133,6 +140,19 @@ class Attention(nn.Module):
   def attention_logits(self, inputs_q: Array, key_features: Optional[Any],
                        mask: masks.Mask) -> Array:
     raise NotImplementedError
+
+  def query_key_form(self, inputs_q: Array, key_features: Any, mask: masks.Mask):
+    """`(queries [batch | 1, q_len, heads, d], keys [batch | 1, k_len, heads, d], scale)` whose
+    `scale * q . k` are the logits up to a per-query constant; variants with `query_key`."""
+    raise NotImplementedError(f'{self.variant_name} attention has no query-key form.')
+
+  def block_scores(self, inputs_q: Array, key_features: Any, mask: masks.Mask,
+                   block_size: int) -> scores.Scores:
+    """The logits as a function of per-token features (`scores.Scores`), for blockwise
+    attention (`kernels/blockwise.py`); by default the query-key form's."""
+    if self.query_key:
+      return scores.query_key(*self.query_key_form(inputs_q, key_features, mask))
+    raise NotImplementedError(f'{self.variant_name} attention has no blockwise form.')
 
   @nn.compact
   def in_compact_scope(self, method: Callable, *args, **kwargs):
@@ -172,7 +192,8 @@ class Attention(nn.Module):
       fast = self.dispatch(self, inputs_q, features, value, mask, bias)
       if fast is not None:
         return fast
-    probabilities = normalize(self.attention_logits(inputs_q, features, mask), mask.dense(), bias)
+    probabilities = normalize(self.attention_logits(inputs_q, features, mask), mask.dense(),
+                              dense_bias(bias))
     if dropout:
       probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
           probabilities, deterministic=False)
@@ -184,7 +205,8 @@ class Attention(nn.Module):
     mask = masks.as_mask(mask, *inputs_q.shape[:2], inputs_kv.shape[1])
     bias = bias if self.position_bias else None
     features = self.scoring_features(inputs_q, inputs_kv, mask, decode)
-    return normalize(self.attention_logits(inputs_q, features, mask), mask.dense(), bias)
+    return normalize(self.attention_logits(inputs_q, features, mask), mask.dense(),
+                     dense_bias(bias))
 
   # -- shared machinery ----------------------------------------------------------------------------
   def head_size(self, embed: int) -> int:
@@ -242,6 +264,7 @@ class Attention(nn.Module):
     # like every cache leaf, so beam search can reorder it.
     key_positions = self.variable(
         CACHE, 'key_positions', lambda: jnp.broadcast_to(jnp.arange(k_len), (batch, k_len)))
+    bias = dense_bias(bias)
     if not initialized:
       return masks.as_mask(mask, batch, q_len, k_len), bias
     if q_len != 1:

@@ -42,6 +42,10 @@ class QueryKeyAttention(core.Attention):
   def logit_scale(self, head_dim: int) -> float:
     return 1.0
 
+  def query_key_form(self, inputs_q, key_features, mask):
+    return (self.queries(inputs_q, mask), self.keys(key_features, mask),
+            self.logit_scale(key_features.shape[-1]))
+
   def attention_logits(self, inputs_q, key_features, mask):
     logits = jnp.einsum('bqhd,bkhd->bhqk', self.queries(inputs_q, mask),
                         self.keys(key_features, mask), preferred_element_type=jnp.float32)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from synth_jax.attention import core
+from synth_jax.attention import scores
 
 # exp_0 takes sqrt(c)|v| <= 6 (c|x|^2 = tanh^2 <= 1 - 2.5e-5): points stay inside the ball.
 MAX_RAPIDITY = 6.0
@@ -57,6 +58,12 @@ def poincare_distance(x, x_gap, y, y_gap, c):
   return jnp.log1p(r + jnp.sqrt(r * (r + 2.0))) / jnp.sqrt(c)
 
 
+def negative_distance(params, query, key):
+  """-d_c(q_i, k_j) / tau `[b, h, q, k]`; params (c, tau) `[heads]`, query/key (point, gap)."""
+  c, temperature = params
+  return -poincare_distance(*query, *key, c) / temperature[None, :, None, None]
+
+
 class HyperbolicAttention(core.Attention):
   """`query`, `key` kernels as vanilla's; `curvature`, `temperature` `[heads]` (softplus-param).
 
@@ -78,12 +85,17 @@ class HyperbolicAttention(core.Attention):
   def key_features(self, inputs_kv):
     return self.projection('key', inputs_kv.shape[-1])(inputs_kv)
 
-  def attention_logits(self, inputs_q, key_features, mask):
+  def block_scores(self, inputs_q, key_features, mask, block_size):
+    """Points on the ball (and their gaps 1 - c|x|^2) per token; -d_c / tau per block."""
     c = self.positive('curvature', self.init_curvature)
     q = self.projection('query', inputs_q.shape[-1])(inputs_q).astype(jnp.float32)
-    distance = poincare_distance(*exp_map_origin(q, c),
-                                 *exp_map_origin(key_features.astype(jnp.float32), c), c)
-    return -distance / self.positive('temperature', self.init_temperature)[None, :, None, None]
+    temperature = self.positive('temperature', self.init_temperature)
+    return scores.Scores(negative_distance, (c, temperature), exp_map_origin(q, c),
+                         exp_map_origin(key_features.astype(jnp.float32), c))
+
+  def attention_logits(self, inputs_q, key_features, mask):
+    block = self.block_scores(inputs_q, key_features, mask, block_size=0)
+    return block.function(block.params, block.query, block.key)
 
   def check_lengths(self, query_length, key_length):
     """No maximum length."""

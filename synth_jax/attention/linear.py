@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from synth_jax.attention import core
+from synth_jax.attention import scores
 from synth_jax.attention.kernels import linear_scan
 
 AXIS_RULES = {'linear_features': core.AxisRule(None, 'none')}
@@ -52,6 +53,21 @@ def orthogonal_random_features(key, shape, dtype=jnp.float32):
   rows = jnp.swapaxes(q, -1, -2).reshape(heads, blocks * head_dim, head_dim)[:, :features]
   norms = jnp.linalg.norm(jax.random.normal(norm_key, shape), axis=-1, keepdims=True)
   return (rows * norms).astype(dtype)
+
+
+def kernel_logits(params, log_q, log_k):
+  """log(phi(q) . phi(k)) `[batch, heads, q_len, k_len]` from log-features `[batch, len, heads, m]`,
+  without a `[.., q, k, m]` tensor."""
+  del params
+  # log sum_r exp(a_r + b_r) = log sum_r exp(a_r - A) exp(b_r - B) + A + B with A, B each side's
+  # largest log-feature: the exps stay <= 1. A sum below float32's smallest normal (features
+  # e^-87 apart) is clamped there rather than giving log(0).
+  q_max = jax.lax.stop_gradient(jnp.max(log_q, axis=-1, keepdims=True))
+  k_max = jax.lax.stop_gradient(jnp.max(log_k, axis=-1, keepdims=True))
+  kernel = jnp.einsum('bqhr,bkhr->bhqk', jnp.exp(log_q - q_max), jnp.exp(log_k - k_max))
+  kernel = jnp.maximum(kernel, jnp.finfo(jnp.float32).tiny)
+  return (jnp.log(kernel) + jnp.transpose(q_max, (0, 2, 1, 3))
+          + jnp.transpose(k_max, (0, 2, 3, 1)))
 
 
 class LinearAttention(core.Attention):
@@ -115,16 +131,10 @@ class LinearAttention(core.Attention):
 
   def attention_logits(self, inputs_q, key_features, mask):
     """log(phi(q) . phi(k)) `[batch, heads, q_len, k_len]`, without a `[.., q, k, m]` tensor."""
-    log_q, log_k = self.feature_logs(inputs_q, key_features)
-    # log sum_r exp(a_r + b_r) = log sum_r exp(a_r - A) exp(b_r - B) + A + B with A, B each side's
-    # largest log-feature: the exps stay <= 1. A sum below float32's smallest normal (features
-    # e^-87 apart) is clamped there rather than giving log(0).
-    q_max = jax.lax.stop_gradient(jnp.max(log_q, axis=-1, keepdims=True))
-    k_max = jax.lax.stop_gradient(jnp.max(log_k, axis=-1, keepdims=True))
-    kernel = jnp.einsum('bqhr,bkhr->bhqk', jnp.exp(log_q - q_max), jnp.exp(log_k - k_max))
-    kernel = jnp.maximum(kernel, jnp.finfo(jnp.float32).tiny)
-    return (jnp.log(kernel) + jnp.transpose(q_max, (0, 2, 1, 3))
-            + jnp.transpose(k_max, (0, 2, 3, 1)))
+    return kernel_logits((), *self.feature_logs(inputs_q, key_features))
+
+  def block_scores(self, inputs_q, key_features, mask, block_size):
+    return scores.Scores(kernel_logits, (), *self.feature_logs(inputs_q, key_features))
 
   # -- decoding: a recurrent state, not a key/value cache --------------------------------------
   def cached(self, name, new, mask, decode):

@@ -178,8 +178,8 @@ class DecoderLM(nn.Module):
       h = h + sinusoidal(length, cfg.width)
     bias = None
     if cfg.positions == 'relative' and attention.uses_position_bias(cfg.attention):
-      bias = layers.RelativePositionBiases(num_heads=cfg.num_heads, name='relpos_bias')(
-          length, length, bidirectional=False)
+      bias = layers.RelativePositionBiases(num_heads=cfg.num_heads, name='relpos_bias'
+                                           ).table_bias(length, length, bidirectional=False)
     for i in range(cfg.num_layers):
       h = Block(cfg, dispatch, capture_probabilities, name=f'layers_{i}')(h, mask, bias)
     h = layers.LayerNorm(name='decoder_norm')(h)

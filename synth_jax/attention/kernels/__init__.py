@@ -7,27 +7,35 @@ mask and the run's option, and returns None whenever no kernel applies, so the r
 Each kernel has a test that it equals the reference, values and gradients, masks included
 (`tests/attention/kernels/`).
 
-  flash.py          query-key variants through `jax.nn.dot_product_attention` (cuDNN on GPU)
+  flash.py          query-key forms through `jax.nn.dot_product_attention` (cuDNN on GPU)
   shared_scores.py  batch-shared logits (random synthesizers) normalized once per step
   packed_gather.py  score tables read within packed segments, with a collision-free gradient
   linear_scan.py    linear attention's normalized kernel as key sums (prefix sums when causal)
+  blockwise.py      any variant's `Scores`, block by block with its own backward pass
 """
 import dataclasses
 from typing import Optional
 
 from synth_jax.attention import core
+from synth_jax.attention import scores
+from synth_jax.attention.kernels import blockwise
 from synth_jax.attention.kernels import flash
 from synth_jax.attention.kernels import linear_scan
 from synth_jax.attention.kernels import packed_gather
 from synth_jax.attention.kernels import shared_scores
 
 # How a run executes attention (`network.Transformer.attention_execution`):
-#   'reference'               the core path only;
-#   'fast'                    plus the exact rewrites that run anywhere (shared scores, packed
-#                             gather, linear attention's key sums);
-#   'cudnn' / 'xla' / 'auto'  plus query-key attention through `jax.nn.dot_product_attention`
-#                             with that implementation ('auto' lets JAX choose).
-EXECUTIONS = ('reference', 'fast', 'cudnn', 'xla', 'auto')
+#   'reference'         the core path only;
+#   'fast'              plus the exact rewrites that run anywhere (shared scores, packed gather,
+#                       linear attention's key sums);
+#   'blockwise'         linear memory everywhere: linear attention's key sums, shared scores,
+#                       and every other variant through `blockwise.py` (the TPU v3 and
+#                       long-context path);
+#   'xla'               'fast' plus query-key forms through `jax.nn.dot_product_attention`'s
+#                       XLA implementation;
+#   'cudnn' / 'auto'    the fastest exact path that fits: query-key forms fused (cuDNN; 'auto'
+#                       lets JAX choose), then the 'fast' rewrites, then blockwise.
+EXECUTIONS = ('reference', 'fast', 'blockwise', 'cudnn', 'xla', 'auto')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,32 +43,52 @@ class Dispatch:
   """`core.Attention.dispatch`: the fastest exact path for a call, or None for the reference.
 
   Attributes:
-    fused: None, or the `jax.nn.dot_product_attention` implementation for query-key variants:
+    fused: None, or the `jax.nn.dot_product_attention` implementation for query-key forms:
       'cudnn', 'xla' or 'auto'.
+    blocked: whether what no fused kernel or 'fast' rewrite takes runs blockwise (and packed
+      score tables too, instead of their `[batch, heads, q, k]` gather).
+    block_size: queries and keys per block of the blockwise path.
   """
   fused: Optional[str] = None
+  blocked: bool = False
+  block_size: int = blockwise.DEFAULT_BLOCK
 
   def __call__(self, module: core.Attention, inputs_q, key_features, value, mask, bias):
     if mask.step is not None:  # one decode step: nothing to fuse
       return None
-    if module.kernel_features and linear_scan.applies(mask, inputs_q.shape[1]):
+    q_len = inputs_q.shape[1]
+    if module.kernel_features and linear_scan.applies(mask, q_len):
       log_q, log_k = module.feature_logs(inputs_q, key_features)
       return linear_scan.linear_attention(log_q, log_k, value, mask, module.chunk_size)
-    if module.query_key and self.fused and inputs_q.shape[1] > 1:
-      return flash.flash_attention(
-          module.queries(inputs_q, mask), module.keys(key_features, mask), value, bias, mask,
-          scale=module.logit_scale(key_features.shape[-1]),
-          implementation=None if self.fused == 'auto' else self.fused)
     if module.shared_logits and (bias is None or bias.shape[0] == 1):
       lengths = mask.lengths()
       if lengths is not None:
         logits = module.attention_logits(inputs_q, key_features, mask)
-        return shared_scores.shared_scores_attention(logits, bias, lengths[1], value, mask.causal)
-      if mask.self_attention and mask.query_positions is not None:
-        logits = packed_gather.gather_within_segments(module.score_table(),
-                                                      mask.query_positions)
-        return core.mix(core.normalize(logits, mask.dense(), bias), value)
+        return shared_scores.shared_scores_attention(logits, core.dense_bias(bias), lengths[1],
+                                                     value, mask.causal)
+    if module.query_key and self.fused and q_len > 1:
+      queries, keys, scale = module.query_key_form(inputs_q, key_features, mask)
+      implementation = None if self.fused == 'auto' else self.fused
+      if flash.fits(queries.shape[-1], implementation):
+        return flash.flash_attention(queries, keys, value, core.dense_bias(bias), mask, scale,
+                                     implementation)
+      flash.say_once(
+          f'{module.variant_name} attention: head dimension {queries.shape[-1]} is beyond the '
+          f'fused kernel ({flash.CUDNN_MAX_HEAD_DIM}); it runs blockwise.')
+      return self.blockwise_heads(module, inputs_q, key_features, value, mask, bias)
+    if self.blocked and mask.explicit is None:
+      return self.blockwise_heads(module, inputs_q, key_features, value, mask, bias)
+    if module.shared_logits and mask.self_attention and mask.query_positions is not None:
+      logits = packed_gather.gather_within_segments(module.score_table(), mask.query_positions)
+      return core.mix(core.normalize(logits, mask.dense(), core.dense_bias(bias)), value)
     return None
+
+  def blockwise_heads(self, module, inputs_q, key_features, value, mask, bias):
+    """The variant's `block_scores` (plus the bias) through `blockwise.blockwise_attention`."""
+    block = module.block_scores(inputs_q, key_features, mask, self.block_size)
+    if bias is not None:
+      block = block.plus(scores.position_bias(bias, inputs_q.shape[1], mask.key_valid.shape[1]))
+    return blockwise.blockwise_attention(block, value, mask, self.block_size)
 
 
 def dispatch_for(execution: str, where: str = 'attention_execution') -> Optional[Dispatch]:
@@ -70,4 +98,6 @@ def dispatch_for(execution: str, where: str = 'attention_execution') -> Optional
                      f'{", ".join(map(repr, EXECUTIONS))}.')
   if execution == 'reference':
     return None
-  return Dispatch(fused=None if execution == 'fast' else execution)
+  if execution in ('fast', 'blockwise'):
+    return Dispatch(blocked=execution == 'blockwise')
+  return Dispatch(fused=execution, blocked=execution != 'xla')

@@ -47,12 +47,18 @@ def _split(tree):
   return floats, others, join
 
 
-def _to_blocks(x, block: int, count: int):
-  """`[batch | 1, len, ...]` padded with zeros to `count * block` -> `[count, batch | 1, block, ...]`."""
+def _to_blocks(x, block: int, count: int, edge: bool = True):
+  """`[batch | 1, len, ...]` -> `[count, batch | 1, block, ...]`, padded to `count * block`.
+
+  Features are padded with copies of the last token (`edge`): padding keys are masked, but their
+  logits are still computed, and must stay finite (hyperbolic attention divides by each point's
+  gap 1 - c|x|^2, which zero padding would make 0; a NaN times a zero cotangent is NaN).
+  Masks are padded with False.
+  """
   if x is None:
     return None
   pad = count * block - x.shape[1]
-  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), mode='edge' if edge else 'constant')
   x = x.reshape(x.shape[:1] + (count, block) + x.shape[2:])
   return jnp.moveaxis(x, 1, 0)
 
@@ -81,15 +87,11 @@ class _Layout:
 
 def _mask_blocks(mask: masks.Mask, layout: _Layout):
   """Per-block mask pieces: validity and segments of queries `[nq, b, bq]` and keys."""
-  segments = mask.query_segments is not None
-  return {
-      'query_valid': _to_blocks(mask.query_valid, layout.q_block, layout.q_count),
-      'key_valid': _to_blocks(mask.key_valid, layout.k_block, layout.k_count),
-      'query_segments': _to_blocks(mask.query_segments, layout.q_block, layout.q_count)
-                        if segments else None,
-      'key_segments': _to_blocks(mask.key_segments, layout.k_block, layout.k_count)
-                      if segments else None,
-  }
+  q_blocks = lambda x: _to_blocks(x, layout.q_block, layout.q_count, edge=False)
+  k_blocks = lambda x: _to_blocks(x, layout.k_block, layout.k_count, edge=False)
+  return {'query_valid': q_blocks(mask.query_valid), 'key_valid': k_blocks(mask.key_valid),
+          'query_segments': q_blocks(mask.query_segments),
+          'key_segments': k_blocks(mask.key_segments)}
 
 
 def _allowed(layout: _Layout, mask_blocks, i, j):
@@ -265,3 +267,46 @@ def _attention(function, layout: _Layout, q_join, k_join):
 
   attend.defvjp(attend_forward, attend_backward)
   return attend
+
+
+def row_top_k(scores: Scores, mask: masks.Mask, k: int, below: float,
+              block_size: int = DEFAULT_BLOCK) -> tuple[Array, Array]:
+  """Each query's k-th largest visible logit and where its ties end, one key block at a time.
+
+  Keys a query may not see count as `below` (the reference's masked value). Returns
+  `(threshold, last)`, `[batch, q_len, heads]` float32 and int32: key j is among the query's top k
+  exactly when s_j > threshold, or s_j == threshold and j <= last, the tie rule of
+  `jax.lax.top_k` (the lower index wins). A forward pass with no gradient.
+  """
+  q_len, k_len = mask.query_valid.shape[1], mask.key_valid.shape[1]
+  q_block, q_count = _block_size(q_len, block_size)
+  k_block, k_count = _block_size(k_len, block_size)
+  layout = _Layout(q_block, q_count, k_block, k_count, q_len, mask.causal)
+  params = jax.lax.stop_gradient(scores.params)
+  query = jax.tree.map(lambda x: _to_blocks(jax.lax.stop_gradient(x), q_block, q_count),
+                       scores.query)
+  key = jax.tree.map(lambda x: _to_blocks(jax.lax.stop_gradient(x), k_block, k_count),
+                     scores.key)
+  mask_blocks = _mask_blocks(mask, layout)
+
+  def query_block(i):
+    def key_block(j, carry):
+      values, indices = carry
+      s = scores.function(params, _take(query, i), _take(key, j)).astype(jnp.float32)
+      s = jnp.where(_allowed(layout, mask_blocks, i, j), s, below)
+      index = jnp.broadcast_to(j * k_block + jnp.arange(k_block, dtype=jnp.int32), s.shape)
+      # Carried entries come from earlier blocks: on ties top_k keeps them, the lower indices.
+      values, chosen = jax.lax.top_k(jnp.concatenate([values, s], axis=-1), k)
+      indices = jnp.take_along_axis(jnp.concatenate([indices, index], axis=-1), chosen, axis=-1)
+      return values, indices
+
+    heads = jax.eval_shape(scores.function, params, _take(query, 0), _take(key, 0)).shape[1]
+    shape = (mask.query_valid.shape[0], heads, q_block, k)
+    init = (jnp.full(shape, -jnp.inf), jnp.full(shape, jnp.iinfo(jnp.int32).max, jnp.int32))
+    values, indices = jax.lax.fori_loop(0, k_count, key_block, init)
+    threshold = values[..., -1]
+    last = jnp.max(jnp.where(values == threshold[..., None], indices, -1), axis=-1)
+    return jnp.transpose(threshold, (0, 2, 1)), jnp.transpose(last, (0, 2, 1))
+
+  threshold, last = jax.lax.map(query_block, jnp.arange(q_count))
+  return _from_blocks(threshold, q_len), _from_blocks(last, q_len)

@@ -4,6 +4,7 @@ reference path (`dispatch=None`), values and gradients, and takes its kernel whe
 A kernel that silently stopped being chosen would still pass an equality test, so each case also
 records which kernels ran, against the variants this file names as fused (`FLASH`, `SHARED`).
 """
+import dataclasses
 import functools
 
 import jax
@@ -16,6 +17,7 @@ from synth_jax import network
 from synth_jax.attention import kernels
 from synth_jax.attention import masks
 from synth_jax.attention import registry
+from synth_jax.attention.kernels import blockwise
 from synth_jax.attention.kernels import flash
 from synth_jax.attention.kernels import linear_scan
 from synth_jax.attention.kernels import packed_gather
@@ -23,12 +25,14 @@ from synth_jax.attention.kernels import shared_scores
 from tests.attention import helpers
 
 BATCH, LENGTH = 3, 6
-EXECUTIONS = ('fast', 'xla')
+BLOCK = 4  # blocks of 4 queries and keys: several blocks per row, the last one padded
+EXECUTIONS = ('fast', 'xla', 'blockwise', 'auto')
 VARIANTS = tuple(attention.names()) + ('random+vanilla', 'factorized_random+orthogonal')
 # The variants a kernel computes: query.key products through `jax.nn.dot_product_attention`
 # (under 'xla'), batch-shared score tables (under any execution but 'reference'). Any other
 # variant must take none of the kernels `kernels_run` watches.
-FLASH = {'vanilla', 'cosine', 'orthogonal', 'frozen_gaussian', 'rotary'}
+FLASH = {'vanilla', 'cosine', 'orthogonal', 'frozen_gaussian', 'rotary', 'neg_l2', 'dense',
+         'factorized_random'}
 SHARED = {'random', 'fixed_random', 'factorized_random'}
 LINEAR = {'linear'}  # kernel feature maps: key sums, prefix sums when causal
 
@@ -64,16 +68,24 @@ def case(form, seed=0):
   return mask, x, x, helpers.random_bias(seed + 2, LENGTH, LENGTH)
 
 
+def expected_kernel(member, execution, form):
+  """The kernel one (non-mixture) variant takes, or None for the reference path."""
+  packed = form.startswith('packed')
+  if member in LINEAR:
+    return 'linear_scan'
+  if member in SHARED and not packed:
+    return 'shared_scores'
+  if member in FLASH and execution in ('xla', 'auto'):
+    return 'flash'
+  if execution in ('blockwise', 'auto'):
+    return 'blockwise'
+  if member in SHARED:
+    return 'packed_gather'
+  return None
+
+
 def expected_kernels(variant, execution, form):
-  members = registry.members(variant)
-  expected = set()
-  if execution == 'xla' and FLASH & set(members):
-    expected.add('flash')
-  if SHARED & set(members):
-    expected.add('packed_gather' if form.startswith('packed') else 'shared_scores')
-  if LINEAR & set(members):
-    expected.add('linear_scan')
-  return expected
+  return {expected_kernel(m, execution, form) for m in registry.members(variant)} - {None}
 
 
 @pytest.fixture
@@ -92,6 +104,7 @@ def kernels_run(monkeypatch):
   spy(shared_scores, 'shared_scores_attention', 'shared_scores')
   spy(packed_gather, 'gather_within_segments', 'packed_gather')
   spy(linear_scan, 'linear_attention', 'linear_scan')
+  spy(blockwise, 'blockwise_attention', 'blockwise')
   return called
 
 
@@ -133,7 +146,8 @@ def test_dispatch_equals_the_reference_path_in_values_and_gradients(variant, exe
   mask, x_q, x_kv, bias, variables, want_out, want_grads = reference_case(variant, form)
   kernels_run.clear()  # the reference takes no kernel (it has no dispatch)
 
-  dispatched = helpers.build(variant, dispatch=kernels.dispatch_for(execution))
+  dispatched = helpers.build(variant, dispatch=dataclasses.replace(
+      kernels.dispatch_for(execution), block_size=BLOCK))
   got_out, got_grads = outputs_and_gradients(dispatched, variables, mask, x_q, x_kv, bias)
   assert kernels_run == expected_kernels(variant, execution, form)
   np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-5)
@@ -141,7 +155,9 @@ def test_dispatch_equals_the_reference_path_in_values_and_gradients(variant, exe
   want_leaves = jax.tree.leaves(want_grads)
   assert len(got_leaves) == len(want_leaves)
   for (path, got), want in zip(got_leaves, want_leaves):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+    # Blockwise sums in another order: tight against the leaf's own scale, not each element's.
+    atol = 1e-5 if kernels_run.isdisjoint({'blockwise'}) else 5e-5 * max(1, np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol,
                                err_msg=f'gradient {jax.tree_util.keystr(path)}')
 
 
@@ -192,13 +208,15 @@ def test_fast_paths_in_bfloat16_stay_close_to_the_float32_reference(variant, for
 def test_reference_execution_has_no_dispatch():
   assert kernels.dispatch_for('reference') is None
   assert kernels.dispatch_for('fast') == kernels.Dispatch(fused=None)
-  assert kernels.dispatch_for('auto') == kernels.Dispatch(fused='auto')
+  assert kernels.dispatch_for('blockwise') == kernels.Dispatch(fused=None, blocked=True)
+  assert kernels.dispatch_for('xla') == kernels.Dispatch(fused='xla', blocked=False)
+  assert kernels.dispatch_for('auto') == kernels.Dispatch(fused='auto', blocked=True)
 
 
 def test_an_unknown_execution_is_a_clear_error_listing_the_valid_ones():
   with pytest.raises(ValueError, match=r"attention_execution='cuda' is not an attention "
-                                       r"execution; use one of 'reference', 'fast', 'cudnn', "
-                                       r"'xla', 'auto'"):
+                                       r"execution; use one of 'reference', 'fast', "
+                                       r"'blockwise', 'cudnn', 'xla', 'auto'"):
     kernels.dispatch_for('cuda')
 
 
