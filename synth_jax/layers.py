@@ -247,18 +247,21 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool 
 class RelativeBias:
   """The T5 relative-position bias as its table: `[1, heads, q, k]` on demand, or block by block.
 
-  `dense()` is what `RelativePositionBiases` returns; blockwise attention reads `block()` for one
-  block of query and key indices instead, so no `[heads, q, k]` tensor exists at long lengths.
+  `dense()` is what `RelativePositionBiases` returns, computed once per stack and shared by its
+  layers; blockwise attention reads `block()` for one block of query and key indices instead, and
+  where no layer reads the dense form, XLA drops it: no `[heads, q, k]` tensor at long lengths.
 
   Attributes:
     table: `rel_embedding` `[heads, num_buckets]`.
     buckets: `[q_len + k_len - 1]` int32 bucket of each relative position k - q, at entry
       k - q + q_len - 1 (a NumPy constant: T5's float32 bucketing, exactly).
+    values: the dense `[1, heads, q_len, k_len]` bias, or None (then `dense()` computes it).
     q_len, k_len: the lengths the bias covers.
     dtype: the dtype of the bias values.
   """
   table: jax.Array
   buckets: jax.Array
+  values: Optional[jax.Array]
   q_len: int = flax.struct.field(pytree_node=False)
   k_len: int = flax.struct.field(pytree_node=False)
   dtype: jnp.dtype = flax.struct.field(pytree_node=False, default=jnp.float32)
@@ -269,6 +272,8 @@ class RelativeBias:
 
   def dense(self) -> jax.Array:
     """`[1, heads, q_len, k_len]`."""
+    if self.values is not None:
+      return self.values
     return self.block(self.table, self.buckets, np.arange(self.q_len)[:, None],
                       np.arange(self.k_len)[None, :], self.q_len, self.dtype)[None]
 
@@ -318,4 +323,5 @@ class RelativePositionBiases(nn.Module):
         'rel_embedding',
         nn.with_logical_partitioning(self.embedding_init, ('heads', 'relpos_buckets')),
         (self.num_heads, self.num_buckets), jnp.float32)
-    return RelativeBias(table, jnp.asarray(buckets, jnp.int32), q_len, k_len, self.dtype)
+    bias = RelativeBias(table, jnp.asarray(buckets, jnp.int32), None, q_len, k_len, self.dtype)
+    return bias.replace(values=bias.dense())

@@ -103,8 +103,10 @@ class Attention(nn.Module):
     dtype: activation dtype; parameters stay float32 and the softmax runs in float32.
     dropout_rate: dropout on attention probabilities (broadcast over queries, as T5).
     kernel_init: initializer of the value/out (and, where present, key) kernels.
-    dispatch: `(module, inputs_q, key_features, value, mask, bias) -> heads | None`, a faster
-      exact computation of `mix_heads` (`kernels.Dispatch`); None: always the reference path.
+    dispatch: `(module, inputs_q, key_features, value, mask, bias, dropout) -> heads | None`, a
+      faster exact computation of `mix_heads` (`kernels.Dispatch`; `dropout`, when training
+      with attention dropout, draws the reference's dropout multipliers `[batch, heads, 1,
+      k_len]`); None: always the reference path.
     fold_query_scale: where dot-product variants (vanilla, rotary, topk) put 1/sqrt(head_dim):
       True (T5) folds it into the query kernel's initializer; False (Vaswani et al.) keeps an
       unscaled kernel and multiplies the logits (`dot_product.py` says when each is right).
@@ -188,8 +190,13 @@ class Attention(nn.Module):
     bias = bias if self.position_bias else None
     dropout = not deterministic and self.dropout_rate > 0
     features = self.scoring_features(inputs_q, inputs_kv, mask, decode)
-    if self.dispatch is not None and not dropout:
-      fast = self.dispatch(self, inputs_q, features, value, mask, bias)
+    if self.dispatch is not None:
+      # The mask the reference below would draw (the same module name, shape and bits).
+      dropped = lambda: nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+          jnp.ones((value.shape[0], self.num_heads, 1, value.shape[1]), jnp.float32),
+          deterministic=False)
+      fast = self.dispatch(self, inputs_q, features, value, mask, bias,
+                           dropout=dropped if dropout else None)
       if fast is not None:
         return fast
     probabilities = normalize(self.attention_logits(inputs_q, features, mask), mask.dense(),

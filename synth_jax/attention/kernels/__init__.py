@@ -28,9 +28,8 @@ from synth_jax.attention.kernels import shared_scores
 #   'reference'         the core path only;
 #   'fast'              plus the exact rewrites that run anywhere (shared scores, packed gather,
 #                       linear attention's key sums);
-#   'blockwise'         linear memory everywhere: linear attention's key sums, shared scores,
-#                       and every other variant through `blockwise.py` (the TPU v3 and
-#                       long-context path);
+#   'blockwise'         linear memory everywhere: linear attention's key sums, and every other
+#                       variant through `blockwise.py` (the TPU v3 and long-context path);
 #   'xla'               'fast' plus query-key forms through `jax.nn.dot_product_attention`'s
 #                       XLA implementation;
 #   'cudnn' / 'auto'    the fastest exact path that fits: query-key forms fused (cuDNN; 'auto'
@@ -53,14 +52,23 @@ class Dispatch:
   blocked: bool = False
   block_size: int = blockwise.DEFAULT_BLOCK
 
-  def __call__(self, module: core.Attention, inputs_q, key_features, value, mask, bias):
+  def __call__(self, module: core.Attention, inputs_q, key_features, value, mask, bias,
+               dropout=None):
     if mask.step is not None:  # one decode step: nothing to fuse
+      return None
+    if dropout is not None:  # attention dropout: blockwise takes it, the other kernels do not
+      if self.blocked and self.fused is None and mask.explicit is None:
+        return self.blockwise_heads(module, inputs_q, key_features, value, mask, bias,
+                                    dropout())
       return None
     q_len = inputs_q.shape[1]
     if module.kernel_features and linear_scan.applies(mask, q_len):
       log_q, log_k = module.feature_logs(inputs_q, key_features)
       return linear_scan.linear_attention(log_q, log_k, value, mask, module.chunk_size)
-    if module.shared_logits and (bias is None or bias.shape[0] == 1):
+    # One batch-free softmax of a `[heads, q, k]` table: the fastest path for random
+    # synthesizers, but quadratic in length, so 'blockwise' (fused=None, blocked) leaves it.
+    shared = self.fused is not None or not self.blocked
+    if shared and module.shared_logits and (bias is None or bias.shape[0] == 1):
       lengths = mask.lengths()
       if lengths is not None:
         logits = module.attention_logits(inputs_q, key_features, mask)
@@ -75,7 +83,7 @@ class Dispatch:
       flash.say_once(
           f'{module.variant_name} attention: head dimension {queries.shape[-1]} is beyond the '
           f'fused kernel ({flash.CUDNN_MAX_HEAD_DIM}); it runs blockwise.')
-      return self.blockwise_heads(module, inputs_q, key_features, value, mask, bias)
+      return self.blockwise(scores.query_key(queries, keys, scale), value, mask, bias)
     if self.blocked and mask.explicit is None:
       return self.blockwise_heads(module, inputs_q, key_features, value, mask, bias)
     if module.shared_logits and mask.self_attention and mask.query_positions is not None:
@@ -83,12 +91,17 @@ class Dispatch:
       return core.mix(core.normalize(logits, mask.dense(), core.dense_bias(bias)), value)
     return None
 
-  def blockwise_heads(self, module, inputs_q, key_features, value, mask, bias):
-    """The variant's `block_scores` (plus the bias) through `blockwise.blockwise_attention`."""
-    block = module.block_scores(inputs_q, key_features, mask, self.block_size)
+  def blockwise_heads(self, module, inputs_q, key_features, value, mask, bias, dropout=None):
+    """The variant's `block_scores` through `blockwise.blockwise_attention`."""
+    return self.blockwise(module.block_scores(inputs_q, key_features, mask, self.block_size),
+                          value, mask, bias, dropout)
+
+  def blockwise(self, block: scores.Scores, value, mask, bias, dropout=None):
+    """`block` plus the bias, blockwise."""
     if bias is not None:
-      block = block.plus(scores.position_bias(bias, inputs_q.shape[1], mask.key_valid.shape[1]))
-    return blockwise.blockwise_attention(block, value, mask, self.block_size)
+      block = block.plus(scores.position_bias(bias, mask.query_valid.shape[1],
+                                              mask.key_valid.shape[1]))
+    return blockwise.blockwise_attention(block, value, mask, self.block_size, dropout)
 
 
 def dispatch_for(execution: str, where: str = 'attention_execution') -> Optional[Dispatch]:

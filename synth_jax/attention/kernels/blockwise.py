@@ -20,7 +20,7 @@ past the longest example) are skipped. XLA's while loops run on CPU, GPU and TPU
 Pallas flash kernels do not.
 """
 import dataclasses
-import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +109,13 @@ def _allowed(layout: _Layout, mask_blocks, i, j):
   return allowed
 
 
+def _dropped(x, mask_blocks, j):
+  """`x` `[batch, heads, q_block, k_block]` times key block j's dropout multipliers, if any."""
+  if 'dropout' not in mask_blocks:
+    return x
+  return x * jnp.transpose(mask_blocks['dropout'][j], (0, 2, 1))[:, :, None, :]
+
+
 def _key_block_range(layout: _Layout, mask_blocks, i):
   """The key blocks query block i needs: from 0 to past its diagonal (causal) and to the last
   block holding a valid key of any example."""
@@ -130,7 +137,8 @@ def _zeros_like_f32(tree):
 
 
 def blockwise_attention(scores: Scores, value: Array, mask: masks.Mask,
-                        block_size: int = DEFAULT_BLOCK) -> Array:
+                        block_size: int = DEFAULT_BLOCK,
+                        dropout: Optional[Array] = None) -> Array:
   """softmax(logits) value for the logits `scores` makes, one block of keys at a time.
 
   Args:
@@ -138,6 +146,8 @@ def blockwise_attention(scores: Scores, value: Array, mask: masks.Mask,
     value: `[batch, k_len, heads, head_dim]`.
     mask: the call's `Mask` (padding, segments, causal); not a decode step, no explicit array.
     block_size: queries and keys per block (shorter inputs take one block).
+    dropout: attention dropout as multipliers of the probabilities, `[batch, heads, 1, k_len]`
+      (0 or 1 / keep rate; one mask for every query, as T5 drops), or None.
 
   Returns:
     `[batch, q_len, heads, head_dim]` in `value.dtype`; queries with no visible key give 0.
@@ -154,6 +164,9 @@ def blockwise_attention(scores: Scores, value: Array, mask: masks.Mask,
   blocks_q = lambda tree: [_to_blocks(x, q_block, q_count) for x in tree]
   blocks_k = lambda tree: [_to_blocks(x, k_block, k_count) for x in tree]
   mask_blocks = _mask_blocks(mask, layout)
+  if dropout is not None:  # [b, h, 1, k] -> blocks [nk, b, bk, h]
+    mask_blocks['dropout'] = _to_blocks(jnp.transpose(dropout[:, :, 0], (0, 2, 1)), k_block,
+                                        k_count, edge=False)
   function = lambda params, query, key: scores.function(p_join(params, p_other), query, key)
   attend = _attention(function, layout, q_join, k_join)
   out = attend(p_float, blocks_q(q_float), blocks_k(k_float),
@@ -185,7 +198,7 @@ def _attention(function, layout: _Layout, q_join, k_join):
         correction = jnp.exp(m - m_safe)
         l = l * correction + jnp.sum(p, axis=-1)
         acc = acc * correction[..., None] + jnp.einsum(
-            'bhqk,bkhd->bhqd', p.astype(value.dtype), value[j],
+            'bhqk,bkhd->bhqd', _dropped(p, mask_blocks, j).astype(value.dtype), value[j],
             preferred_element_type=jnp.float32)
         return m_new, l, acc
 
@@ -230,10 +243,10 @@ def _attention(function, layout: _Layout, q_join, k_join):
         allowed = _allowed(layout, mask_blocks, i, j)
         s = jnp.where(allowed, raw.astype(jnp.float32), -jnp.inf)
         p = jnp.exp(s - lse[i][..., None])  # [b, h, bq, bk]
-        d_value_j = jnp.einsum('bhqk,bqhd->bkhd', p.astype(grad.dtype), grad[i],
-                               preferred_element_type=jnp.float32)
-        d_p = jnp.einsum('bqhd,bkhd->bhqk', grad[i], value[j],
-                         preferred_element_type=jnp.float32)
+        d_value_j = jnp.einsum('bhqk,bqhd->bkhd', _dropped(p, mask_blocks, j).astype(grad.dtype),
+                               grad[i], preferred_element_type=jnp.float32)
+        d_p = _dropped(jnp.einsum('bqhd,bkhd->bhqk', grad[i], value[j],
+                                  preferred_element_type=jnp.float32), mask_blocks, j)
         d_s = jnp.where(allowed, p * (d_p - row_dot[i][..., None]), 0.0)
         if raw.shape[0] != d_s.shape[0]:  # logits shared by the batch
           d_s = jnp.sum(d_s, axis=0, keepdims=True)

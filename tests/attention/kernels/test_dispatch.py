@@ -73,7 +73,7 @@ def expected_kernel(member, execution, form):
   packed = form.startswith('packed')
   if member in LINEAR:
     return 'linear_scan'
-  if member in SHARED and not packed:
+  if member in SHARED and not packed and execution != 'blockwise':
     return 'shared_scores'
   if member in FLASH and execution in ('xla', 'auto'):
     return 'flash'

@@ -1,0 +1,21 @@
+#!/bin/bash
+# Issue 23: every variant at flash memory. Rows one after another (--jobs 2 overlaps only the
+# compile of the next row); the old tree (.old: git archive e8ab1d3 synth_jax gin) gives "before".
+# Usage: run.sh PART   (PART: 512 | long)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs 2"
+end=$((SECONDS+${BUDGET:-540}))
+row() { name=$1; tree=$2; shift 2; left=$((end-SECONDS)); [ $left -gt 40 ] || { echo "$name skipped"; return; }
+  (cd $tree && PYTHONPATH=/tmp/site:$PWD timeout $left python -m synth_jax.bench "$@" $F \
+     --json $OUT/$name.json > $OUT/$name.log 2>&1); echo "$name rc=$? at $SECONDS s"
+  grep -v "^ *$" $OUT/$name.log | tail -${ROWS:-4}; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/device.txt
+case $1 in
+512)
+  ROWS=9 row A_after . --types vanilla,random,orthogonal,neg_l2,dense,hyperbolic,topk,linear --fused cudnn
+  ROWS=4 row A_before .old --types vanilla,random,orthogonal --fused cudnn
+  ROWS=2 row A_blockwise . --types vanilla --fused blockwise ;;
+long)
+  ROWS=9 row B_8192 . --types vanilla,neg_l2,dense,hyperbolic,topk,linear,orthogonal,factorized_dense --fused cudnn --inputs_length 8192 --batch_size 8
+  ROWS=9 row B_2048 . --types vanilla,neg_l2,dense,hyperbolic,topk --fused cudnn --inputs_length 2048 --batch_size 32 ;;
+esac
