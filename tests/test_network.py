@@ -315,9 +315,47 @@ def test_fused_attention_gives_the_logits_of_the_core_path(attention_type, pack,
   assert len(calls) == config.num_encoder_layers + 2 * config.num_decoder_layers
 
 
+@pytest.mark.parametrize('attention_type,pack', [('vanilla', False), ('neg_l2', True),
+                                                 ('hyperbolic', True), ('topk', False),
+                                                 ('random+vanilla', True)])
+def test_blockwise_execution_gives_the_logits_and_gradients_of_the_core_path(attention_type, pack):
+  """'blockwise' reroutes every attention, reading the T5 bias by its table, block by block."""
+  config = tiny_config(encoder_attention=attention_type, decoder_attention=attention_type)
+  enc, dec_in, tgt = batch(seed=3)
+  enc, tgt, dec_in = enc.at[1, 5:].set(0), tgt.at[1, 3:].set(0), dec_in.at[1, 4:].set(0)
+  packing = {}
+  if pack:
+    packing = dict(encoder_segment_ids=jnp.array([[1, 1, 1, 2, 2, 2, 2], [1, 1, 2, 2, 2, 0, 0]]),
+                   decoder_segment_ids=jnp.array([[1, 1, 2, 2, 2], [1, 2, 2, 0, 0]]))
+  core_model = network.Transformer(config, attention_execution='reference')
+  blocked_model = network.Transformer(config, attention_execution='blockwise')
+  variables = noise_variables(core_model, enc, dec_in, tgt)
+  nonpad = np.asarray(tgt > 0)
+
+  def logits_and_grads(model):
+    def loss(params):
+      logits = model.apply({**variables, 'params': params}, enc, dec_in, tgt,
+                           enable_dropout=False, **packing)
+      return jnp.sum(jnp.where(nonpad[..., None], logits, 0) ** 2) / 1e3, logits
+    return jax.grad(loss, has_aux=True)(variables['params'])
+  want_grads, want = logits_and_grads(core_model)
+  got_grads, got = logits_and_grads(blocked_model)
+  np.testing.assert_allclose(got[nonpad], want[nonpad], rtol=1e-4, atol=1e-4)
+  for name in ('encoder', 'decoder'):
+    if attention.uses_position_bias(attention_type):
+      np.testing.assert_allclose(got_grads[name]['relpos_bias']['rel_embedding'],
+                                 want_grads[name]['relpos_bias']['rel_embedding'],
+                                 rtol=1e-3, atol=1e-4)
+  flat_got, flat_want = jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)
+  for g, w in zip(flat_got, flat_want):
+    np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(w).max())))
+
+
 @pytest.mark.parametrize('attention_type,execution', [(t, 'fast') for t in attention.names()]
                          + [('random+vanilla', 'fast'), ('vanilla', 'xla'), ('orthogonal', 'xla'),
-                            ('random', 'reference')])
+                            ('random', 'reference'), ('hyperbolic', 'blockwise'),
+                            ('topk', 'blockwise'), ('random', 'blockwise'),
+                            ('neg_l2', 'xla')])
 def test_decode_cache_matches_full_forward(attention_type, execution):
   """Teacher-forced decoding one token per step reproduces the full forward pass's logits."""
   length = 5
@@ -369,7 +407,7 @@ def test_position_dependent_cross_attention_is_a_clear_error(cross):
 def test_unknown_attention_execution_names_the_knob_and_the_choices():
   model = network.Transformer(tiny_config(), attention_execution='cuda')
   with pytest.raises(ValueError, match=r"Transformer.attention_execution='cuda' .*'reference', "
-                                       r"'fast', 'cudnn', 'xla', 'auto'"):
+                                       r"'fast', 'blockwise', 'cudnn', 'xla', 'auto'"):
     abstract_variables(model, *batch())
 
 

@@ -73,6 +73,13 @@ def mix(probabilities: Array, value: Array) -> Array:
   return jnp.einsum('bhqk,bkhd->bqhd', probabilities.astype(value.dtype), value)
 
 
+def dropout_mask(rate: float, batch: int, heads: int, k_len: int) -> Array:
+  """T5's attention dropout as multipliers `[batch, heads, 1, k_len]` (0 or 1 / (1 - rate)): one
+  mask for every query of a row (`nn.Dropout(broadcast_dims=(-2,))` on the probabilities)."""
+  return nn.Dropout(rate, broadcast_dims=(-2,))(
+      jnp.ones((batch, heads, 1, k_len), jnp.float32), deterministic=False)
+
+
 def length_error(variant: str, what: str, length: int, maximum: int) -> ValueError:
   return ValueError(
       f'{variant} attention: {what} length {length} exceeds its {what}-length maximum {maximum}. '
@@ -183,27 +190,32 @@ class Attention(nn.Module):
 
   @creates_variables
   def mix_heads(self, inputs_q, inputs_kv, value, mask: masks.Mask, bias, *, decode=False,
-                deterministic=True) -> Array:
+                deterministic=True, dropout_multipliers: Optional[Array] = None) -> Array:
     """`value` `[batch, k_len, heads, head_dim]` mixed by the attention:
-    `[batch, q_len, heads, head_dim]`."""
+    `[batch, q_len, heads, head_dim]`.
+
+    dropout_multipliers: `[batch, heads, 1, k_len]` attention dropout drawn by a caller (a
+    mixture, which drops once for all its members), in place of this module's own.
+    """
     mask = masks.as_mask(mask, *inputs_q.shape[:2], inputs_kv.shape[1])
     bias = bias if self.position_bias else None
-    dropout = not deterministic and self.dropout_rate > 0
+    if dropout_multipliers is None and not deterministic and self.dropout_rate > 0:
+      # Drawn only where used; the same module name, shape and bits wherever that is.
+      draw = lambda: dropout_mask(self.dropout_rate, value.shape[0], self.num_heads,
+                                  value.shape[1])
+    elif dropout_multipliers is not None:
+      draw = lambda: dropout_multipliers
+    else:
+      draw = None
     features = self.scoring_features(inputs_q, inputs_kv, mask, decode)
     if self.dispatch is not None:
-      # The mask the reference below would draw (the same module name, shape and bits).
-      dropped = lambda: nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
-          jnp.ones((value.shape[0], self.num_heads, 1, value.shape[1]), jnp.float32),
-          deterministic=False)
-      fast = self.dispatch(self, inputs_q, features, value, mask, bias,
-                           dropout=dropped if dropout else None)
+      fast = self.dispatch(self, inputs_q, features, value, mask, bias, dropout=draw)
       if fast is not None:
         return fast
     probabilities = normalize(self.attention_logits(inputs_q, features, mask), mask.dense(),
                               dense_bias(bias))
-    if dropout:
-      probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
-          probabilities, deterministic=False)
+    if draw is not None:
+      probabilities = probabilities * draw()
     return mix(probabilities, value)
 
   @creates_variables

@@ -7,8 +7,8 @@ live under the member's registry name, e.g. `attention/random/random_logits`.
 
 Y is linear in the probabilities, so it is computed as sum_i a_i (softmax(S_i) G(X)): each
 member mixes the shared value through its own `mix_heads` (and so its own fastest path), and no
-`[batch, heads, q, k]` sum is formed. Under attention dropout (one dropout mask on the mixed
-probabilities, as a single attention would have) the members' `probabilities` are summed first.
+`[batch, heads, q, k]` sum is formed. Attention dropout is one mask on the mixed probabilities,
+as a single attention would have; being a product, it is the same mask on each member's.
 """
 import dataclasses
 
@@ -51,14 +51,13 @@ class MixtureAttention(core.Attention):
 
   @core.creates_variables
   def mix_heads(self, inputs_q, inputs_kv, value, mask, bias, *, decode=False,
-                deterministic=True):
-    if not deterministic and self.dropout_rate > 0:
-      probabilities = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
-          self.probabilities(inputs_q, inputs_kv, mask, bias, decode=decode),
-          deterministic=False)
-      return core.mix(probabilities, value)
+                deterministic=True, dropout_multipliers=None):
+    if dropout_multipliers is None and not deterministic and self.dropout_rate > 0:
+      # One mask on the mixed probabilities is the same mask on every member's.
+      dropout_multipliers = core.dropout_mask(self.dropout_rate, value.shape[0], self.num_heads,
+                                              value.shape[1])
     weights = self.mixture_weights()
-    total = sum(w * m.mix_heads(inputs_q, inputs_kv, value, mask, bias,
-                                decode=decode).astype(jnp.float32)
+    total = sum(w * m.mix_heads(inputs_q, inputs_kv, value, mask, bias, decode=decode,
+                                dropout_multipliers=dropout_multipliers).astype(jnp.float32)
                 for w, m in zip(weights, self.member_modules()))
     return total.astype(value.dtype)

@@ -44,9 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--fused', '--attention_execution', dest='attention_execution',
                       choices=kernels.EXECUTIONS,
                       help='Transformer.attention_execution of the timed step (default: the '
-                           'network\'s, fast): cudnn, xla or auto run vanilla/orthogonal '
-                           'attention (self and cross) through jax.nn.dot_product_attention; '
-                           'reference times the plain core path')
+                           'network\'s, fast): cudnn or auto run query-key forms through '
+                           'jax.nn.dot_product_attention and the rest blockwise; blockwise '
+                           'runs every variant blockwise; reference times the plain core path')
   parser.add_argument('--logits_matmul_dtype', choices=('float32', 'bfloat16'),
                       help='T5Config.logits_matmul_dtype (default float32, as T5X): bfloat16 '
                            'runs the output projection on bf16 tensor cores, float32 logits')

@@ -76,14 +76,18 @@ def part_of(scope: str) -> str:
   """The network part a name scope belongs to: its first two modules under the root module.
 
   'transpose(jvp(Transformer))/Transformer.decode/decoder/layers_1/mlp/wo' -> 'decoder/mlp'.
-  Method scopes (`Transformer.decode`) and layer indices (`layers_1`) are dropped, so a part sums
-  over the layers of a stack.
+  Method scopes of a module already named (`Transformer.decode`) and layer indices (`layers_1`)
+  are dropped, so a part sums over the layers of a stack; a method called on a submodule
+  (`relpos_bias.table_bias`) names that submodule.
   """
   modules = []
   for piece in scope.split('/'):
     piece = re.sub(r'^(\w+\()+|\)+$', '', piece)  # transform wrappers: jvp(...), transpose(...)
-    if piece and '.' not in piece and not re.fullmatch(r'layers_\d+', piece):
-      modules.append(piece)
+    module = piece.split('.')[0]
+    if '.' in piece and modules and modules[-1] == module:
+      continue
+    if module and not re.fullmatch(r'layers_\d+', module):
+      modules.append(module)
   return '/'.join(modules[1:3]) or OTHER
 
 

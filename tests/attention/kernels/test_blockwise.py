@@ -69,7 +69,7 @@ def loss_and_grads(attend, args, mask):
   return jnp.where(valid, attend(*args), 0), jax.grad(loss, argnums=range(len(args)))(*args)
 
 
-@pytest.mark.parametrize('block_size', [2, 3, 16])
+@pytest.mark.parametrize('block_size', [3, 16])
 @pytest.mark.parametrize('form', ['padding', 'padding_causal', 'packed', 'packed_causal', 'cross'])
 @pytest.mark.parametrize('bias_form', ['none', 'dense', 'relative'])
 def test_blockwise_equals_the_plain_softmax_in_values_and_gradients(block_size, form, bias_form):
