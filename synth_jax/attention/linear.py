@@ -143,13 +143,13 @@ class LinearAttention(core.Attention):
 
   @core.creates_variables
   def mix_heads(self, inputs_q, inputs_kv, value, mask, bias, *, decode=False,
-                deterministic=True):
+                deterministic=True, dropout_multipliers=None):
     if decode:
       step = self.recurrent_step(inputs_q, inputs_kv, value, mask)
       if step is not None:
         return step
     return super().mix_heads(inputs_q, inputs_kv, value, mask, bias, decode=decode,
-                             deterministic=deterministic)
+                             deterministic=deterministic, dropout_multipliers=dropout_multipliers)
 
   def recurrent_step(self, inputs_q, inputs_kv, value, mask):
     """While decoding, the heads of one step from the state of the keys so far; None otherwise.

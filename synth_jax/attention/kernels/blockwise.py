@@ -76,7 +76,7 @@ def _block_size(length: int, block_size: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-  """Static facts of a call: block sizes and counts, causality, packing."""
+  """Static facts of a call: block sizes and counts, the query length, causality."""
   q_block: int
   q_count: int
   k_block: int
@@ -169,10 +169,9 @@ def blockwise_attention(scores: Scores, value: Array, mask: masks.Mask,
                                         k_count, edge=False)
   function = lambda params, query, key: scores.function(p_join(params, p_other), query, key)
   attend = _attention(function, layout, q_join, k_join)
-  out = attend(p_float, blocks_q(q_float), blocks_k(k_float),
-               _to_blocks(value, k_block, k_count), blocks_q(q_other), blocks_k(k_other),
-               mask_blocks)
-  return out
+  return attend(p_float, blocks_q(q_float), blocks_k(k_float),
+                _to_blocks(value, k_block, k_count), blocks_q(q_other), blocks_k(k_other),
+                mask_blocks)
 
 
 def _attention(function, layout: _Layout, q_join, k_join):
@@ -316,7 +315,10 @@ def row_top_k(scores: Scores, mask: masks.Mask, k: int, below: float,
     heads = jax.eval_shape(scores.function, params, _take(query, 0), _take(key, 0)).shape[1]
     shape = (mask.query_valid.shape[0], heads, q_block, k)
     init = (jnp.full(shape, -jnp.inf), jnp.full(shape, jnp.iinfo(jnp.int32).max, jnp.int32))
-    values, indices = jax.lax.fori_loop(0, k_count, key_block, init)
+    # Blocks past the range hold no visible key: they could only fill a row's top k with
+    # masked keys, which the threshold then keeps every visible key above anyway.
+    values, indices = jax.lax.fori_loop(0, _key_block_range(layout, mask_blocks, i), key_block,
+                                        init)
     threshold = values[..., -1]
     last = jnp.max(jnp.where(values == threshold[..., None], indices, -1), axis=-1)
     return jnp.transpose(threshold, (0, 2, 1)), jnp.transpose(last, (0, 2, 1))
