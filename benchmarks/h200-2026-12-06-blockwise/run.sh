@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 23: every variant at flash memory. Rows one after another (--jobs 2 overlaps only the
-# compile of the next row); the old tree (.old: git archive e8ab1d3 synth_jax gin) gives "before".
-# Usage: run.sh PART   (PART: 512 | long | all: the rows that matter most, in one call)
+# host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
+# gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs 2"
 end=$((SECONDS+${BUDGET:-540}))
@@ -19,8 +19,9 @@ long)
   ROWS=9 row B_8192 . --types vanilla,neg_l2,dense,hyperbolic,topk,linear,orthogonal,factorized_dense --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=9 row B_2048 . --types vanilla,neg_l2,dense,hyperbolic,topk --fused cudnn --inputs_length 2048 --batch_size 32 ;;
 all)
-  ROWS=8 row A_after . --types vanilla,neg_l2,dense,hyperbolic,topk,random,orthogonal --fused cudnn
-  ROWS=4 row A_before .old --types vanilla,random,orthogonal --fused cudnn
-  ROWS=6 row B_8192 . --types vanilla,neg_l2,hyperbolic,topk,dense --fused cudnn --inputs_length 8192 --batch_size 8
-  ROWS=2 row A_blockwise . --types vanilla --fused blockwise ;;
+  ROWS=7 row A_after . --types vanilla,neg_l2,dense,hyperbolic,topk --fused cudnn
+  ROWS=2 row A_before .old --types vanilla --fused cudnn
+  ROWS=7 row B_8192 . --types vanilla,neg_l2,hyperbolic,topk,dense --fused cudnn --inputs_length 8192 --batch_size 8
+  ROWS=4 row A_rest_after . --types orthogonal,random --fused cudnn
+  ROWS=4 row A_rest_before .old --types orthogonal,random --fused cudnn ;;
 esac

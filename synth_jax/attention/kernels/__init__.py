@@ -56,6 +56,12 @@ class Dispatch:
                dropout=None):
     if mask.step is not None:  # one decode step: nothing to fuse
       return None
+    if self.blocked and self.fused is None and mask.explicit is not None:
+      raise ValueError(
+          f"{module.variant_name} attention: attention_execution='blockwise' has no path for a "
+          'dense mask array (it would form the [batch, heads, q, k] scores blockwise avoids). '
+          "Pass an attention.Mask (padding, segments, causal), or use attention_execution "
+          "'fast' or 'reference'.")
     if dropout is not None:  # attention dropout: blockwise takes it, the other kernels do not
       if self.blocked and self.fused is None and mask.explicit is None:
         return self.blockwise_heads(module, inputs_q, key_features, value, mask, bias,

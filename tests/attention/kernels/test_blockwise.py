@@ -199,6 +199,17 @@ def test_a_head_dimension_beyond_the_fused_kernel_runs_blockwise_and_says_so_onc
                              rtol=1e-5, atol=1e-5)
 
 
+def test_blockwise_execution_refuses_a_dense_mask_array_naming_the_executions_that_take_it():
+  x = helpers.inputs(0, BATCH, 7)
+  module = helpers.build('hyperbolic', dispatch=kernels.dispatch_for('blockwise'))
+  variables = helpers.init(helpers.build('hyperbolic'), x)
+  dense = jnp.tril(jnp.ones((7, 7)))[None, None]
+  with pytest.raises(ValueError, match=r"hyperbolic attention: attention_execution='blockwise' "
+                                       r"has no path for a dense mask array .* use "
+                                       r"attention_execution 'fast' or 'reference'"):
+    module.apply(variables, x, x, dense)
+
+
 # A random synthesizer's parameter is its `[heads, max_q, max_k]` map, so its gradient (and
 # memory) is quadratic in the maximum length whatever the path: the property holds for the rest.
 QUADRATIC_PARAMETERS = {'random', 'fixed_random'}
