@@ -2,6 +2,7 @@
 # Issue 23: every variant at flash memory. Rows one after another (--jobs 2 overlaps only the
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
+# 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs 2"
 end=$((SECONDS+${BUDGET:-540}))
