@@ -21,7 +21,8 @@ the normalized kernel. Two consequences of the kernel form:
     kernel by a [q, k] matrix that does not factor into phi(q) . phi(k), so the sums above could not
     be formed; a stack of linear attention builds no `relpos_bias` table.
   * attention dropout drops entries of the probabilities, which the linear form never builds:
-    training with `dropout_rate` > 0 takes the quadratic reference path.
+    training with `dropout_rate` > 0 takes the blockwise path under 'blockwise' (logits
+    log(phi(q) . phi(k)) block by block), the quadratic reference path otherwise.
 """
 import math
 

@@ -61,6 +61,9 @@ def position_bias(bias, q_len: int, k_len: int) -> Scores:
   query_index = jnp.arange(q_len, dtype=jnp.int32)[None]
   key_index = jnp.arange(k_len, dtype=jnp.int32)[None]
   if isinstance(bias, layers.RelativeBias):
+    if (bias.q_len, bias.k_len) != (q_len, k_len):
+      raise ValueError(f'the relative position bias covers {bias.q_len} queries and {bias.k_len} '
+                       f'keys, but this attention has {q_len} and {k_len}.')
     dtype = bias.dtype
 
     def relative(params, q, k):

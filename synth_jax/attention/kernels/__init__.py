@@ -83,11 +83,12 @@ class Dispatch:
     if module.query_key and self.fused and q_len > 1:
       queries, keys, scale = module.query_key_form(inputs_q, key_features, mask)
       implementation = None if self.fused == 'auto' else self.fused
-      if flash.fits(queries.shape[-1], implementation):
+      head_dim = max(queries.shape[-1], value.shape[-1])
+      if flash.fits(head_dim, implementation):
         return flash.flash_attention(queries, keys, value, core.dense_bias(bias), mask, scale,
                                      implementation)
       flash.say_once(
-          f'{module.variant_name} attention: head dimension {queries.shape[-1]} is beyond the '
+          f'{module.variant_name} attention: head dimension {head_dim} is beyond the '
           f'fused kernel ({flash.CUDNN_MAX_HEAD_DIM}); it runs blockwise.')
       return self.blockwise(scores.query_key(queries, keys, scale), value, mask, bias)
     if self.blocked and mask.explicit is None:

@@ -150,7 +150,9 @@ def blockwise_attention(scores: Scores, value: Array, mask: masks.Mask,
       (0 or 1 / keep rate; one mask for every query, as T5 drops), or None.
 
   Returns:
-    `[batch, q_len, heads, head_dim]` in `value.dtype`; queries with no visible key give 0.
+    `[batch, q_len, heads, head_dim]` in `value.dtype`; queries with no visible key give 0
+    (only cross-attention over an empty encoder input has such a valid query; the reference
+    spreads it evenly over every key, the fused kernel reads key 0: none carries meaning).
   """
   if mask.step is not None or mask.explicit is not None:
     raise ValueError('blockwise attention takes a Mask without a decode step or explicit array.')

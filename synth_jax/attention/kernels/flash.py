@@ -24,10 +24,9 @@ def padded_head_dim(head_dim: int) -> int:
 
 
 def fits(head_dim: int, implementation: Optional[str]) -> bool:
-  """Whether the fused kernel takes query/key/value heads of `head_dim` (after padding to 8)."""
-  uses_cudnn = implementation == 'cudnn' or (implementation is None
-                                             and jax.default_backend() == 'gpu')
-  return not uses_cudnn or padded_head_dim(head_dim) <= CUDNN_MAX_HEAD_DIM
+  """Whether the fused kernel takes heads of `head_dim` (the widest of query, key and value,
+  after padding to 8). With no implementation named, JAX chooses one that takes them."""
+  return implementation != 'cudnn' or padded_head_dim(head_dim) <= CUDNN_MAX_HEAD_DIM
 
 
 def say_once(message: str):

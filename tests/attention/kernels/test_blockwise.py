@@ -174,17 +174,20 @@ def test_row_top_k_keeps_the_keys_lax_top_k_keeps_ties_included(k, form):
   np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_a_head_dimension_beyond_the_fused_kernel_runs_blockwise_and_says_so_once(caplog,
-                                                                                   monkeypatch):
+@pytest.mark.parametrize('variant,form', [('vanilla', 'padding_causal'),
+                                          ('factorized_random', 'packed_causal')])
+def test_a_head_dimension_beyond_the_fused_kernel_runs_blockwise_and_says_so_once(
+    variant, form, caplog, monkeypatch):
+  """Queries and values alike: factorized_random's queries are rank 8, its values head_dim."""
   calls = []
   original = blockwise.blockwise_attention
   monkeypatch.setattr(blockwise, 'blockwise_attention',
                       lambda *a, **k: calls.append(1) or original(*a, **k))
   monkeypatch.setattr(flash, '_said', set())
   dispatch = kernels.dispatch_for('cudnn')
-  module = helpers.build('vanilla', head_dim=136, dispatch=dispatch)
-  reference = helpers.build('vanilla', head_dim=136)
-  mask = mask_of('padding_causal')
+  module = helpers.build(variant, head_dim=136, dispatch=dispatch)
+  reference = helpers.build(variant, head_dim=136)
+  mask = mask_of(form)
   x = helpers.inputs(0, BATCH, 7)
   variables = helpers.init(reference, x)
   with caplog.at_level(logging.WARNING):
@@ -192,8 +195,8 @@ def test_a_head_dimension_beyond_the_fused_kernel_runs_blockwise_and_says_so_onc
     module.apply(variables, x, x, mask)
   assert len(calls) == 2
   said = [r.message for r in caplog.records if 'head dimension 136' in r.message]
-  assert said == ['vanilla attention: head dimension 136 is beyond the fused kernel (128); it '
-                  'runs blockwise.']
+  assert said == [f'{variant} attention: head dimension 136 is beyond the fused kernel (128); '
+                  'it runs blockwise.']
   valid = np.asarray(mask.query_valid)
   np.testing.assert_allclose(got[valid], reference.apply(variables, x, x, mask)[valid],
                              rtol=1e-5, atol=1e-5)
