@@ -192,16 +192,23 @@ def test_xla_query_key_attention_forms_no_score_matmul_of_its_own(variant):
   assert per_example not in score_shapes(variant, 'xla', 'dot_general')
 
 
+ON_GPU = pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN runs on NVIDIA GPUs')
+
+
+@pytest.mark.parametrize('execution', ['xla', pytest.param('cudnn', marks=ON_GPU)])
 @pytest.mark.parametrize('variant', ['vanilla', 'orthogonal', 'random', 'factorized_random',
-                                     'random+vanilla'])
+                                     'random+vanilla', 'neg_l2', 'dense'])
 @pytest.mark.parametrize('form', ['padding_causal', 'packed_causal'])
-def test_fast_paths_in_bfloat16_stay_close_to_the_float32_reference(variant, form, kernels_run):
+def test_fast_paths_in_bfloat16_stay_close_to_the_float32_reference(variant, form, execution,
+                                                                     kernels_run):
+  """neg_l2's extra key column is split in two bfloat16 parts, so it keeps float32's precision."""
   mask, x, _, bias = case(form, seed=13)
   variables = helpers.init(helpers.build(variant), x)
   want = helpers.build(variant).apply(variables, x, x, mask, bias)
-  got = helpers.build(variant, dtype=jnp.bfloat16, dispatch=kernels.dispatch_for('xla')).apply(
-      variables, x, x, mask, bias)
-  assert kernels_run == expected_kernels(variant, 'xla', form)
+  got = helpers.build(variant, dtype=jnp.bfloat16,
+                      dispatch=kernels.dispatch_for(execution)).apply(variables, x, x, mask, bias)
+  assert kernels_run == expected_kernels(variant, 'auto' if execution == 'cudnn' else execution,
+                                         form)
   assert got.dtype == jnp.bfloat16
   valid = np.asarray(mask.query_valid)
   scale = float(jnp.max(jnp.abs(want)))
