@@ -86,6 +86,7 @@ class FactorizedRandomSynthesizer(TableSynthesizer):
     return jnp.einsum('hqr,hkr->hqk', *self.factors())
 
   def block_scores(self, inputs_q, key_features, mask, block_size):
+    """The factors per block (the query-key form), not `TableSynthesizer`'s `[h, q, k]` table."""
     return scores.query_key(*self.query_key_form(inputs_q, key_features, mask))
 
   def query_key_form(self, inputs_q, key_features, mask):

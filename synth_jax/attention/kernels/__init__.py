@@ -52,18 +52,23 @@ class Dispatch:
   blocked: bool = False
   block_size: int = blockwise.DEFAULT_BLOCK
 
+  @property
+  def linear_memory(self) -> bool:
+    """'blockwise': nothing quadratic in length, not even a batch-free table."""
+    return self.blocked and self.fused is None
+
   def __call__(self, module: core.Attention, inputs_q, key_features, value, mask, bias,
                dropout=None):
     if mask.step is not None:  # one decode step: nothing to fuse
       return None
-    if self.blocked and self.fused is None and mask.explicit is not None:
+    if self.linear_memory and mask.explicit is not None:
       raise ValueError(
           f"{module.variant_name} attention: attention_execution='blockwise' has no path for a "
           'dense mask array (it would form the [batch, heads, q, k] scores blockwise avoids). '
           "Pass an attention.Mask (padding, segments, causal), or use attention_execution "
           "'fast' or 'reference'.")
     if dropout is not None:  # attention dropout: blockwise takes it, the other kernels do not
-      if self.blocked and self.fused is None and mask.explicit is None:
+      if self.linear_memory:
         return self.blockwise_heads(module, inputs_q, key_features, value, mask, bias,
                                     dropout())
       return None
@@ -72,9 +77,8 @@ class Dispatch:
       log_q, log_k = module.feature_logs(inputs_q, key_features)
       return linear_scan.linear_attention(log_q, log_k, value, mask, module.chunk_size)
     # One batch-free softmax of a `[heads, q, k]` table: the fastest path for random
-    # synthesizers, but quadratic in length, so 'blockwise' (fused=None, blocked) leaves it.
-    shared = self.fused is not None or not self.blocked
-    if shared and module.shared_logits and (bias is None or bias.shape[0] == 1):
+    # synthesizers, but quadratic in length, so 'blockwise' leaves it.
+    if not self.linear_memory and module.shared_logits and (bias is None or bias.shape[0] == 1):
       lengths = mask.lengths()
       if lengths is not None:
         logits = module.attention_logits(inputs_q, key_features, mask)
@@ -90,7 +94,7 @@ class Dispatch:
       flash.say_once(
           f'{module.variant_name} attention: head dimension {head_dim} is beyond the '
           f'fused kernel ({flash.CUDNN_MAX_HEAD_DIM}); it runs blockwise.')
-      return self.blockwise(scores.query_key(queries, keys, scale), value, mask, bias)
+      return self.attend_blockwise(scores.query_key(queries, keys, scale), value, mask, bias)
     if self.blocked and mask.explicit is None:
       return self.blockwise_heads(module, inputs_q, key_features, value, mask, bias)
     if module.shared_logits and mask.self_attention and mask.query_positions is not None:
@@ -100,10 +104,11 @@ class Dispatch:
 
   def blockwise_heads(self, module, inputs_q, key_features, value, mask, bias, dropout=None):
     """The variant's `block_scores` through `blockwise.blockwise_attention`."""
-    return self.blockwise(module.block_scores(inputs_q, key_features, mask, self.block_size),
-                          value, mask, bias, dropout)
+    return self.attend_blockwise(
+        module.block_scores(inputs_q, key_features, mask, self.block_size), value, mask, bias,
+        dropout)
 
-  def blockwise(self, block: scores.Scores, value, mask, bias, dropout=None):
+  def attend_blockwise(self, block: scores.Scores, value, mask, bias, dropout=None):
     """`block` plus the bias, blockwise."""
     if bias is not None:
       block = block.plus(scores.position_bias(bias, mask.query_valid.shape[1],

@@ -20,7 +20,7 @@ past the longest example) are skipped. XLA's while loops run on CPU, GPU and TPU
 Pallas flash kernels do not.
 """
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -170,116 +170,117 @@ def blockwise_attention(scores: Scores, value: Array, mask: masks.Mask,
     mask_blocks['dropout'] = _to_blocks(jnp.transpose(dropout[:, :, 0], (0, 2, 1)), k_block,
                                         k_count, edge=False)
   function = lambda params, query, key: scores.function(p_join(params, p_other), query, key)
-  attend = _attention(function, layout, q_join, k_join)
+  attend = _attention(_Call(function, layout, q_join, k_join))
   return attend(p_float, blocks_q(q_float), blocks_k(k_float),
                 _to_blocks(value, k_block, k_count), blocks_q(q_other), blocks_k(k_other),
                 mask_blocks)
 
 
-def _attention(function, layout: _Layout, q_join, k_join):
-  """The custom-VJP attention of one call's layout (a closure: `function` is not an array)."""
+@dataclasses.dataclass(frozen=True)
+class _Call:
+  """What a call's forward and backward passes share, none of it an array: the variant's score
+  function, the layout, and how to join a block's float and other features back together."""
+  function: Callable
+  layout: _Layout
+  q_join: Callable
+  k_join: Callable
 
-  def logits(params, q_float, k_float, q_other, k_other, mask_blocks, i, j):
-    """Block (i, j)'s float32 logits `[batch, heads, bq, bk]` (-inf where not allowed)."""
-    query = q_join(_take(q_float, i), _take(q_other, i))
-    key = k_join(_take(k_float, j), _take(k_other, j))
-    s = function(params, query, key).astype(jnp.float32)
-    return jnp.where(_allowed(layout, mask_blocks, i, j), s, -jnp.inf)
+  def raw_logits(self, params, query, key, q_other, k_other, i, j):
+    """Block (i, j)'s logits `[batch | 1, heads, bq, bk]` from its float features."""
+    return self.function(params, self.q_join(query, _take(q_other, i)),
+                         self.k_join(key, _take(k_other, j)))
 
-  def forward(params, q_float, k_float, value, q_other, k_other, mask_blocks):
-    batch, heads, head_dim = value.shape[1], value.shape[3], value.shape[4]
 
-    def query_block(i):
-      def key_block(j, carry):
-        m, l, acc = carry
-        s = logits(params, q_float, k_float, q_other, k_other, mask_blocks, i, j)
-        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-        p = jnp.exp(s - m_safe[..., None])
-        correction = jnp.exp(m - m_safe)
-        l = l * correction + jnp.sum(p, axis=-1)
-        acc = acc * correction[..., None] + jnp.einsum(
-            'bhqk,bkhd->bhqd', _dropped(p, mask_blocks, j).astype(value.dtype), value[j],
-            preferred_element_type=jnp.float32)
-        return m_new, l, acc
+def _forward(call: _Call, params, q_float, k_float, value, q_other, k_other, mask_blocks):
+  """Output `[nq, b, bq, h, d]` and row log-sum-exp `[nq, b, h, bq]` (inf for rows without keys)."""
+  layout = call.layout
+  batch, heads, head_dim = value.shape[1], value.shape[3], value.shape[4]
 
-      shape = (batch, heads, layout.q_block)
-      init = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros(shape + (head_dim,)))
-      m, l, acc = jax.lax.fori_loop(0, _key_block_range(layout, mask_blocks, i), key_block, init)
-      has_keys = l > 0
-      out = jnp.where(has_keys[..., None], acc / jnp.where(has_keys, l, 1.0)[..., None], 0.0)
-      lse = jnp.where(has_keys, m + jnp.log(jnp.where(has_keys, l, 1.0)), jnp.inf)
-      return jnp.transpose(out, (0, 2, 1, 3)).astype(value.dtype), lse
+  def query_block(i):
+    def key_block(j, carry):
+      m, l, acc = carry
+      s = call.raw_logits(params, _take(q_float, i), _take(k_float, j), q_other, k_other, i, j)
+      s = jnp.where(_allowed(layout, mask_blocks, i, j), s.astype(jnp.float32), -jnp.inf)
+      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+      p = jnp.exp(s - m_safe[..., None])
+      correction = jnp.exp(m - m_safe)
+      l = l * correction + jnp.sum(p, axis=-1)
+      acc = acc * correction[..., None] + jnp.einsum(
+          'bhqk,bkhd->bhqd', _dropped(p, mask_blocks, j).astype(value.dtype), value[j],
+          preferred_element_type=jnp.float32)
+      return m_new, l, acc
 
-    out, lse = jax.lax.map(query_block, jnp.arange(layout.q_count))
-    return out, lse  # [nq, b, bq, h, d], [nq, b, h, bq]
+    shape = (batch, heads, layout.q_block)
+    init = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros(shape + (head_dim,)))
+    m, l, acc = jax.lax.fori_loop(0, _key_block_range(layout, mask_blocks, i), key_block, init)
+    has_keys = l > 0
+    out = jnp.where(has_keys[..., None], acc / jnp.where(has_keys, l, 1.0)[..., None], 0.0)
+    lse = jnp.where(has_keys, m + jnp.log(jnp.where(has_keys, l, 1.0)), jnp.inf)
+    return jnp.transpose(out, (0, 2, 1, 3)).astype(value.dtype), lse
+
+  return jax.lax.map(query_block, jnp.arange(layout.q_count))
+
+
+def _backward(call: _Call, residuals, grad):
+  """Gradients of params, float query and key features and value, block by block."""
+  layout = call.layout
+  params, q_float, k_float, value, q_other, k_other, mask_blocks, out, lse = residuals
+  grad = _to_blocks(grad, layout.q_block, layout.q_count)  # [nq, b, bq, h, d]
+  # D_i = dout_i . out_i
+  row_dot = jnp.einsum('nbqhd,nbqhd->nbhq', grad.astype(jnp.float32), out.astype(jnp.float32))
+  add = lambda a, b: None if a is None else a + b.astype(jnp.float32)
+  is_none = lambda x: x is None
+
+  def key_block(i, j, carry):
+    d_q, d_params, d_k, d_value = carry
+    raw, pull = jax.vjp(lambda p, q, k: call.raw_logits(p, q, k, q_other, k_other, i, j),
+                        params, _take(q_float, i), _take(k_float, j))
+    allowed = _allowed(layout, mask_blocks, i, j)
+    s = jnp.where(allowed, raw.astype(jnp.float32), -jnp.inf)
+    p = jnp.exp(s - lse[i][..., None])  # [b, h, bq, bk]
+    d_value_j = jnp.einsum('bhqk,bqhd->bkhd', _dropped(p, mask_blocks, j).astype(grad.dtype),
+                           grad[i], preferred_element_type=jnp.float32)
+    d_p = _dropped(jnp.einsum('bqhd,bkhd->bhqk', grad[i], value[j],
+                              preferred_element_type=jnp.float32), mask_blocks, j)
+    d_s = jnp.where(allowed, p * (d_p - row_dot[i][..., None]), 0.0)
+    if raw.shape[0] != d_s.shape[0]:  # logits shared by the batch
+      d_s = jnp.sum(d_s, axis=0, keepdims=True)
+    g_params, g_q, g_k = pull(d_s.astype(raw.dtype))
+    d_q = jax.tree.map(add, d_q, g_q, is_leaf=is_none)
+    d_params = jax.tree.map(add, d_params, g_params, is_leaf=is_none)
+    d_k = jax.tree.map(lambda acc, g: None if acc is None else acc.at[j].add(
+        g.astype(jnp.float32)), d_k, g_k, is_leaf=is_none)
+    return d_q, d_params, d_k, d_value.at[j].add(d_value_j)
+
+  def query_block(carry, i):
+    d_params, d_k, d_value = carry
+    d_q, d_params, d_k, d_value = jax.lax.fori_loop(
+        0, _key_block_range(layout, mask_blocks, i), lambda j, c: key_block(i, j, c),
+        (_zeros_like_f32(_take(q_float, i)), d_params, d_k, d_value))
+    return (d_params, d_k, d_value), d_q
+
+  init = (_zeros_like_f32(params), _zeros_like_f32(k_float), jnp.zeros(value.shape, jnp.float32))
+  (d_params, d_k, d_value), d_q = jax.lax.scan(query_block, init, jnp.arange(layout.q_count))
+  cast = lambda grads, primals: jax.tree.map(
+      lambda g, x: None if x is None else g.astype(x.dtype), grads, primals, is_leaf=is_none)
+  return (cast(d_params, params), cast(d_q, q_float), cast(d_k, k_float),
+          d_value.astype(value.dtype), None, None, None)
+
+
+def _attention(call: _Call):
+  """The custom-VJP attention of one call (a closure: `call` holds no arrays)."""
 
   @jax.custom_vjp
-  def attend(params, q_float, k_float, value, q_other, k_other, mask_blocks):
-    out, _ = forward(params, q_float, k_float, value, q_other, k_other, mask_blocks)
-    return _from_blocks(out, layout.q_len)
+  def attend(*args):
+    out, _ = _forward(call, *args)
+    return _from_blocks(out, call.layout.q_len)
 
-  def attend_forward(params, q_float, k_float, value, q_other, k_other, mask_blocks):
-    out, lse = forward(params, q_float, k_float, value, q_other, k_other, mask_blocks)
-    residuals = (params, q_float, k_float, value, q_other, k_other, mask_blocks, out, lse)
-    return _from_blocks(out, layout.q_len), residuals
+  def attend_forward(*args):
+    out, lse = _forward(call, *args)
+    return _from_blocks(out, call.layout.q_len), (*args, out, lse)
 
-  def attend_backward(residuals, grad):
-    params, q_float, k_float, value, q_other, k_other, mask_blocks, out, lse = residuals
-    grad = _to_blocks(grad, layout.q_block, layout.q_count)  # [nq, b, bq, h, d]
-    # D_i = dout_i . out_i
-    row_dot = jnp.einsum('nbqhd,nbqhd->nbhq', grad.astype(jnp.float32), out.astype(jnp.float32))
-
-    def query_block(i, carry):
-      d_params, d_k, d_value = carry
-
-      def key_block(j, inner):
-        d_q, d_params, d_k, d_value = inner
-
-        def block_logits(params, query, key):
-          q = q_join(query, _take(q_other, i))
-          k = k_join(key, _take(k_other, j))
-          return function(params, q, k)
-        raw, pull = jax.vjp(block_logits, params, _take(q_float, i), _take(k_float, j))
-        allowed = _allowed(layout, mask_blocks, i, j)
-        s = jnp.where(allowed, raw.astype(jnp.float32), -jnp.inf)
-        p = jnp.exp(s - lse[i][..., None])  # [b, h, bq, bk]
-        d_value_j = jnp.einsum('bhqk,bqhd->bkhd', _dropped(p, mask_blocks, j).astype(grad.dtype),
-                               grad[i], preferred_element_type=jnp.float32)
-        d_p = _dropped(jnp.einsum('bqhd,bkhd->bhqk', grad[i], value[j],
-                                  preferred_element_type=jnp.float32), mask_blocks, j)
-        d_s = jnp.where(allowed, p * (d_p - row_dot[i][..., None]), 0.0)
-        if raw.shape[0] != d_s.shape[0]:  # logits shared by the batch
-          d_s = jnp.sum(d_s, axis=0, keepdims=True)
-        g_params, g_q, g_k = pull(d_s.astype(raw.dtype))
-        add = lambda a, b: None if a is None else a + b.astype(jnp.float32)
-        is_none = lambda x: x is None
-        d_q = jax.tree.map(add, d_q, g_q, is_leaf=is_none)
-        d_params = jax.tree.map(add, d_params, g_params, is_leaf=is_none)
-        d_k = jax.tree.map(lambda acc, g: None if acc is None else acc.at[j].add(
-            g.astype(jnp.float32)), d_k, g_k, is_leaf=is_none)
-        d_value = d_value.at[j].add(d_value_j)
-        return d_q, d_params, d_k, d_value
-
-      d_q = _zeros_like_f32(_take(q_float, i))
-      d_q, d_params, d_k, d_value = jax.lax.fori_loop(
-          0, _key_block_range(layout, mask_blocks, i), key_block,
-          (d_q, d_params, d_k, d_value))
-      return (d_params, d_k, d_value), d_q
-
-    init = (_zeros_like_f32(params), _zeros_like_f32(k_float),
-            jnp.zeros(value.shape, jnp.float32))
-
-    def scan_body(carry, i):
-      return query_block(i, carry)
-    (d_params, d_k, d_value), d_q = jax.lax.scan(scan_body, init, jnp.arange(layout.q_count))
-    cast = lambda grads, primals: jax.tree.map(
-        lambda g, x: None if x is None else g.astype(x.dtype), grads, primals,
-        is_leaf=lambda x: x is None)
-    return (cast(d_params, params), cast(d_q, q_float), cast(d_k, k_float),
-            d_value.astype(value.dtype), None, None, None)
-
-  attend.defvjp(attend_forward, attend_backward)
+  attend.defvjp(attend_forward, lambda residuals, grad: _backward(call, residuals, grad))
   return attend
 
 

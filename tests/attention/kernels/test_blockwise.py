@@ -253,3 +253,16 @@ def test_a_blockwise_training_step_uses_memory_linear_in_length(variant):
   scores_4k = 4096 * 4096 * 4
   assert long < 2.3 * short, (short, long)
   assert long < scores_4k / 4, (long, scores_4k)
+
+
+def test_a_bias_table_of_other_lengths_is_a_clear_error():
+  bias = relative_bias(normal(0, HEADS, 32), 5, 5)
+  with pytest.raises(ValueError, match='the relative position bias covers 5 queries and 5 keys, '
+                                       'but this attention has 7 and 7'):
+    scores.position_bias(bias, 7, 7)
+
+
+def test_only_a_named_cudnn_kernel_limits_the_head_dimension():
+  """cuDNN takes up to 128 after padding to 8; with no implementation named JAX picks one."""
+  assert flash.fits(128, 'cudnn') and not flash.fits(129, 'cudnn')
+  assert flash.fits(512, None) and flash.fits(512, 'xla')
