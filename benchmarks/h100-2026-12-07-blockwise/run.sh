@@ -2,9 +2,10 @@
 # Issue 23: every variant at flash memory. Rows one after another (--jobs 2 overlaps only the
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
+# Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs 2"
+F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs ${JOBS:-2}"
 end=$((SECONDS+${BUDGET:-540}))
 row() { name=$1; tree=$2; shift 2; left=$((end-SECONDS)); [ $left -gt 40 ] || { echo "$name skipped"; return; }
   (cd $tree && PYTHONPATH=/tmp/site:$PWD timeout $left python -m synth_jax.bench "$@" $F \
@@ -25,4 +26,12 @@ all)
   ROWS=7 row B_8192 . --types vanilla,neg_l2,hyperbolic,topk,dense --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=4 row A_rest_after . --types orthogonal,random --fused cudnn
   ROWS=4 row A_rest_before .old --types orthogonal,random --fused cudnn ;;
+r512)  # second session: the 512 rows still missing, with vanilla again as this machine's baseline
+  ROWS=7 row A2_after . --types vanilla,hyperbolic,topk,random,orthogonal --fused cudnn
+  ROWS=3 row A2_blockwise . --types vanilla --fused blockwise
+  ROWS=5 row A2_before .old --types vanilla,random,orthogonal --fused cudnn ;;
+r8192a)
+  ROWS=9 row B2_8192a . --types vanilla,neg_l2,dense,hyperbolic,topk,factorized_dense,random --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+r8192b)
+  ROWS=9 row B2_8192b . --types orthogonal,linear,fixed_random,factorized_random,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 esac
