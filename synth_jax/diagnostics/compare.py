@@ -10,9 +10,12 @@ each file ('-' where that file has no such run; rows in one file only are left o
            or '-' when no column solved the run or the top columns tie at the shown precision;
   solved   in how many of the files that ran it the accuracy reached `claims.SOLVED`.
 
+A robustness grid's `--out` (`grid.py`) counts as its settings' and seeds' directories.
+
 Usage:
   synth-jax diagnose-compare results/full results/rate-2e-3 results/rate-1e-3 [--tasks mqar]
       [--out compare.md]
+  synth-jax diagnose-compare GRID_OUT --tasks induction
 """
 import argparse
 import os
@@ -115,19 +118,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='also the runs only one file holds (default: those in two or more).')
   parser.add_argument('--out', help='write the table here (default: print it).')
   args = parser.parse_args(argv)
-  if len(args.directories) < 2:
-    parser.error('give at least two directories to compare.')
-  loaded = []
+  directories, loaded = [], []
   for directory in args.directories:
-    loaded.append(results_file.load(os.path.join(directory, 'results.json')))
-    if loaded[-1] is None:
-      parser.error(f'{directory} has no results.json(.gz): give `synth-jax diagnose --out` '
-                   'directories.')
+    results = results_file.load(os.path.join(directory, 'results.json'))
+    cells = [] if results is not None else results_file.grid_directories(directory)
+    if results is None and not cells:
+      parser.error(f'{directory} has no results.json(.gz) and is no grid: give '
+                   '`synth-jax diagnose --out` directories.')
+    for found in cells or [directory]:  # a grid: each setting and seed is a column
+      directories.append(found)
+      loaded.append(results if not cells else
+                    results_file.load(os.path.join(found, 'results.json')))
+  if len(directories) < 2:
+    parser.error('give at least two results directories (or a grid) to compare.')
   tasks = [t.strip() for t in (args.tasks or '').split(',') if t.strip()]
   unknown = [t for t in tasks if t not in report.TASK_TITLES]
   if unknown:
     parser.error(f'unknown task {unknown[0]!r}; tasks: {", ".join(report.TASK_TITLES)}.')
-  text = markdown(args.directories, loaded, tasks, min_files=1 if args.all_runs else 2)
+  text = markdown(directories, loaded, tasks, min_files=1 if args.all_runs else 2)
   if args.out:
     with open(args.out, 'w') as f:
       f.write(text)

@@ -187,12 +187,18 @@ class DecoderLM(nn.Module):
                                output_dtype=jnp.float32, name='logits_dense')(h)
 
 
+def _capture(model: DecoderLM, variables, tokens: Array) -> list[Array]:
+  _, state = model.apply(variables, tokens, capture_probabilities=True, mutable=['intermediates'])
+  sown = state['intermediates']
+  return [sown[f'layers_{i}'][PROBABILITIES][0] for i in range(model.config.num_layers)]
+
+
 def attention_probabilities(model: DecoderLM, variables, tokens: Array) -> list[Array]:
   """Per layer, the `[batch | 1, heads, length, length]` float32 attention probabilities."""
-  @jax.jit
-  def capture(variables, tokens):
-    _, state = model.apply(variables, tokens, capture_probabilities=True,
-                           mutable=['intermediates'])
-    sown = state['intermediates']
-    return [sown[f'layers_{i}'][PROBABILITIES][0] for i in range(model.config.num_layers)]
-  return capture(variables, tokens)
+  return jax.jit(lambda v, t: _capture(model, v, t))(variables, tokens)
+
+
+def group_attention_probabilities(model: DecoderLM, variables, tokens: Array) -> list[Array]:
+  """`attention_probabilities` of a group of runs (`variables` and `tokens` `[runs, batch,
+  length]` with a leading `[runs]` axis): per layer `[runs, batch | 1, heads, length, length]`."""
+  return jax.jit(jax.vmap(lambda v, t: _capture(model, v, t)))(variables, tokens)

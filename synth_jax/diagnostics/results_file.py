@@ -110,3 +110,18 @@ def reuse_recorded_run(path: str, meta: dict, run_id: str, groups, tag_only) -> 
       recorded['groups'] = _joined_groups(recorded.get('groups', []), sorted(missing))
       write(results, path)
     return True
+
+
+def grid_directories(out: str) -> list[str]:
+  """The `OUT/<setting>/seed<N>` directories of a robustness grid (`grid.py`) that hold results,
+  by setting then seed."""
+  found = []
+  for setting in sorted(os.listdir(out)):
+    directory = os.path.join(out, setting)
+    if not os.path.isdir(directory):
+      continue
+    for seed in sorted(os.listdir(directory), key=lambda name: (len(name), name)):
+      path = os.path.join(directory, seed, 'results.json')
+      if seed.startswith('seed') and (os.path.exists(path) or os.path.exists(path + '.gz')):
+        found.append(os.path.join(directory, seed))
+  return found

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from synth_jax.diagnostics import model as model_lib
@@ -120,16 +121,10 @@ def trace_values(values) -> list[float]:
   return [float(f'{float(x):.5g}') for x in values]
 
 
-def training_chunk(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig):
-  """The compiled unit of training: `chunk(params, fixed, opt_state, start, root_key, rate)` runs
-  `eval_every` steps from step `start`, then the held-out accuracy; returns `(params, opt_state,
-  loss [eval_every], gradient norms, accuracy)`.
-
-  The seed's root key, the peak rate and the frozen collections (`fixed`, drawn from the seed)
-  are arguments, not constants, so runs that differ only in seed or rate lower to one program,
-  which JAX's persistent compilation cache then serves to every such run.
-  """
-  @jax.jit
+def _chunk_function(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig):
+  """`chunk(params, fixed, opt_state, start, root_key, rate)`, unjitted: `eval_every` steps from
+  step `start`, then the held-out accuracy; returns `(params, opt_state, loss [eval_every],
+  gradient norms, accuracy)`."""
   def chunk(params, fixed, opt_state, start, root_key, learning_rate):
     tx = optimizer(cfg, learning_rate)
     data_key = stream(root_key, DATA_STREAM)
@@ -152,6 +147,74 @@ def training_chunk(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainC
   return chunk
 
 
+def training_chunk(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig):
+  """The compiled unit of training: `chunk(params, fixed, opt_state, start, root_key, rate)` runs
+  `eval_every` steps from step `start`, then the held-out accuracy; returns `(params, opt_state,
+  loss [eval_every], gradient norms, accuracy)`.
+
+  The seed's root key, the peak rate and the frozen collections (`fixed`, drawn from the seed)
+  are arguments, not constants, so runs that differ only in seed or rate lower to one program,
+  which JAX's persistent compilation cache then serves to every such run.
+  """
+  return jax.jit(_chunk_function(model, task, cfg))
+
+
+def group_chunk(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig):
+  """`training_chunk` of a group of runs as one program (`jax.vmap`): every argument and result
+  but `start` has a leading `[runs]` axis (per run: parameters, optimizer state, root key, peak
+  rate; hence its own data stream and held-out examples)."""
+  return jax.jit(jax.vmap(_chunk_function(model, task, cfg), in_axes=(0, 0, 0, None, 0, 0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a group: its seed (data, held-out examples, initialisation) and peak rate."""
+  seed: int
+  learning_rate: float
+
+
+class _Curves:
+  """The per-run record of a group, filled one chunk at a time."""
+
+  def __init__(self, runs: int, chance: float):
+    self.runs, self.chance, self.steps = runs, chance, []
+    self.accuracy, self.loss, self.norm = ([[] for _ in range(runs)] for _ in range(3))
+    self.modules = [{} for _ in range(runs)]
+
+  def add(self, step: int, loss, norm, acc):
+    """Chunk results with a leading `[runs]` axis: loss `[runs, eval_every]`, acc `[runs]`."""
+    self.steps.append(step)
+    loss, acc = np.asarray(loss), np.asarray(acc)
+    norm = jax.tree.map(np.asarray, norm)
+    for i in range(self.runs):
+      self.accuracy[i].append(float(acc[i]))
+      self.loss[i] += trace_values(loss[i])
+      self.norm[i] += trace_values(norm['global'][i])
+      for name, trace in norm['modules'].items():
+        self.modules[i].setdefault(name, []).extend(trace_values(trace[i]))
+
+  def records(self, seconds: float) -> list[dict]:
+    return [{
+        'curve': {'steps': list(self.steps), 'accuracy': self.accuracy[i]},
+        'final_accuracy': self.accuracy[i][-1],
+        'steps_to_90': first_step_at(self.steps, self.accuracy[i]),
+        'loss': self.loss[i],
+        'grad_norm': self.norm[i],
+        'grad_norm_modules': self.modules[i],
+        'seconds': seconds,
+        'chance': self.chance,
+    } for i in range(self.runs)]
+
+
+def _initial_state(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, seed):
+  """(params, frozen collections, optimizer state) of a run (`seed` as in `stream`)."""
+  sample = task.generate(jax.random.key(0), 2)  # shapes only: initialisation ignores the tokens
+  variables = nn.unbox(model.init(stream(seed, INIT_STREAM), sample['inputs']))
+  params = variables['params']
+  fixed = {k: v for k, v in variables.items() if k != 'params'}  # frozen maps: no gradient
+  return params, fixed, optimizer(cfg).init(params)
+
+
 def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, seed: int,
           label: str = '', log: Callable[[str], None] = print):
   """Trains `model` on `task`; returns `(record, variables)`.
@@ -159,34 +222,52 @@ def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, se
   record: `curve` ({'steps', 'accuracy'}), `final_accuracy`, `steps_to_90`, per step `loss`,
   `grad_norm` (global) and `grad_norm_modules` ({top-level module: norms}), `seconds`, `chance`.
   """
-  sample = task.generate(stream(seed, DATA_STREAM), 2)
-  variables = nn.unbox(jax.jit(model.init)(stream(seed, INIT_STREAM), sample['inputs']))
-  params = variables['params']
-  fixed = {k: v for k, v in variables.items() if k != 'params'}  # frozen maps: no gradient
+  params, fixed, opt_state = jax.jit(lambda: _initial_state(model, task, cfg, seed))()
   chunk = training_chunk(model, task, cfg)
-  opt_state = optimizer(cfg).init(params)
   root_key, rate = jax.random.key(seed), jnp.float32(cfg.learning_rate)
-  curve_steps, curve, losses, norms, module_norms = [], [], [], [], {}
+  curves = _Curves(1, task.chance)
   started = time.perf_counter()
   for start in range(0, cfg.steps, cfg.eval_every):
     params, opt_state, loss, norm, acc = chunk(params, fixed, opt_state, start, root_key, rate)
-    acc = float(acc)
-    curve_steps.append(start + cfg.eval_every)
-    curve.append(acc)
-    losses += trace_values(loss)
-    norms += trace_values(norm['global'])
-    for name, trace in norm['modules'].items():
-      module_norms.setdefault(name, []).extend(trace_values(trace))
-    log(f'{label} step {start + cfg.eval_every}/{cfg.steps}  loss {losses[-1]:.3f}  '
-        f'eval-acc {acc:.3f}  grad-norm {norms[-1]:.3f}  {time.perf_counter() - started:.0f}s')
-  record = {
-      'curve': {'steps': curve_steps, 'accuracy': curve},
-      'final_accuracy': curve[-1],
-      'steps_to_90': first_step_at(curve_steps, curve),
-      'loss': losses,
-      'grad_norm': norms,
-      'grad_norm_modules': module_norms,
-      'seconds': time.perf_counter() - started,
-      'chance': task.chance,
-  }
-  return record, {'params': params, **fixed}
+    curves.add(start + cfg.eval_every, *jax.tree.map(lambda x: x[None], (loss, norm, acc)))
+    log(f'{label} step {start + cfg.eval_every}/{cfg.steps}  loss {curves.loss[0][-1]:.3f}  '
+        f'eval-acc {curves.accuracy[0][-1]:.3f}  grad-norm {curves.norm[0][-1]:.3f}  '
+        f'{time.perf_counter() - started:.0f}s')
+  return curves.records(time.perf_counter() - started)[0], {'params': params, **fixed}
+
+
+def train_group(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig,
+                runs: Sequence[Run], label: str = '', log: Callable[[str], None] = print):
+  """Trains one copy of `model` per run of `runs` as one compiled program (`group_chunk`).
+
+  Each run is the run `train(model, task, cfg with its learning_rate, its seed)` would make, up
+  to float rounding: its own initialisation, data stream, held-out examples and rate; the same
+  `cfg` otherwise (steps, batch size, schedule shape), so equal steps and data by construction.
+  Returns `(records, variables)`: one record per run (as `train`'s; `seconds` is the group's
+  wall time) and the runs' variables stacked on a leading `[runs]` axis.
+  """
+  seeds = jnp.asarray([run.seed for run in runs], jnp.int32)
+  rates = jnp.asarray([run.learning_rate for run in runs], jnp.float32)
+  params, fixed, opt_state = jax.jit(jax.vmap(
+      lambda seed: _initial_state(model, task, cfg, seed)))(seeds)
+  root_keys = jax.vmap(jax.random.key)(seeds)
+  chunk = group_chunk(model, task, cfg)
+  curves = _Curves(len(runs), task.chance)
+  started = time.perf_counter()
+  for start in range(0, cfg.steps, cfg.eval_every):
+    params, opt_state, loss, norm, acc = chunk(params, fixed, opt_state, start, root_keys, rates)
+    curves.add(start + cfg.eval_every, loss, norm, acc)
+    accuracies = ' '.join(f'{a[-1]:.2f}' for a in curves.accuracy)
+    log(f'{label} step {start + cfg.eval_every}/{cfg.steps}  {len(runs)} runs  eval-acc '
+        f'{accuracies}  {time.perf_counter() - started:.0f}s')
+  return curves.records(time.perf_counter() - started), {'params': params, **fixed}
+
+
+def group_accuracy_at(model: model_lib.DecoderLM, variables, task: tasks_lib.Task,
+                      seeds: Sequence[int], cfg: TrainConfig, length: int) -> np.ndarray:
+  """`held_out_accuracy` at `length` of every run of a group (`variables` stacked as
+  `train_group` returns them), `[runs]`; raises the model's ValueError if it cannot take
+  `length`."""
+  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.int32))
+  accuracy = jax.vmap(lambda v, key: held_out_accuracy(model, v, task, key, cfg, length))
+  return np.asarray(jax.jit(accuracy)(variables, keys))

@@ -85,7 +85,7 @@ def test_a_directory_without_results_is_a_clear_error(tmp_path, capsys):
   assert 'has no results.json(.gz)' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     compare.main([first])
-  assert 'at least two directories' in capsys.readouterr().err
+  assert 'at least two results directories' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     compare.main([first, first, '--tasks', 'copy'])
   assert "unknown task 'copy'; tasks: mqar, induction" in capsys.readouterr().err

@@ -44,3 +44,16 @@ def test_other_errors_are_not_hidden_as_cannot_run(monkeypatch):
   monkeypatch.setattr(extrapolation.train_lib, 'held_out_accuracy_at', broken)
   with pytest.raises(ValueError, match='a bug'):
     extrapolation.evaluate_lengths(None, None, TASK, 0, BUDGET, (2,))
+
+
+@pytest.mark.parametrize('attention', ['vanilla', 'random'])
+def test_a_group_evaluates_each_run_as_it_would_alone(attention):
+  config = model.ModelConfig(vocab_size=TASK.vocab_size, attention=attention, width=16,
+                             num_layers=1, max_length=TASK.length)
+  lm = model.DecoderLM(config)
+  tokens = jax.numpy.ones((1, 16), 'int32')
+  alone = [nn.unbox(jax.jit(lm.init)(jax.random.key(seed), tokens)) for seed in (3, 4)]
+  stacked = jax.tree.map(lambda *x: jax.numpy.stack(x), *alone)
+  grouped = extrapolation.evaluate_lengths_group(lm, stacked, TASK, [3, 4], BUDGET, (2,))
+  for seed, variables, rows in zip((3, 4), alone, grouped):
+    assert rows == extrapolation.evaluate_lengths(lm, variables, TASK, seed, BUDGET, (2,))

@@ -5,7 +5,10 @@ import os
 
 import pytest
 
+from synth_jax.diagnostics import jobs
+from synth_jax.diagnostics import presets
 from synth_jax.diagnostics import results_file
+from synth_jax.diagnostics import run
 
 META = {'preset': 'tiny', 'seed': 0, 'model': {'width': 8}, 'train': {'steps': 1}}
 
@@ -90,10 +93,9 @@ def test_a_compressed_results_file_is_read_when_the_plain_one_is_absent(tmp_path
 
 def test_report_only_redraws_from_a_compressed_file_without_writing_it_out(tmp_path, capsys):
   import gzip  # pylint: disable=g-import-not-at-top
-  from synth_jax.diagnostics import run  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'diag'
   out.mkdir()
-  meta = run.metadata(run.presets.get('tiny'), 0, 'fast')
+  meta = jobs.metadata(presets.get('tiny'), 0, 'fast')
   with gzip.open(out / 'results.json.gz', 'wt') as f:
     json.dump({'meta': meta, 'commands': [], 'runs': {}}, f)
   assert run.main(['--preset', 'tiny', '--attention', 'vanilla', '--out', str(out),
@@ -104,10 +106,9 @@ def test_report_only_redraws_from_a_compressed_file_without_writing_it_out(tmp_p
 def test_fold_query_scale_flag_selects_the_results_of_that_convention(tmp_path):
   """A results file from before the flag existed holds T5's folded convention: only
   `--fold_query_scale` opens it, and the default (the scale in the logits) is refused."""
-  from synth_jax.diagnostics import run  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'diag'
   out.mkdir()
-  meta = run.metadata(run.presets.get('tiny'), 0, 'fast')
+  meta = jobs.metadata(presets.get('tiny'), 0, 'fast')
   del meta['model']['fold_query_scale']
   with open(out / 'results.json', 'w') as f:
     json.dump({'meta': meta, 'commands': [], 'runs': {}}, f)

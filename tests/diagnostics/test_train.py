@@ -127,3 +127,37 @@ def test_the_seed_reaches_the_compiled_chunk_as_the_same_streams():
       train.held_out_accuracy_at(lm, variables, TASK, 5, budget, TASK.length), abs=1e-6)
   assert record['final_accuracy'] != pytest.approx(
       train.held_out_accuracy_at(lm, variables, TASK, 6, budget, TASK.length), abs=1e-6)
+
+
+def test_a_group_trains_each_run_as_it_would_train_alone():
+  """`train_group` (one vmapped program) against `train` run by run: the same data stream,
+  initialisation (orthogonal's frozen W_Q, W_K included) and rate give the same curve, losses,
+  gradient norms and parameters, and runs of another seed or rate do differ."""
+  lm = model.DecoderLM(model.ModelConfig(vocab_size=32, attention='orthogonal', width=32,
+                                         max_length=16, conv_kernel=3))
+  task = tasks.Task('induction', 16, 32)
+  budget = train.TrainConfig(steps=20, batch_size=8, learning_rate=3e-3, warmup_steps=5,
+                             eval_every=10, eval_examples=16)
+  runs = [train.Run(0, 3e-3), train.Run(1, 3e-3), train.Run(0, 1e-3)]
+  records, stacked = train.train_group(lm, task, budget, runs, log=lambda line: None)
+  assert len(records) == 3
+  for i, run_ in enumerate(runs):
+    alone, variables = train.train(lm, task, dataclasses.replace(
+        budget, learning_rate=run_.learning_rate), run_.seed, log=lambda line: None)
+    grouped = records[i]
+    assert grouped['curve']['steps'] == alone['curve']['steps'] == [10, 20]
+    np.testing.assert_allclose(grouped['curve']['accuracy'], alone['curve']['accuracy'],
+                               atol=1e-6)
+    np.testing.assert_allclose(grouped['loss'], alone['loss'], rtol=1e-4)
+    np.testing.assert_allclose(grouped['grad_norm'], alone['grad_norm'], rtol=1e-4)
+    for name, trace in alone['grad_norm_modules'].items():
+      np.testing.assert_allclose(grouped['grad_norm_modules'][name], trace, rtol=1e-4)
+    assert set(variables) == set(stacked) == {'params', 'frozen'}
+    for ours, theirs in zip(jax.tree.leaves(stacked), jax.tree.leaves(variables)):
+      np.testing.assert_allclose(ours[i], theirs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        train.group_accuracy_at(lm, stacked, task, [r.seed for r in runs], budget, 32)[i],
+        train.held_out_accuracy_at(lm, variables, task, run_.seed, budget, 32), atol=1e-6)
+  assert records[0]['loss'][0] != records[1]['loss'][0]  # another seed: other data and weights
+  assert records[0]['loss'][0] == records[2]['loss'][0]  # the rate acts from the first update
+  assert records[0]['loss'][-1] != records[2]['loss'][-1]
