@@ -4,7 +4,7 @@ Checkpoints (pure functions on nested dicts; no T5X import):
   params_from_t5x(t5x_tree, fresh_params) -> (params, ConversionReport)
       Starts any synth-jax model from a T5X checkpoint: every parameter whose path (and shape)
       T5X has is copied, the rest keep their fresh init.
-  params_to_t5x(params) -> T5X param tree, for vanilla models.
+  params_to_t5x(params, config) -> T5X param tree, for vanilla models (refuses others).
   vanilla_checkpoint_assignment_map(attention_type)
       That start inside `t5x.train`, as T5X restore rules (gin/t5x/from_vanilla_checkpoint.gin);
       there a mixture's vanilla member starts fresh too.
@@ -174,15 +174,51 @@ def params_from_t5x(t5x_tree: Mapping, fresh_params: Mapping) -> tuple[dict, Con
   return _unflatten(merged), ConversionReport(copied, tuple(fresh), unused)
 
 
-def params_to_t5x(params: Mapping) -> dict:
+def _check_t5x_computes(config: network.T5Config):
+  """Raises unless T5X's stock network computes `config`'s attention at every location.
+
+  T5X's network is T5's: dot-product attention with the 1/sqrt(d) scale folded into the query
+  kernel and the relative position bias. Other types may share vanilla's tree (neg_l2, topk: T5X
+  would silently compute another function) or lack its `relpos_bias` (rotary, linear: T5X would
+  fail to restore), so the type is checked by name, not by tree.
+  """
+  for field in ('encoder_attention', 'decoder_attention', 'cross_attention'):
+    name = getattr(config, field)
+    if name == 'vanilla':
+      continue
+    cross = field == 'cross_attention'
+    why = ('so T5X would silently compute another function from these parameters'
+           if cross or attention.uses_position_bias(name) else
+           f"and a {name!r} model has no relpos_bias table for T5X's network to restore")
+    knob = "T5Config.cross_attention='vanilla'" if cross else "ATTENTION_TYPE='vanilla'"
+    raise ValueError(
+        f'params_to_t5x converts vanilla models only: T5Config.{field}={name!r}, but T5X\'s '
+        'stock network computes only dot-product attention with the T5 relative position bias, '
+        f'{why}. Keep synth-jax checkpoints for this model, or train one with {knob} to export.')
+  if not dict(config.self_attention_options).get('fold_query_scale', True):
+    raise ValueError(
+        'params_to_t5x converts vanilla models only with the 1/sqrt(head_dim) scale folded into '
+        'the query kernel, as T5X has it; this model has self_attention_options '
+        'fold_query_scale=False (the scale in the logits), which T5X does not apply. Keep '
+        'synth-jax checkpoints, or train without fold_query_scale=False.')
+
+
+def params_to_t5x(params: Mapping, config: network.T5Config) -> dict:
   """A vanilla model's params as T5X's parameter tree (T5X keeps it under 'target').
 
   The trees are identical (same paths, shapes and 2-D kernels); boxes are removed.
 
+  Args:
+    params: the model's 'params', boxed or not.
+    config: the model's `T5Config` (`model.config`); its attention types decide, since some
+      types T5X cannot compute have exactly vanilla's parameters.
+
   Raises:
-    ValueError: an attention module is not T5X's query/key/value/out (a synthesizer, orthogonal
-      or mixture model); T5X's network has no place for its parameters.
+    ValueError: `config` names an attention type other than 'vanilla' (T5X's stock network
+      computes only dot-product attention with the T5 bias), or an attention module of `params`
+      is not T5X's query/key/value/out (`params` are not `config`'s).
   """
+  _check_t5x_computes(config)
   flat = _flatten(params)
   attention_modules = {p[:-2] for p in flat if p[-2:] == ('value', 'kernel')}
   for module in sorted(attention_modules):
@@ -190,9 +226,25 @@ def params_to_t5x(params: Mapping) -> dict:
     if children != T5X_ATTENTION_PARAMS:
       raise ValueError(
           f'params_to_t5x converts vanilla models only: {_name(module)} has parameters '
-          f'{sorted(children)}, T5X attention has {sorted(T5X_ATTENTION_PARAMS)}. Use '
-          "ATTENTION_TYPE='vanilla' (every T5Config.*_attention), or keep synth-jax checkpoints.")
+          f'{sorted(children)}, T5X attention has {sorted(T5X_ATTENTION_PARAMS)}. Pass the '
+          "model's own T5Config; use ATTENTION_TYPE='vanilla' (every T5Config.*_attention), or "
+          'keep synth-jax checkpoints.')
   return _unflatten({p: _unbox(v) for p, v in flat.items()})
+
+
+def _probe_variables(attention_type: str) -> dict:
+  """Abstract variables (shapes only) of one `attention_type` self-attention module.
+
+  Built at the default network's widths (`network.T5Config`: 8 heads of 64 on a 512 embedding),
+  which every variant accepts; a made-up width may not (rotary needs an even head_dim,
+  orthogonal head_dim <= embed). Which variables exist does not depend on the widths.
+  """
+  widths = network.T5Config(vocab_size=1)
+  module = attention.build(attention_type, num_heads=widths.num_heads, head_dim=widths.head_dim,
+                           max_query_length=widths.max_encoder_length,
+                           max_key_length=widths.max_encoder_length)
+  x = jnp.zeros((1, 1, widths.emb_dim))
+  return jax.eval_shape(module.init, jax.random.key(0), x, x)
 
 
 def vanilla_checkpoint_assignment_map(attention_type: str) -> tuple[tuple[str, None], ...]:
@@ -205,10 +257,7 @@ def vanilla_checkpoint_assignment_map(attention_type: str) -> tuple[tuple[str, N
   member also starts fresh. T5X rejects rules that match nothing, so only those that apply are
   returned; none for 'vanilla'.
   """
-  module = attention.build(attention_type, num_heads=1, head_dim=1, max_query_length=1,
-                           max_key_length=1)
-  x = jnp.zeros((1, 1, 1))
-  abstract = jax.eval_shape(module.init, jax.random.key(0), x, x)
+  abstract = _probe_variables(attention_type)
   rules = []
   if set(abstract['params']) - T5X_ATTENTION_PARAMS:
     rules.append((r'(target|state/param_states)/(encoder/layers_\d+/attention|'

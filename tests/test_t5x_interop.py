@@ -3,11 +3,14 @@
 Everything but the last section runs without T5X. Tests that need T5X itself (gin parsing with
 its configurables, its Adafactor enum, its train state and decoding) skip when it is absent.
 """
+import dataclasses
 import enum
 import functools
 import os
 import re
 import sys
+import types
+from typing import Any
 
 import flax.linen as nn
 from flax.linen import partitioning as flax_partitioning
@@ -17,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from synth_jax import attention
 from synth_jax import network
 from synth_jax import partitioning
 from synth_jax import t5x_interop
@@ -37,6 +41,11 @@ def variables(attention_type, seed=0, **overrides):
   return model.init(jax.random.key(seed), TOKENS, TOKENS, TOKENS, enable_dropout=False)
 
 
+def config(attention_type, **overrides):
+  """The tiny fixture model's `T5Config`."""
+  return fixtures.tiny_model(attention_type, **overrides).config
+
+
 def flat(tree):
   return {'/'.join(k): v for k, v in t5x_interop._flatten(tree).items()}
 
@@ -47,7 +56,7 @@ def values(tree):
 
 def t5x_checkpoint(seed=0):
   """What `load_t5x_checkpoint` returns for T5X's T5 network: params under 'target'."""
-  params = t5x_interop.params_to_t5x(variables('vanilla', seed)['params'])
+  params = t5x_interop.params_to_t5x(variables('vanilla', seed)['params'], config('vanilla'))
   return {'target': params, 'state': {'step': np.int32(1000)}}
 
 
@@ -63,7 +72,7 @@ def test_vanilla_round_trip_is_identity():
   assert report.copied == {p: p for p in ours} and not report.kept_fresh and not report.unused
   # Boxes (logical axes) survive, so the result drops into a sharded train state.
   assert nn.get_partition_spec(params) == nn.get_partition_spec(fresh)
-  back = t5x_interop.params_to_t5x(params)
+  back = t5x_interop.params_to_t5x(params, config('vanilla'))
   assert values(back).keys() == values(checkpoint['target']).keys()
   for path, value in values(back).items():
     np.testing.assert_array_equal(value, values(checkpoint['target'])[path])
@@ -132,11 +141,43 @@ def test_tree_sharing_no_path_is_an_error():
 @pytest.mark.parametrize('attention_type', ['random', 'orthogonal', 'dense+vanilla'])
 def test_params_to_t5x_rejects_non_vanilla_models(attention_type):
   with pytest.raises(ValueError, match='vanilla models only'):
-    t5x_interop.params_to_t5x(variables(attention_type)['params'])
+    t5x_interop.params_to_t5x(variables(attention_type)['params'], config(attention_type))
+
+
+@pytest.mark.parametrize('attention_type', ['neg_l2', 'topk', 'rotary', 'linear', 'random+vanilla'])
+def test_params_to_t5x_refuses_types_t5x_computes_otherwise_naming_the_type(attention_type):
+  """neg_l2 and topk trees equal vanilla's (T5X would run another function silently); rotary and
+  linear trees lack `relpos_bias` (T5X would fail to restore): refused by name, not by tree."""
+  with pytest.raises(ValueError) as error:
+    t5x_interop.params_to_t5x(variables(attention_type)['params'], config(attention_type))
+  message = str(error.value)
+  assert f'encoder_attention={attention_type!r}' in message
+  assert 'dot-product attention with the T5 relative position bias' in message
+  assert "ATTENTION_TYPE='vanilla'" in message
+
+
+def test_params_to_t5x_refuses_a_non_vanilla_cross_attention():
+  overrides = dict(cross_attention='neg_l2')
+  with pytest.raises(ValueError, match="cross_attention='neg_l2'"):
+    t5x_interop.params_to_t5x(variables('vanilla', **overrides)['params'],
+                              config('vanilla', **overrides))
+
+
+def test_params_to_t5x_refuses_vanilla_with_the_scale_in_the_logits():
+  """`fold_query_scale=False` divides logits by sqrt(head_dim) at run time; T5X never does."""
+  overrides = dict(self_attention_options=(('fold_query_scale', False),))
+  with pytest.raises(ValueError, match='fold_query_scale'):
+    t5x_interop.params_to_t5x(variables('vanilla', **overrides)['params'],
+                              config('vanilla', **overrides))
+
+
+def test_params_to_t5x_rejects_a_tree_its_config_does_not_describe():
+  with pytest.raises(ValueError, match=r'layers_0/(self_)?attention has parameters .*random_logits'):
+    t5x_interop.params_to_t5x(variables('random')['params'], config('vanilla'))
 
 
 @pytest.mark.parametrize('attention_type', ['vanilla', 'random', 'orthogonal', 'random+vanilla',
-                                            'dense+fixed_random'])
+                                            'dense+fixed_random', 'rotary', 'linear'])
 def test_assignment_map_restores_what_params_from_t5x_copies(attention_type):
   """T5X's restore rules leave fresh what `params_from_t5x` leaves fresh, plus vanilla members."""
   rules = t5x_interop.vanilla_checkpoint_assignment_map(attention_type)
@@ -156,6 +197,46 @@ def test_assignment_map_restores_what_params_from_t5x_copies(attention_type):
   keys += [f'flax_mutables/{core.FROZEN}/{p}' for p in flat(boxed.get(core.FROZEN, {}))]
   for pattern, _ in rules:
     assert any(re.fullmatch(pattern, k) for k in keys), pattern
+
+
+@dataclasses.dataclass
+class StubRestoreCheckpointConfig:
+  """Stand-in for `t5x.utils.RestoreCheckpointConfig` (the fields our gin file binds)."""
+  path: Any = None
+  assignment_map: Any = None
+  fallback_to_scratch: bool = False
+
+
+@pytest.fixture
+def restore_gin(monkeypatch):
+  """Gin ready to parse gin/t5x/from_vanilla_checkpoint.gin, with a stub `t5x.utils` where T5X
+  is absent (the file binds nothing else of T5X's)."""
+  try:
+    import t5x.utils  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    package, utils = types.ModuleType('t5x'), types.ModuleType('t5x.utils')
+    utils.RestoreCheckpointConfig = StubRestoreCheckpointConfig
+    package.utils = utils
+    monkeypatch.setitem(sys.modules, 't5x', package)
+    monkeypatch.setitem(sys.modules, 't5x.utils', utils)
+  gin.add_config_file_search_path(GIN_DIR)
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.mark.parametrize('attention_type', attention.names() + ['rotary+vanilla'])
+def test_from_vanilla_checkpoint_gin_evaluates_for_every_variant(restore_gin, attention_type):
+  """The gin file's restore rules evaluate for every registry name (rotary once died there:
+  its probe had head_dim=1, which rotary attention cannot rotate)."""
+  del restore_gin
+  gin.parse_config_files_and_bindings(['t5x/from_vanilla_checkpoint.gin'],
+                                      [f'ATTENTION_TYPE = {attention_type!r}'],
+                                      finalize_config=False)
+  reference = gin.query_parameter('utils.RestoreCheckpointConfig.assignment_map')
+  rules = reference.scoped_configurable_fn()
+  assert rules == t5x_interop.vanilla_checkpoint_assignment_map(attention_type)
+  assert gin.query_parameter('utils.RestoreCheckpointConfig.fallback_to_scratch') is True
 
 
 # ------------------------------------------------------------------------- axis and factor rules
