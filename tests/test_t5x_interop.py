@@ -172,7 +172,8 @@ def test_params_to_t5x_refuses_vanilla_with_the_scale_in_the_logits():
 
 
 def test_params_to_t5x_rejects_a_tree_its_config_does_not_describe():
-  with pytest.raises(ValueError, match=r'layers_0/(self_)?attention has parameters .*random_logits'):
+  pattern = r'layers_0/(self_)?attention has parameters .*random_logits'
+  with pytest.raises(ValueError, match=pattern):
     t5x_interop.params_to_t5x(variables('random')['params'], config('vanilla'))
 
 
