@@ -85,13 +85,14 @@ class T5Config:
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
     object.__setattr__(self, 'self_attention_options',
                        tuple(sorted(dict(self.self_attention_options).items())))
+    known = {}
     for field in ('encoder_attention', 'decoder_attention', 'cross_attention'):
       try:
-        attention.is_position_dependent(getattr(self, field))
+        known[field] = attention.facts(getattr(self, field))
       except ValueError as e:
         raise ValueError(f'T5Config.{field}: {e}') from None
-    if attention.is_position_dependent(self.cross_attention):
-      position_free = [n for n in attention.names() if not attention.is_position_dependent(n)]
+    if known['cross_attention'].position_dependent:
+      position_free = [n for n in attention.names() if not attention.facts(n).position_dependent]
       raise ValueError(
           f'T5Config.cross_attention={self.cross_attention!r} depends on absolute query '
           f'positions, which cross-attention does not know during incremental decoding (each '
@@ -210,7 +211,7 @@ class Encoder(nn.Module):
     length = encoder_input_tokens.shape[1]
     # One bias shared by all layers (T5 learns a single table per stack).
     encoder_bias = None
-    if attention.uses_position_bias(cfg.encoder_attention):
+    if attention.facts(cfg.encoder_attention).uses_position_bias:
       encoder_bias = _relpos_bias(cfg).table_bias(length, length, bidirectional=True)
 
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
@@ -246,7 +247,7 @@ class Decoder(nn.Module):
           'relative position bias covers every step; pass max_decode_length to decode().')
     bias_length = max_decode_length if decode and max_decode_length else length
     decoder_bias = None
-    if attention.uses_position_bias(cfg.decoder_attention):
+    if attention.facts(cfg.decoder_attention).uses_position_bias:
       decoder_bias = _relpos_bias(cfg).table_bias(bias_length, bias_length,
                                                  bidirectional=False)
 

@@ -10,6 +10,8 @@ FAILED; in between it is neither.
 import dataclasses
 from typing import Callable, Optional
 
+from synth_jax.attention import registry
+
 SOLVED = 0.9
 FAILED = 0.5
 # Extrapolation keeps accuracy when it loses at most KEPT_DROP from its training length; it is
@@ -22,7 +24,6 @@ SPIKE_FACTOR = 2.0
 # vanilla's.
 DECORRELATED = 0.9
 
-SYNTHESIZERS = ('dense', 'factorized_dense', 'random', 'fixed_random', 'factorized_random')
 RECALL_TASKS = ('mqar', 'induction', 'overwrite')
 CONFIRMED, REFUTED, INCONCLUSIVE = 'confirmed', 'refuted', 'inconclusive'
 
@@ -45,13 +46,25 @@ def base_runs(results: dict, task: str) -> dict[str, dict]:
           if r['job']['task'] == task and 'base' in r['job']['groups']}
 
 
+def _facts(variant: str) -> Optional[registry.Facts]:
+  """The registry's facts of `variant`; None for a name it does not know, which no claim selects."""
+  try:
+    return registry.facts(variant)
+  except ValueError:
+    return None
+
+
 def is_synthesizer(variant: str) -> bool:
-  return all(m in SYNTHESIZERS for m in variant.split('+'))
+  """A synthesizer, or a mixture of synthesizers only (the registry's 'synthesizer' family)."""
+  facts = _facts(variant)
+  return facts is not None and all(f == registry.SYNTHESIZER for f in facts.member_families)
 
 
 def is_recovering_mixture(variant: str) -> bool:
-  members = variant.split('+')
-  return len(members) > 1 and 'vanilla' in members and any(m in SYNTHESIZERS for m in members)
+  """A mixture of vanilla attention with at least one synthesizer."""
+  facts = _facts(variant)
+  return (facts is not None and facts.is_mixture and 'vanilla' in facts.members
+          and registry.SYNTHESIZER in facts.member_families)
 
 
 def _quote(pairs) -> str:

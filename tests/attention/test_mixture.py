@@ -2,9 +2,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from synth_jax.attention import kernels
 from synth_jax.attention import masks
+from synth_jax.attention import mixture
 from tests.attention import helpers
 
 
@@ -14,6 +16,12 @@ def test_members_live_under_their_names_with_one_shared_value_projection():
   assert set(params) == {'mixture_logits', 'random', 'dense', 'vanilla', 'value', 'out'}
   assert set(params['vanilla']) == {'query', 'key'}  # no per-member value/out
   assert params['mixture_logits'].shape == (3,)
+
+
+def test_a_mixture_without_a_member_builder_says_to_build_it_by_name():
+  module = mixture.MixtureAttention(members=('random', 'vanilla'), num_heads=helpers.HEADS)
+  with pytest.raises(ValueError, match=r"build\('random\+vanilla'"):
+    helpers.init(module, helpers.inputs(0))
 
 
 def test_weights_start_equal_and_always_sum_to_one():

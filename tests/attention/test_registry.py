@@ -1,4 +1,8 @@
-"""Registry: names, mixtures, errors, and every variant against its NumPy reference."""
+"""Registry: names, facts, mixtures, errors, the import graph, and every variant against its
+NumPy reference."""
+import ast
+import pathlib
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ from synth_jax.attention import core
 from synth_jax.attention import masks
 from synth_jax.attention import mixture
 from synth_jax.attention import registry
+from synth_jax.diagnostics import claims
 from tests.attention import helpers
 from tests.attention import reference
 from tests.attention.helpers import ALL_TYPES
@@ -38,6 +43,79 @@ def test_unknown_member_of_a_mixture_is_reported():
 def test_mixture_member_named_twice_is_rejected():
   with pytest.raises(ValueError, match='twice'):
     attention.build('random+random')
+
+
+# name -> (family, position_dependent, uses_position_bias)
+EXPECTED_FACTS = {
+    'vanilla': ('query_key', False, True),
+    'dense': ('synthesizer', False, True),
+    'factorized_dense': ('synthesizer', False, True),
+    'random': ('synthesizer', True, True),
+    'fixed_random': ('synthesizer', True, True),
+    'factorized_random': ('synthesizer', True, True),
+    'orthogonal': ('query_key', False, True),
+    'frozen_gaussian': ('query_key', False, True),
+    'cosine': ('query_key', False, True),
+    'neg_l2': ('query_key', False, True),
+    'hyperbolic': ('query_key', False, True),
+    'rotary': ('query_key', False, False),
+    'topk': ('query_key', False, True),
+    'linear': ('kernel', False, False),
+}
+
+
+def test_facts_of_every_variant_name_its_family_position_dependence_and_bias():
+  assert sorted(EXPECTED_FACTS) == attention.names()
+  for name, (family, position_dependent, bias) in EXPECTED_FACTS.items():
+    assert attention.facts(name) == attention.Facts(
+        name=name, members=(name,), family=family, member_families=(family,),
+        position_dependent=position_dependent, uses_position_bias=bias)
+    assert not attention.facts(name).is_mixture
+  assert {f for f, _, _ in EXPECTED_FACTS.values()} | {'mixture'} == set(registry.FAMILIES)
+
+
+def test_facts_of_a_mixture_name_its_members_and_combine_theirs():
+  facts = attention.facts('random + vanilla')
+  assert facts == attention.Facts(
+      name='random+vanilla', members=('random', 'vanilla'), family='mixture',
+      member_families=('synthesizer', 'query_key'), position_dependent=True,
+      uses_position_bias=True)
+  assert facts.is_mixture
+  three = attention.facts('dense+linear+cosine')
+  assert three.members == ('dense', 'linear', 'cosine')
+  assert three.member_families == ('synthesizer', 'kernel', 'query_key')
+  assert not three.position_dependent
+  # The bias is added when any member takes it; a mixture of bias-free members has none.
+  assert attention.facts('rotary+vanilla').uses_position_bias
+  assert not attention.facts('rotary+linear').uses_position_bias
+
+
+@pytest.mark.parametrize('name', ALL_TYPES)
+def test_the_older_questions_answer_from_the_facts(name):
+  facts = attention.facts(name)
+  assert registry.members(name) == facts.members
+  assert attention.is_position_dependent(name) == facts.position_dependent
+  assert attention.uses_position_bias(name) == facts.uses_position_bias
+
+
+def test_the_diagnostics_claims_choose_variants_by_the_registry_families():
+  synthesizers = {n for n, (family, _, _) in EXPECTED_FACTS.items() if family == 'synthesizer'}
+  assert {n for n in attention.names() if claims.is_synthesizer(n)} == synthesizers
+  assert claims.is_synthesizer('random+dense') and not claims.is_synthesizer('random+vanilla')
+  assert claims.is_recovering_mixture('random+vanilla')
+  assert claims.is_recovering_mixture('dense+cosine+vanilla')
+  assert not claims.is_recovering_mixture('cosine+vanilla')
+  assert not claims.is_recovering_mixture('random+dense')
+  assert not claims.is_synthesizer('sparse') and not claims.is_recovering_mixture('sparse+vanilla')
+
+
+@pytest.mark.parametrize('name', ['randon', 'random+sparse', ''])
+def test_facts_of_an_unknown_name_list_the_valid_ones(name):
+  with pytest.raises(ValueError) as error:
+    attention.facts(name)
+  if name:
+    for valid in attention.names():
+      assert valid in str(error.value)
 
 
 def test_plus_joined_names_build_a_mixture_of_those_members():
@@ -90,3 +168,81 @@ def test_output_matches_numpy_reference_of_the_paper_equation(name, shape):
                              np.asarray(mask), np.asarray(bias))
   assert got.shape == (2, q_len, helpers.EMBED)
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+ATTENTION_DIR = pathlib.Path(attention.__file__).parent
+
+
+def module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(ATTENTION_DIR.parent.parent).with_suffix('').parts
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool, known: set[str]) -> set[str]:
+  """Every module `source` imports, at the top or inside a function: `from p import m` counts
+  as importing p.m when that is a module in `known`, else as importing p."""
+  package = module if is_package else module.rpartition('.')[0]
+  found = set()
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      found.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = package.rsplit('.', node.level - 1)[0] if node.level else ''
+      origin = '.'.join(p for p in (base, node.module or '') if p)
+      for alias in node.names:
+        child = f'{origin}.{alias.name}'
+        found.add(child if child in known else origin)
+  return found
+
+
+def attention_import_graph() -> dict[str, set[str]]:
+  """module -> the modules of `synth_jax.attention` it imports (deferred imports included)."""
+  paths = {module_name(p): p for p in ATTENTION_DIR.rglob('*.py')}
+  return {name: imported_modules(path.read_text(), name, path.name == '__init__.py',
+                                 set(paths)) & set(paths)
+          for name, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+  """A cycle of `graph` as a path that returns to its start; [] if there is none."""
+  state = {}
+
+  def visit(node, path):
+    state[node] = 'open'
+    for child in sorted(graph.get(node, ())):
+      if state.get(child) == 'open':
+        return path[path.index(child):] + [child]
+      if child not in state and (cycle := visit(child, path + [child])):
+        return cycle
+    state[node] = 'done'
+    return []
+
+  for node in sorted(graph):
+    if node not in state and (cycle := visit(node, [node])):
+      return cycle
+  return []
+
+
+def test_the_import_walker_sees_imports_inside_functions():
+  source = 'import os\ndef f():\n  from synth_jax.attention import registry\n'
+  found = imported_modules(source, 'synth_jax.attention.mixture', False,
+                           {'synth_jax.attention.registry'})
+  assert found == {'os', 'synth_jax.attention.registry'}
+  assert imported_modules('from . import core\n', 'synth_jax.attention.mixture', False,
+                          {'synth_jax.attention.core'}) == {'synth_jax.attention.core'}
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) == []
+
+
+def test_attention_modules_import_each_other_without_a_cycle():
+  graph = attention_import_graph()
+  assert 'synth_jax.attention.mixture' in graph['synth_jax.attention.registry']
+  assert 'synth_jax.attention.core' in graph['synth_jax.attention.kernels']  # subpackages too
+  assert find_cycle(graph) == []
+
+
+def test_only_the_package_entry_points_import_the_registry():
+  """Variants and the mixture never reach back into the registry that imports them."""
+  graph = attention_import_graph()
+  importers = {m for m, imported in graph.items() if 'synth_jax.attention.registry' in imported}
+  assert importers == {'synth_jax.attention', 'synth_jax.attention.param_count'}
