@@ -73,6 +73,40 @@ class Manager:
           'or start a fresh MODEL_DIR.') from error
 
 
+def read_variables(model_dir: str, abstract: dict, step: Optional[int] = None,
+                   command: str = 'this command') -> tuple[dict, int]:
+  """(`{'params', 'frozen'}` of the checkpoint at `step` (default: latest) of `model_dir`, step).
+
+  Reads only those collections (orbax partial restore), placed as `abstract` (`ShapeDtypeStruct`s
+  with shardings, e.g. `train_state.abstract_variables`) after checking their shapes, so eval,
+  inference and attention maps need no optimizer state. The trainer's resume is
+  `Manager.restore` (the whole train state).
+  """
+  directory = os.path.join(model_dir, 'checkpoints')
+  steps = []
+  if model_dir.startswith('gs://') or os.path.isdir(directory):
+    steps = ocp.utils.checkpoint_steps(directory)
+  if not steps:
+    raise CheckpointError(
+        f'{command} needs a checkpoint, and {directory} has none; train first or point '
+        'MODEL_DIR at a run (--gin.MODEL_DIR="\'/path/to/run\'").')
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise CheckpointError(f'no checkpoint step {step} in {directory}; it has {sorted(steps)}.')
+  item = os.path.join(directory, str(step), 'default')
+  differences = parameter_differences(abstract, item)
+  if differences:
+    raise CheckpointError(different_model_message(
+        f'checkpoint step {step} in {directory}', differences, model_dir, 'MODEL_DIR'))
+  stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
+  wanted = {k: v for k, v in abstract.items() if stored.get(k)}
+  restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+      item, args=ocp.args.PyTreeRestore(
+          item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+          partial_restore=True))
+  return {**{k: {} for k in abstract}, **dict(restored)}, step
+
+
 def _abstract(state, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       state, shardings)

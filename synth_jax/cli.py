@@ -15,15 +15,11 @@ repository's `configs/` and `gin/` directories.
 """
 import argparse
 import importlib
-import logging
 import os
-import pathlib
 import sys
 from typing import Optional, Sequence
 
-import gin
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from synth_jax import gin_flags
 
 # Commands with their own flags: `main(argv)` of the module, imported only when called.
 SUBCOMMANDS = {
@@ -31,85 +27,6 @@ SUBCOMMANDS = {
     'attention-maps': 'synth_jax.diagnostics.attention_maps',
     'diagnose-compare': 'synth_jax.diagnostics.compare',
 }
-
-
-def search_paths(extra: Sequence[str] = ()) -> list[str]:
-  candidates = [os.getcwd(), *extra, REPO_ROOT, REPO_ROOT / 'configs', REPO_ROOT / 'gin']
-  return [str(p) for p in candidates if os.path.isdir(p)]
-
-
-class _QuietSearchMisses(logging.Filter):
-  """Gin logs an error for every search path an include is not in; only the last miss matters."""
-
-  def filter(self, record):
-    return not record.getMessage().startswith('Path not found')
-
-
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], extra_paths: Sequence[str] = ()):
-  """Parses gin files and `NAME=VALUE` bindings, with the repository's gin dirs searchable."""
-  root = logging.getLogger()
-  if not any(isinstance(f, _QuietSearchMisses) for f in root.filters):
-    root.addFilter(_QuietSearchMisses())
-  import synth_jax.train  # pylint: disable=g-import-not-at-top,unused-import  (registers configurables)
-  for path in search_paths(extra_paths):
-    gin.add_config_file_search_path(path)
-  for name in gin_files:
-    if not any(os.path.isfile(os.path.join(p, name)) for p in ['', *search_paths(extra_paths)]):
-      raise SystemExit(f'gin file {name!r} not found in {search_paths(extra_paths)}.')
-  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
-
-
-def parse_run_config(gin_files: Sequence[str], bindings: Sequence[str],
-                     extra_paths: Sequence[str] = ()) -> Optional[str]:
-  """`parse_gin`, with the configuration a MODEL_DIR saved when its run started (`run_config`).
-
-  Order, later wins: the --gin_file files, then MODEL_DIR/config.gin, then the --gin.NAME=VALUE
-  bindings. So `synth-jax eval --gin.MODEL_DIR=...` evaluates the run as it was trained, and a
-  flag still changes what it names. A MODEL_DIR without a checkpoint holds no run yet: its
-  config.gin is ignored. Returns the saved config's path, or None if none was read.
-  """
-  parse_gin(gin_files, bindings, extra_paths)
-  try:
-    model_dir = gin.query_parameter('%MODEL_DIR')
-  except ValueError:  # no MODEL_DIR macro: nothing remembered
-    return None
-  from synth_jax import run_config  # pylint: disable=g-import-not-at-top
-  # Without a checkpoint there is no run to continue: a new one starts from its own gin files.
-  saved = run_config.saved_config(model_dir) if run_config.has_checkpoint(model_dir) else None
-  if saved:
-    gin.clear_config()
-    parse_gin(gin_files, [], extra_paths)
-    # Read through gfile (MODEL_DIR may be gs://), then the flags on top.
-    gin.parse_config(run_config.read_text(saved))
-    gin.parse_config(list(bindings))
-  return saved
-
-
-def _split_gin_flags(argv: Sequence[str]):
-  """Pulls `--gin.NAME=VALUE` out of argv (argparse cannot declare dotted flag families)."""
-  bindings, rest = [], []
-  for arg in argv:
-    if arg.startswith('--gin.'):
-      name, sep, value = arg[len('--gin.'):].partition('=')
-      if not sep:
-        raise SystemExit(f'{arg!r}: write --gin.NAME=VALUE, e.g. --gin.ATTENTION_TYPE="\'random\'"')
-      bindings.append(f'{name} = {value}')
-    else:
-      rest.append(arg)
-  return bindings, rest
-
-
-GIN_FLAGS_HELP = """gin flags (train, eval, infer, attention-maps):
-  --gin_file=FILE          a gin file; repeat to combine (later files win)
-  --gin.NAME=VALUE         bind a macro or parameter; VALUE is gin syntax, so strings keep
-                           their quotes: --gin.ATTENTION_TYPE="'random'" --gin.TRAIN_STEPS=1000
-                           --gin.MODEL_DIR="'/tmp/run'" --gin.train.model_parallelism=2
-
-examples:
-  synth-jax train --gin_file=configs/demo.gin --gin.MODEL_DIR="'/tmp/demo'"
-  synth-jax eval  --gin.MODEL_DIR="'/tmp/demo'"   (reads /tmp/demo/config.gin, saved by train)
-  synth-jax diagnose --help
-"""
 
 
 def _import_tensorflow_quietly():
@@ -136,18 +53,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   _import_tensorflow_quietly()
   if argv and argv[0] in SUBCOMMANDS:
     return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0
-  bindings, argv = _split_gin_flags(argv)
+  bindings, argv = gin_flags.split(argv)
   parser = argparse.ArgumentParser(
-      prog='synth-jax', description=__doc__.split('\n')[0], epilog=GIN_FLAGS_HELP,
+      prog='synth-jax', description=__doc__.split('\n')[0], epilog=gin_flags.HELP,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('command', choices=['train', 'eval', 'infer', 'params', *SUBCOMMANDS],
                       help='diagnose, diagnose-compare and attention-maps take their own flags '
                            '(COMMAND --help).')
   parser.add_argument('--examples', type=int, default=8, help='examples `infer` decodes.')
-  parser.add_argument('--gin_file', action='append', default=[],
-                      help='a gin file (repeatable), e.g. configs/demo.gin')
-  parser.add_argument('--gin_search_paths', action='append', default=[],
-                      help='more directories to look for gin files in (repeatable)')
+  gin_flags.add_flags(parser)
   parser.add_argument('--tfds_data_dir', default=None,
                       help='TFDS data directory (e.g. gs://bucket/tfds) for C4/GLUE tasks.')
   parser.add_argument('--multihost', action='store_true',
@@ -165,27 +79,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.tfds_data_dir:
     import seqio  # pylint: disable=g-import-not-at-top
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-  if not args.gin_file and not any(b.startswith('MODEL_DIR ') for b in bindings):
+  if not args.gin_file and not gin_flags.names_model_dir(bindings):
     parser.error('give a --gin_file (e.g. configs/demo.gin), or --gin.MODEL_DIR of a run that '
                  'saved its config.gin.')
-  saved = parse_run_config(args.gin_file, bindings, args.gin_search_paths)
+  saved = gin_flags.parse_run_config(args.gin_file, bindings, args.gin_search_paths)
   if not saved and not args.gin_file:
     raise SystemExit('MODEL_DIR has no run to read (a config.gin and a checkpoint, written by '
                      'synth-jax train): give the run\'s --gin_file.')
   if saved:
     print(f'Configuration: {saved} (the run\'s saved settings win over --gin_file files; '
           '--gin.NAME=VALUE wins over both).', flush=True)
-  from synth_jax import train  # pylint: disable=g-import-not-at-top
   try:
-    if args.command == 'infer':
-      train.train(eval_only=True, eval_steps=0, infer_examples=args.examples)
-    else:
-      train.train(eval_only=(args.command == 'eval'))
+    run_command(args.command, args.examples)
   except _user_errors() as error:  # the message names the fix; a traceback would bury it
     message = '\n'.join(line for line in str(error).splitlines()
                         if not line.strip().startswith('In call to configurable'))
     raise SystemExit(f'synth-jax {args.command}: {message}') from error
   return 0
+
+
+def run_command(command: str, examples: int):
+  """`train` runs the gin-bound `train.train`; `eval` and `infer` run `train.evaluate` and
+  `train.infer` on what gin binds to train's arguments (the run's one description)."""
+  from synth_jax import train  # pylint: disable=g-import-not-at-top
+  if command == 'train':
+    train.train()
+  elif command == 'eval':
+    train.evaluate(**gin_flags.train_bindings_for(train.evaluate, 'synth-jax eval'))
+  else:
+    train.infer(**gin_flags.train_bindings_for(train.infer, 'synth-jax infer', examples=examples))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

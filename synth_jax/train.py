@@ -2,6 +2,9 @@
 
 `train()` is what `synth-jax train` runs; gin binds its arguments (T5X macro names in
 `gin/runs/*.gin`: MODEL_DIR, TRAIN_STEPS, BATCH_SIZE, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS).
+`evaluate()` and `infer()` (`synth-jax eval`, `infer`) share its setup, read a checkpoint's
+variables only (no optimizer state) and take the arguments of the same names that gin binds to
+`train` (`gin_flags.train_bindings_for`), so a run is described once.
 A run resumes from the latest checkpoint in `model_dir`, including the data position, so a killed
 run continues with the same loss sequence. SIGTERM (TPU preemption) saves and exits cleanly.
 """
@@ -28,6 +31,7 @@ from synth_jax import partitioning
 from synth_jax import progress
 from synth_jax import run_config
 from synth_jax import train_state
+from synth_jax.attention import core
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -74,7 +78,7 @@ def _to_global(batch, sharding):
           for k, v in batch.items()}
 
 
-def evaluate(eval_fn, state, batches, sharding) -> dict[str, float]:
+def _eval_metrics(eval_fn, state, batches, sharding) -> dict[str, float]:
   """Token-weighted loss and accuracy over `batches`."""
   sums = None
   for batch in batches:
@@ -150,7 +154,8 @@ class _Evaluation:
     results = {}
     begin = time.perf_counter()
     if self.steps:
-      results = evaluate(self.eval_fn, state, self.dataset.eval_batches(self.split, self.steps),
+      results = _eval_metrics(self.eval_fn, state,
+                              self.dataset.eval_batches(self.split, self.steps),
                          self.batch_sharding)
       self.summaries.write('eval', step, results)
       print(f'eval  step {step}  loss {results["loss"]:.4f}  acc {results["accuracy"]:.3f}  '
@@ -173,28 +178,27 @@ def _per_host_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
   return batch_size // jax.process_count()
 
 
-def _jit_steps(model, optimizer, shardings, batch_sharding, **loss_options):
-  """The train step `(state, batch, rng) -> (state, metrics)` and the eval step, for the mesh."""
-  step_fn = jax.jit(functools.partial(train_state.train_step, model, optimizer, **loss_options),
-                    in_shardings=(shardings, batch_sharding, None),
-                    out_shardings=(shardings, None), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(train_state.eval_step, model),
-                    in_shardings=(shardings, batch_sharding))
-  return step_fn, eval_fn
+def _jit_train_step(model, optimizer, shardings, batch_sharding, **loss_options):
+  """The train step `(state, batch, rng) -> (state, metrics)`, for the mesh."""
+  return jax.jit(functools.partial(train_state.train_step, model, optimizer, **loss_options),
+                 in_shardings=(shardings, batch_sharding, None),
+                 out_shardings=(shardings, None), donate_argnums=(0,))
 
 
-def _restore(manager: checkpoints.Manager, state, shardings, eval_only: bool,
+def _jit_eval_step(model, shardings, batch_sharding):
+  """The eval step `(state, batch) -> sums` (`train_state.eval_step`), for the mesh."""
+  return jax.jit(functools.partial(train_state.eval_step, model),
+                 in_shardings=(shardings, batch_sharding))
+
+
+def _restore(manager: checkpoints.Manager, state, shardings,
              initial_checkpoint_path: Optional[str]):
   """`(state, first step)`: resumed from `manager`'s latest checkpoint, else fresh (or finetuning
-  from `initial_checkpoint_path`); eval_only needs a checkpoint."""
+  from `initial_checkpoint_path`)."""
   if manager.latest_step() is not None:
     state = manager.restore(state, shardings)
-    verb = 'Loaded' if eval_only else 'Resumed from'
-    print(f'{verb} {manager.directory} at step {int(state.step)}.', flush=True)
+    print(f'Resumed from {manager.directory} at step {int(state.step)}.', flush=True)
     return state, int(state.step)
-  if eval_only:
-    raise checkpoints.CheckpointError(
-        f'eval needs a checkpoint, and {manager.directory} has none; train first or set MODEL_DIR.')
   if initial_checkpoint_path:
     state = checkpoints.load_params_into(state, shardings, initial_checkpoint_path)
     print(f'Initialised parameters from {initial_checkpoint_path}.', flush=True)
@@ -262,20 +266,53 @@ def _run_steps(state, start: int, train_steps: int, batches, *, step_fn, batch_s
 
 
 def _claim_model_dir(scope: contextlib.ExitStack, model_dir: Optional[str], model,
-                     eval_only: bool, lease_timeout_s: float, checkpoint_period: int,
+                     lease_timeout_s: float, checkpoint_period: int,
                      keep_checkpoints: Optional[int]):
-  """`(preemption, lease, checkpoint manager)` of a run, entered into `scope`; a resume or eval
+  """`(preemption, lease, checkpoint manager)` of a training run, entered into `scope`; a resume
   of another model is refused here, before anything is built."""
-  # Training: SIGTERM from here on is a preemption (saved at the next step, the lease then
-  # released), not a kill that leaves the lease behind.
-  preemption = None if eval_only else scope.enter_context(_Preemption())
+  # SIGTERM from here on is a preemption (saved at the next step, the lease then released), not
+  # a kill that leaves the lease behind.
+  preemption = scope.enter_context(_Preemption())
   trainer_lease = None
-  if model_dir and not eval_only:  # every host takes part; process 0 holds the file
+  if model_dir:  # every host takes part; process 0 holds the file
     trainer_lease = scope.enter_context(lease_lib.Lease(model_dir, timeout_s=lease_timeout_s))
   manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
   if manager.latest_step() is not None:
-    run_config.check_same_model(model_dir, model, 'evaluate' if eval_only else 'resume')
+    run_config.check_same_model(model_dir, model, 'resume')
   return preemption, trainer_lease, manager
+
+
+def _mesh_and_data(model_parallelism: Optional[int], mixture_or_task_name: str,
+                   task_feature_lengths: Mapping[str, int], batch_size: int, seed: int,
+                   pack: bool, unpack_single_example_rows: bool = True):
+  """The setup train, evaluate and infer share: the device mesh and the run's seqio data."""
+  mesh = partitioning.create_mesh(model_parallelism)
+  dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths,
+                             _per_host_batch_size(batch_size, mesh), seed=seed, pack=pack,
+                             unpack_single_example_rows=unpack_single_example_rows)
+  return mesh, dataset
+
+
+def _checkpoint_state(model, model_dir: Optional[str], dataset: data_lib.Dataset, mesh,
+                      command: str):
+  """`(state, its shardings)` holding the latest checkpoint's variables (no optimizer state),
+  for evaluation and inference; the run must be of `model`."""
+  if not model_dir:
+    raise checkpoints.CheckpointError(
+        f'{command} reads a checkpoint: set MODEL_DIR (--gin.MODEL_DIR="\'/path/to/run\'").')
+  _check_model_dir(model_dir)
+  if run_config.has_checkpoint(model_dir):
+    run_config.check_same_model(model_dir, model, 'evaluate')
+  abstract = train_state.abstract_variables(model, dataset.example_batch(), mesh)
+  variables, step = checkpoints.read_variables(model_dir, abstract, command=command)
+  print(f"Loaded {os.path.join(model_dir, 'checkpoints')} at step {step}.", flush=True)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = train_state.TrainState(step=step, params=variables['params'],
+                                 frozen=variables.get(core.FROZEN, {}), opt_state=None)
+  shardings = train_state.TrainState(
+      step=replicated, params=jax.tree.map(lambda a: a.sharding, abstract['params']),
+      frozen=jax.tree.map(lambda a: a.sharding, abstract.get(core.FROZEN, {})), opt_state=None)
+  return state, shardings
 
 
 @gin.configurable(module='synth_jax.train', denylist=['on_step'])
@@ -303,7 +340,6 @@ def train(*,
           initial_checkpoint_path: Optional[str] = None,
           infer_examples: int = 0,
           metric_examples: Optional[int] = None,
-          eval_only: bool = False,
           lease_timeout_s: float = 300.0,
           on_step: Optional[Callable[[int, dict], None]] = None) -> dict[str, Any]:
   """Trains (or resumes training of) a T5 model; returns the last train and eval metrics.
@@ -321,12 +357,12 @@ def train(*,
       pretraining batch) train as the unpacked batches they equal, on the faster unpacked
       attention paths; single-host runs only (`data.Dataset`, whose docstring has the costs).
     checkpoint_period, keep_checkpoints: save every N steps (and at the end), keep the newest K.
+    eval_period, eval_steps, eval_split: evaluate every N steps on `eval_steps` batches.
     initial_checkpoint_path: a checkpoint step directory to start a *new* run from (finetuning);
       ignored when `model_dir` already has checkpoints.
     infer_examples: at the end, greedy-decode this many eval examples and print them.
     metric_examples: for tasks with metrics (GLUE, SuperGLUE), each eval also decodes this many
       examples per task (None: the whole eval split) and reports the tasks' official metrics.
-    eval_only: evaluate the latest checkpoint in `model_dir` (and decode examples); no training.
     lease_timeout_s: a trainer holds `model_dir` while it trains (`lease.py`); a second one
       exits at once, and takes over only a lease whose heartbeat is older than this (or whose
       process on this host is gone).
@@ -335,40 +371,34 @@ def train(*,
   _check_model_dir(model_dir)
   with contextlib.ExitStack() as scope:
     preemption, trainer_lease, manager = _claim_model_dir(
-        scope, model_dir, model, eval_only, lease_timeout_s, checkpoint_period, keep_checkpoints)
-    mesh = partitioning.create_mesh(model_parallelism)
-    dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths,
-                               _per_host_batch_size(batch_size, mesh), seed=seed, pack=pack,
-                               unpack_single_example_rows=unpack_single_example_rows)
+        scope, model_dir, model, lease_timeout_s, checkpoint_period, keep_checkpoints)
+    mesh, dataset = _mesh_and_data(model_parallelism, mixture_or_task_name, task_feature_lengths,
+                                   batch_size, seed, pack, unpack_single_example_rows)
     state, shardings, optimizer = train_state.create(
         model, functools.partial(make_optimizer, learning_rate=learning_rate),
         dataset.example_batch(), mesh, jax.random.key(seed))
     batch_sharding = partitioning.data_sharding(mesh)  # every feature, packed or not
-    step_fn, eval_fn = _jit_steps(model, optimizer, shardings, batch_sharding, z_loss=z_loss,
-                                  label_smoothing=label_smoothing)
-    state, start = _restore(manager, state, shardings, eval_only, initial_checkpoint_path)
-    if model_dir and not eval_only and jax.process_index() == 0:
+    step_fn = _jit_train_step(model, optimizer, shardings, batch_sharding, z_loss=z_loss,
+                              label_smoothing=label_smoothing)
+    eval_fn = _jit_eval_step(model, shardings, batch_sharding)
+    state, start = _restore(manager, state, shardings, initial_checkpoint_path)
+    if model_dir and jax.process_index() == 0:
       run_config.write(model_dir, gin.config_str(), model)
     summaries = progress.Summaries(model_dir)
     evaluate_all = _Evaluation.create(model, dataset, eval_fn, batch_sharding, summaries,
-                                      eval_split, eval_steps, eval_period or eval_only,
-                                      metric_examples)
-
+                                      eval_split, eval_steps, bool(eval_period), metric_examples)
     metrics = _StepMetrics(manager, on_step)
-    if eval_only:
-      eval_metrics = evaluate_all(state, start)
-    elif start >= train_steps:
+    if start >= train_steps:
       eval_metrics = {}
       print(f'{model_dir} is already at step {start} of TRAIN_STEPS={train_steps}: nothing to '
             'train. Raise TRAIN_STEPS to continue training.', flush=True)
     else:
-      batches = dataset.train_batches(start_step=start)
       log = progress.TrainProgress(
           summaries, log_period, train_steps, start,
           tokens_per_step=batch_size * sum(task_feature_lengths.values()),
           learning_rate=learning_rate)
       state, eval_metrics = _run_steps(
-          state, start, train_steps, batches, step_fn=step_fn,
+          state, start, train_steps, dataset.train_batches(start_step=start), step_fn=step_fn,
           batch_sharding=batch_sharding, rng=jax.random.key(seed + 1), manager=manager,
           metrics=metrics, log=log, evaluate_all=evaluate_all, eval_period=eval_period,
           preemption=preemption, trainer_lease=trainer_lease)
@@ -378,3 +408,38 @@ def train(*,
       result['examples'] = decoding.print_examples(
           model, state.variables(), dataset, eval_split, infer_examples)
     return result
+
+
+def evaluate(*, model_dir: Optional[str], model: network.Transformer,
+             mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+             batch_size: int, seed: int = 0, model_parallelism: Optional[int] = None,
+             pack: bool = True, eval_steps: int = 20, eval_split: str = 'validation',
+             metric_examples: Optional[int] = None) -> dict[str, Any]:
+  """`synth-jax eval`: loss and accuracy of the latest checkpoint in `model_dir` over
+  `eval_steps` batches of `eval_split`, and the tasks' official metrics where they have them.
+
+  The arguments mean what `train`'s of the same name mean; `synth-jax eval` reads them from the
+  gin that binds `train` (the run's saved config.gin). Returns `{'eval': metrics, 'step'}`.
+  """
+  mesh, dataset = _mesh_and_data(model_parallelism, mixture_or_task_name, task_feature_lengths,
+                                 batch_size, seed, pack)
+  state, shardings = _checkpoint_state(model, model_dir, dataset, mesh, 'eval')
+  batch_sharding = partitioning.data_sharding(mesh)
+  evaluate_all = _Evaluation.create(
+      model, dataset, _jit_eval_step(model, shardings, batch_sharding), batch_sharding,
+      progress.Summaries(model_dir), eval_split, eval_steps, True, metric_examples)
+  return {'eval': evaluate_all(state, state.step), 'step': state.step}
+
+
+def infer(*, model_dir: Optional[str], model: network.Transformer, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], batch_size: int, seed: int = 0,
+          model_parallelism: Optional[int] = None, eval_split: str = 'validation',
+          examples: int = 8) -> dict[str, Any]:
+  """`synth-jax infer`: greedy-decodes `examples` examples of `eval_split` with the latest
+  checkpoint in `model_dir` and prints them; returns `{'examples': [(input, target,
+  prediction)], 'step'}`. Arguments as `evaluate`'s."""
+  mesh, dataset = _mesh_and_data(model_parallelism, mixture_or_task_name, task_feature_lengths,
+                                 batch_size, seed, pack=False)
+  state, _ = _checkpoint_state(model, model_dir, dataset, mesh, 'infer')
+  rows = decoding.print_examples(model, state.variables(), dataset, eval_split, examples)
+  return {'examples': rows, 'step': state.step}

@@ -71,6 +71,31 @@ def _state_sharding_for(abstract_opt_state, param_shardings, mesh: Mesh):
   return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
 
 
+def _abstract_and_shardings(init_variables: Callable, rng, mesh: Mesh):
+  """The boxed abstract variables `init_variables(rng)` makes and their shardings on `mesh`."""
+  abstract = jax.eval_shape(init_variables, rng)
+  shardings = partitioning.logical_shardings(abstract, mesh)
+  _check_divisible(nn.unbox(abstract), nn.unbox(shardings), nn.get_partition_spec(abstract))
+  return abstract, shardings
+
+
+def abstract_variables(model: nn.Module, example_batch, mesh: Mesh) -> dict:
+  """`{'params', 'frozen'}` as `jax.ShapeDtypeStruct`s placed as `create` places them: what a
+  checkpoint's variables are read into (`checkpoints.read_variables`) without building an
+  optimizer or initialising anything."""
+  inputs = jax.tree.map(lambda x: x[:1], model_inputs(example_batch))
+
+  def init_variables(rng):
+    return model.init({'params': rng, 'dropout': rng}, **inputs, enable_dropout=False)
+
+  abstract, shardings = _abstract_and_shardings(init_variables, jax.random.key(0), mesh)
+  abstract, shardings = nn.unbox(abstract), nn.unbox(shardings)
+  return {collection: jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract[collection], shardings[collection])
+          for collection in ('params', core.FROZEN) if collection in abstract}
+
+
 def create(model: nn.Module, make_optimizer: Callable, example_batch, mesh: Mesh, rng):
   """A sharded `TrainState` and its shardings, parameters created in place on the mesh.
 
@@ -84,9 +109,7 @@ def create(model: nn.Module, make_optimizer: Callable, example_batch, mesh: Mesh
   def init_variables(rng):
     return model.init({'params': rng, 'dropout': rng}, **inputs, enable_dropout=False)
 
-  abstract = jax.eval_shape(init_variables, rng)
-  shardings = partitioning.logical_shardings(abstract, mesh)
-  _check_divisible(nn.unbox(abstract), nn.unbox(shardings), nn.get_partition_spec(abstract))
+  abstract, shardings = _abstract_and_shardings(init_variables, rng, mesh)
   variables = jax.jit(lambda r: nn.unbox(init_variables(r)), out_shardings=nn.unbox(shardings))(rng)
   optimizer = make_optimizer(optimizer_lib.factor_plan(abstract['params']))
   params = variables['params']

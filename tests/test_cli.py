@@ -1,5 +1,6 @@
 """The `synth-jax` command line: gin flags, attention swap, a tiny run end to end."""
 import dataclasses
+import functools
 import json
 import os
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from synth_jax import cli
+from synth_jax import gin_flags
 from synth_jax.diagnostics import presets
 from tests import fixtures
 
@@ -29,11 +31,11 @@ def build_model_from_gin():
 
 
 def test_one_gin_override_swaps_self_attention_in_both_stacks():
-  cli.parse_gin(['configs/demo.gin'], [])
+  gin_flags.parse(['configs/demo.gin'], [])
   vanilla = build_model_from_gin()
   assert 'query' in vanilla['encoder']['layers_0']['attention']
   gin.clear_config()
-  cli.parse_gin(['configs/demo.gin'], cli._split_gin_flags(["--gin.ATTENTION_TYPE='random'"])[0])
+  gin_flags.parse(['configs/demo.gin'], gin_flags.split(["--gin.ATTENTION_TYPE='random'"])[0])
   random = build_model_from_gin()
   for stack, name in (('encoder', 'attention'), ('decoder', 'self_attention')):
     attention = random[stack]['layers_0'][name]
@@ -44,7 +46,7 @@ def test_one_gin_override_swaps_self_attention_in_both_stacks():
 
 
 def test_unknown_attention_type_from_the_command_line_lists_valid_types():
-  cli.parse_gin(['configs/demo.gin'], ["ATTENTION_TYPE = 'synth'"])
+  gin_flags.parse(['configs/demo.gin'], ["ATTENTION_TYPE = 'synth'"])
   with pytest.raises(ValueError, match=r"unknown attention type 'synth'.*Valid types: .*dense"):
     build_model_from_gin()
 
@@ -169,3 +171,24 @@ def test_each_commands_help_lists_the_gin_flags(command, capsys):
   assert exit_status.value.code == 0
   out = capsys.readouterr().out
   assert '--gin.NAME=VALUE' in out and '--gin_file' in out
+
+
+def test_eval_and_infer_take_the_runs_gin_bindings_and_never_call_training(monkeypatch):
+  """`synth-jax eval|infer` run `train.evaluate|infer` with what gin binds to train's arguments
+  of the same names (each function's own arguments only); training is not called."""
+  from synth_jax import train  # pylint: disable=g-import-not-at-top
+  calls = {}
+  monkeypatch.setattr(train, 'train', lambda **kw: pytest.fail('infer/eval called training'))
+  for name in ('evaluate', 'infer'):  # recorders with the real signatures (__wrapped__)
+    recorder = functools.partial(lambda name, **kw: calls.setdefault(name, kw), name)
+    monkeypatch.setattr(train, name, functools.wraps(getattr(train, name))(recorder))
+  gin_flags.parse(['configs/demo.gin'], ["MODEL_DIR = '/tmp/somewhere'", 'BATCH_SIZE = 4',
+                                         'synth_jax.train.train.eval_steps = 3'])
+  cli.run_command('eval', examples=5)
+  cli.run_command('infer', examples=5)
+  evaluated, inferred = calls['evaluate'], calls['infer']
+  assert evaluated['model_dir'] == inferred['model_dir'] == '/tmp/somewhere'
+  assert evaluated['batch_size'] == inferred['batch_size'] == 4
+  assert evaluated['eval_steps'] == 3 and 'eval_steps' not in inferred
+  assert inferred['examples'] == 5 and 'train_steps' not in evaluated
+  assert evaluated['model'].config.encoder_attention == 'vanilla'

@@ -8,6 +8,7 @@ import pytest
 
 from synth_jax import checkpoints
 from synth_jax import cli
+from synth_jax import gin_flags
 from synth_jax import run_config
 from synth_jax import train
 from tests import fixtures
@@ -104,11 +105,11 @@ def test_a_new_run_in_a_model_dir_without_checkpoints_ignores_an_old_config(tmp_
   model_dir = tmp_path / 'run'
   model_dir.mkdir()
   (model_dir / 'config.gin').write_text("ATTENTION_TYPE = 'dense'\n")
-  assert cli.parse_run_config(['configs/demo.gin'], [f"MODEL_DIR = '{model_dir}'"]) is None
+  assert gin_flags.parse_run_config(['configs/demo.gin'], [f"MODEL_DIR = '{model_dir}'"]) is None
   assert gin.query_parameter('%ATTENTION_TYPE') == 'vanilla'
   (model_dir / 'checkpoints' / '300').mkdir(parents=True)
   gin.clear_config()
-  assert cli.parse_run_config(['configs/demo.gin'], [f"MODEL_DIR = '{model_dir}'"]) == str(
+  assert gin_flags.parse_run_config(['configs/demo.gin'], [f"MODEL_DIR = '{model_dir}'"]) == str(
       model_dir / 'config.gin')
   assert gin.query_parameter('%ATTENTION_TYPE') == 'dense'
 

@@ -130,9 +130,16 @@ def test_missing_initial_checkpoint_gives_a_clear_error(tmp_path):
     run(str(tmp_path / 'new'), 1, initial_checkpoint_path=str(tmp_path / 'nope'))
 
 
-def test_eval_only_without_checkpoint_is_a_clear_error(tmp_path):
+def evaluate(model_dir, attention_type='vanilla', **kwargs):
+  return train.evaluate(model_dir=model_dir, model=fixtures.tiny_model(attention_type),
+                        mixture_or_task_name=fixtures.register_copy_task(),
+                        task_feature_lengths=fixtures.LENGTHS, batch_size=8, **kwargs)
+
+
+def test_eval_without_checkpoint_is_a_clear_error_before_anything_is_written(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match='eval needs a checkpoint'):
-    run(str(tmp_path), 1, eval_only=True)
+    evaluate(str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -180,7 +187,7 @@ def test_training_writes_events_config_and_evaluates(tmp_path):
   assert np.isfinite(result['eval']['loss'])
   assert os.listdir(tmp_path / 'train') and os.listdir(tmp_path / 'eval')
   assert os.path.isfile(tmp_path / 'config.gin')
-  evaluated, _ = run(str(tmp_path), 3, eval_only=True, eval_steps=2)
+  evaluated = evaluate(str(tmp_path), eval_steps=2)
   assert evaluated['step'] == 3
   np.testing.assert_allclose(evaluated['eval']['loss'], result['eval']['loss'], rtol=1e-5)
 

@@ -39,13 +39,13 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import seqio
 
 from synth_jax import attention
 from synth_jax import checkpoints
 from synth_jax import data
 from synth_jax import decoding
+from synth_jax import gin_flags
 from synth_jax.attention import core
 from synth_jax.attention import masks
 from synth_jax.diagnostics import statistics
@@ -101,67 +101,16 @@ def _checked(path, probabilities, mask: masks.Mask) -> dict[str, Any]:
 
 def restore_variables(model: nn.Module, model_dir: str, example_inputs: dict,
                       step: Optional[int] = None) -> tuple[dict, int]:
-  """(`{'params', 'frozen'}` of the checkpoint at `step` (default: latest), the step).
-
-  Only the params and frozen collections are read (orbax partial restore, onto one device),
-  after checking their shapes against `model`'s, so the optimizer need not be rebuilt.
-  """
-  directory = os.path.join(model_dir, 'checkpoints')
-  steps = []
-  if model_dir.startswith('gs://') or os.path.isdir(directory):
-    steps = ocp.utils.checkpoint_steps(directory)
-  if not steps:
-    raise checkpoints.CheckpointError(
-        f'attention-maps needs a checkpoint, and {directory} has none; train first or point '
-        'MODEL_DIR at a run (--gin.MODEL_DIR="\'/path/to/run\'").')
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise checkpoints.CheckpointError(f'no checkpoint step {step} in {directory}; it has '
-                                      f'{sorted(steps)}.')
-  item = os.path.join(directory, str(step), 'default')
-  stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
+  """(`{'params', 'frozen'}` of the checkpoint at `step` (default: latest), the step), read onto
+  one device by `checkpoints.read_variables` after checking their shapes against `model`'s."""
   one_row = jax.tree.map(lambda x: x[:1], example_inputs)
   expected = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), **one_row, enable_dropout=False)))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = {}
-  for collection in ('params', core.FROZEN):
-    want = {k: v.shape for k, v in _flat(expected.get(collection, {})).items()}
-    have = {k: tuple(v.shape) for k, v in _flat(stored.get(collection) or {}).items()}
-    if want != have:
-      differ = sorted(set(want.items()) ^ set(have.items()))[0][0]
-      raise ValueError(
-          f'the checkpoint {item} does not fit the model the gin files describe ({collection} '
-          f'{differ!r}: checkpoint {have.get(differ)}, model {want.get(differ)}). Pass the '
-          f"run's own gin: --gin_file={os.path.join(model_dir, 'config.gin')}.")
-    if have:
-      abstract[collection] = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-          stored[collection])
-  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
-  restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True))
-  return dict(restored), step
-
-
-def _flat(tree) -> dict[str, Any]:
-  return {jax.tree_util.keystr(path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _train_argument(name: str, default: Any = inspect.Parameter.empty) -> Any:
-  """The value gin binds to `synth_jax.train.train`'s argument `name` (macros evaluated)."""
-  try:
-    value = gin.query_parameter(f'synth_jax.train.train.{name}')
-  except ValueError:
-    if default is not inspect.Parameter.empty:
-      return default
-    raise SystemExit(f'attention-maps reads the run from gin, and synth_jax.train.train.{name} '
-                     f'is not bound: pass the run\'s gin files (e.g. MODEL_DIR/config.gin).')
-  if isinstance(value, gin.config.ConfigurableReference):
-    value = value.scoped_configurable_fn()
-  return value
+  abstract = {collection: jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), expected[collection])
+              for collection in ('params', core.FROZEN) if collection in expected}
+  return checkpoints.read_variables(model_dir, abstract, step, command='attention-maps')
 
 
 def _label(stack_and_name: tuple[str, ...]) -> tuple[str, Optional[int]]:
@@ -222,14 +171,10 @@ def draw(path: str, title: str, maps: Sequence[Sequence[np.ndarray]],
 
 
 def _parser() -> argparse.ArgumentParser:
-  from synth_jax import cli  # pylint: disable=g-import-not-at-top  (cli imports this module)
   parser = argparse.ArgumentParser(prog='synth-jax attention-maps',
-                                   description=__doc__.split('\n')[0], epilog=cli.GIN_FLAGS_HELP,
+                                   description=__doc__.split('\n')[0], epilog=gin_flags.HELP,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--gin_file', action='append', default=[],
-                      help='a gin file (repeatable); not needed when MODEL_DIR has config.gin')
-  parser.add_argument('--gin_search_paths', action='append', default=[],
-                      help='more directories to look for gin files in (repeatable)')
+  gin_flags.add_flags(parser, 'a gin file (repeatable); not needed when MODEL_DIR has config.gin')
   parser.add_argument('--out', required=True, help='directory for the PNGs and maps.json.')
   parser.add_argument('--examples', type=int, default=2, help='eval examples to draw.')
   parser.add_argument('--max_length', type=int, default=64,
@@ -244,14 +189,16 @@ def _parser() -> argparse.ArgumentParser:
 def _run_from_gin(max_length: int, split: Optional[str]) -> dict[str, Any]:
   """The gin-bound model and what `synth_jax.train.train` is bound to read: model dir, task,
   feature lengths (cut to `max_length`) and eval split (`split` wins)."""
-  model_dir = _train_argument('model_dir', None)
+  def bound(name, *default):
+    return gin_flags.train_binding(name, *default, command='attention-maps')
+  model_dir = bound('model_dir', None)
   if not model_dir:
     raise SystemExit('MODEL_DIR is not set: pass --gin.MODEL_DIR="\'/path/to/run\'".')
-  lengths = dict(_train_argument('task_feature_lengths'))
+  lengths = dict(bound('task_feature_lengths'))
   return {'model': gin.get_configurable('synth_jax.network.Transformer')(),
-          'model_dir': model_dir, 'task': _train_argument('mixture_or_task_name'),
+          'model_dir': model_dir, 'task': bound('mixture_or_task_name'),
           'lengths': {k: min(int(v), max_length) for k, v in lengths.items()},
-          'split': split or _train_argument('eval_split', 'validation')}
+          'split': split or bound('eval_split', 'validation')}
 
 
 def draw_layer(entry: dict[str, Any], batch: dict[str, np.ndarray], vocabulary,
@@ -282,18 +229,17 @@ def draw_layer(entry: dict[str, Any], batch: dict[str, np.ndarray], vocabulary,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`synth-jax attention-maps` with `argv` the arguments after the command; returns 0."""
-  from synth_jax import cli  # pylint: disable=g-import-not-at-top  (cli imports this module)
   argv = list(sys.argv[1:] if argv is None else argv)
-  bindings, argv = cli._split_gin_flags(argv)  # pylint: disable=protected-access
+  bindings, argv = gin_flags.split(argv)
   parser = _parser()
   args = parser.parse_args(argv)
-  if not args.gin_file and not any(b.startswith('MODEL_DIR ') for b in bindings):
+  if not args.gin_file and not gin_flags.names_model_dir(bindings):
     parser.error('give the run\'s --gin.MODEL_DIR (its config.gin is read), or its gin files.')
   if args.examples < 1 or args.max_length < 1:
     parser.error('--examples and --max_length must be at least 1.')
   if args.tfds_data_dir:
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-  cli.parse_run_config(args.gin_file, bindings, args.gin_search_paths)
+  gin_flags.parse_run_config(args.gin_file, bindings, args.gin_search_paths)
   run = _run_from_gin(args.max_length, args.split)
   model, task, split = run['model'], run['task'], run['split']
 
