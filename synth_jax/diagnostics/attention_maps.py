@@ -11,13 +11,10 @@ of MODEL_DIR (or `--step`), read straight from the checkpoint (params and frozen
 whatever the optimizer); the examples are the first `--examples` of the run's eval split,
 unpacked (one example per row) and cut to `--max_length` tokens per feature.
 
-How the maps are captured: the network runs once, forward, under `nn.intercept_methods`.
-Every call of an `attention.Attention` module's `__call__` is intercepted and, before it runs,
-the module's own `probabilities(inputs_q, inputs_kv, mask, bias)` is called with the same
-arguments: the core's scores -> mask -> softmax, float32, with the module's parameters. This
-needs no change to the network and no `sow` in it, sees every variant (mixtures' weighted sums
-included) and takes the reference path, so it never depends on a fused kernel that forms no
-`[q, k]` map. Each map is checked when captured: every valid query's row sums to 1.
+How the maps are captured: `attention/capture.py` (the one capture path, also the diagnostics'):
+the network runs once, forward, and every attention call's probabilities are computed by the
+module itself with the call's arguments, on the reference path. Each map is checked when
+captured: every valid query's row sums to 1.
 
 Writes to `--out`:
   `{encoder_self,decoder_self,cross}_layer{i}.png`: one figure per layer and stack, a grid of
@@ -29,7 +26,6 @@ Writes to `--out`:
     `statistics.projection_spectra` of the checkpoint.
 """
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -46,57 +42,21 @@ from synth_jax import checkpoints
 from synth_jax import data
 from synth_jax import decoding
 from synth_jax import gin_flags
+from synth_jax.attention import capture
 from synth_jax.attention import core
-from synth_jax.attention import masks
 from synth_jax.diagnostics import statistics
 
 # The T5 network's attention modules: (stack, module name) -> the stack's label in file names.
 STACKS = {('encoder', 'attention'): 'encoder_self', ('decoder', 'self_attention'): 'decoder_self',
           ('decoder', 'encoder_decoder_attention'): 'cross'}
-# Rows must sum to 1 to this tolerance (float32 softmax over at most a few thousand keys).
-ROW_SUM_TOLERANCE = 1e-3
 # Axes are labelled with the tokens up to this many positions; beyond, with positions.
 MAX_LABELLED_TOKENS = 48
 
 
 def capture_probabilities(model: nn.Module, variables, **inputs) -> list[dict[str, Any]]:
-  """Runs `model.apply(variables, **inputs)` once; returns every attention call's maps, in order.
-
-  Each entry: `path` (the module path, e.g. `('encoder', 'layers_0', 'attention')`),
-  `probabilities` `[batch, heads, q_len, k_len]`, `visible` `[batch, 1 | heads, q_len, k_len]`
-  bool (the call's `Mask.dense()`) and `query_valid` `[batch, q_len]` bool, all NumPy.
-  Raises if a valid query's row does not sum to 1.
-  """
-  captured = []
-
-  def interceptor(next_fun, args, kwargs, context):
-    module = context.module
-    if context.method_name == '__call__' and isinstance(module, attention.Attention):
-      call = inspect.signature(type(module).__call__).bind(module, *args, **kwargs)
-      call.apply_defaults()
-      inputs_q, inputs_kv, bias = (call.arguments[k] for k in ('inputs_q', 'inputs_kv', 'bias'))
-      mask = masks.as_mask(call.arguments['mask'], *inputs_q.shape[:2], inputs_kv.shape[1])
-      probabilities = module.probabilities(inputs_q, inputs_kv, mask, bias,
-                                           decode=call.arguments['decode'])
-      captured.append(_checked(module.path, probabilities, mask))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(interceptor):
-    model.apply(variables, **inputs)
-  return captured
-
-
-def _checked(path, probabilities, mask: masks.Mask) -> dict[str, Any]:
-  """A `capture_probabilities` entry, after checking that every valid query's row sums to 1."""
-  visible = np.asarray(mask.dense())
-  query_valid = np.asarray(mask.query_valid) & np.any(visible, axis=(1, 3))
-  p = np.broadcast_to(np.asarray(probabilities, np.float32),
-                      (query_valid.shape[0],) + tuple(probabilities.shape[1:]))
-  row_sums = np.where(query_valid[:, None, :], p.sum(-1), 1.0)
-  if not np.all(np.isfinite(p)) or np.max(np.abs(row_sums - 1.0)) > ROW_SUM_TOLERANCE:
-    raise RuntimeError(f'{"/".join(path)}: attention rows do not sum to 1 (largest error '
-                       f'{np.max(np.abs(row_sums - 1.0)):.2e}); the attention core is broken.')
-  return {'path': tuple(path), 'probabilities': p, 'visible': visible, 'query_valid': query_valid}
+  """Runs `model.apply(variables, **inputs)` once; every attention call's maps, in order, as
+  `capture.checked` entries (`path`, `probabilities`, `visible`, `query_valid`, NumPy)."""
+  return [capture.checked(entry) for entry in capture.capture(model, variables, **inputs)]
 
 
 def restore_variables(model: nn.Module, model_dir: str, example_inputs: dict,

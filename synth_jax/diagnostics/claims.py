@@ -11,6 +11,7 @@ import dataclasses
 from typing import Callable, Optional
 
 from synth_jax.attention import registry
+from synth_jax.diagnostics import statistics
 
 SOLVED = 0.9
 FAILED = 0.5
@@ -198,7 +199,7 @@ def orthogonal_stable(results) -> Outcome:
 def head_similarity(run: dict) -> Optional[float]:
   """Mean over layers of the heads' mean pairwise map similarity (`statistics.py`)."""
   layers = ((run.get('statistics') or {}).get('attention')) or []
-  values = [layer['head_diversity'] for layer in layers if layer.get('head_diversity') is not None]
+  values = [v for v in map(statistics.mean_head_similarity_of, layers) if v is not None]
   return sum(values) / len(values) if values else None
 
 

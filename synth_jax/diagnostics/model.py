@@ -24,13 +24,13 @@ import numpy as np
 
 from synth_jax import attention
 from synth_jax import layers
+from synth_jax.attention import capture
 from synth_jax.attention import kernels
 from synth_jax.attention.core import AxisRule
 
 Array = jax.Array
 
 POSITIONS = ('learned', 'sinusoidal', 'relative', 'none')
-PROBABILITIES = 'attention_probabilities'  # the name sown into 'intermediates'
 
 # Axes this file introduces; diagnostic models run unsharded and train with AdamW, so neither
 # axis is split or factored.
@@ -120,7 +120,6 @@ class Block(nn.Module):
   """Pre-norm residual block: optional short convolution, causal attention, gated-GELU MLP."""
   config: ModelConfig
   dispatch: Any = None
-  capture_probabilities: bool = False
 
   @nn.compact
   def __call__(self, h: Array, mask: attention.Mask, bias: Optional[Array]) -> Array:
@@ -135,8 +134,6 @@ class Block(nn.Module):
         max_query_length=cfg.max_length, max_key_length=cfg.max_length, dispatch=self.dispatch,
         fold_query_scale=cfg.fold_query_scale, name='attention', **dict(cfg.attention_options))
     h = h + mixer(x, x, mask, bias)
-    if self.capture_probabilities:
-      self.sow('intermediates', PROBABILITIES, mixer.probabilities(x, x, mask, bias))
     y = layers.LayerNorm(name='pre_mlp_layer_norm')(h)
     return h + layers.MlpBlock(intermediate_dim=cfg.hidden_dim, intermediate_dropout_rate=0.0,
                                name='mlp')(y)
@@ -154,10 +151,8 @@ class DecoderLM(nn.Module):
   attention_execution: str = 'fast'
 
   @nn.compact
-  def __call__(self, tokens: Array, capture_probabilities: bool = False) -> Array:
-    """Logits `[batch, length, vocab]` float32. With `capture_probabilities`, each layer sows its
-    `[batch | 1, heads, length, length]` attention probabilities into 'intermediates'
-    (`attention_probabilities` reads them back)."""
+  def __call__(self, tokens: Array) -> Array:
+    """Logits `[batch, length, vocab]` float32 (`attention_probabilities` captures the maps)."""
     cfg = self.config
     length = tokens.shape[1]
     dispatch = kernels.dispatch_for(self.attention_execution, 'DecoderLM.attention_execution')
@@ -181,24 +176,23 @@ class DecoderLM(nn.Module):
       bias = layers.RelativePositionBiases(num_heads=cfg.num_heads, name='relpos_bias'
                                            ).table_bias(length, length, bidirectional=False)
     for i in range(cfg.num_layers):
-      h = Block(cfg, dispatch, capture_probabilities, name=f'layers_{i}')(h, mask, bias)
+      h = Block(cfg, dispatch, name=f'layers_{i}')(h, mask, bias)
     h = layers.LayerNorm(name='decoder_norm')(h)
     return layers.DenseGeneral(cfg.vocab_size, kernel_axes=('embed', 'vocab'),
                                output_dtype=jnp.float32, name='logits_dense')(h)
 
 
-def _capture(model: DecoderLM, variables, tokens: Array) -> list[Array]:
-  _, state = model.apply(variables, tokens, capture_probabilities=True, mutable=['intermediates'])
-  sown = state['intermediates']
-  return [sown[f'layers_{i}'][PROBABILITIES][0] for i in range(model.config.num_layers)]
+def _maps(model: DecoderLM, variables, tokens: Array) -> list[Array]:
+  return [entry.probabilities for entry in capture.capture(model, variables, tokens)]
 
 
 def attention_probabilities(model: DecoderLM, variables, tokens: Array) -> list[Array]:
-  """Per layer, the `[batch | 1, heads, length, length]` float32 attention probabilities."""
-  return jax.jit(lambda v, t: _capture(model, v, t))(variables, tokens)
+  """Per layer, the `[batch | 1, heads, length, length]` float32 attention probabilities
+  (`attention/capture.py`, the path T5 runs' maps take too)."""
+  return jax.jit(lambda v, t: _maps(model, v, t))(variables, tokens)
 
 
 def group_attention_probabilities(model: DecoderLM, variables, tokens: Array) -> list[Array]:
   """`attention_probabilities` of a group of runs (`variables` and `tokens` `[runs, batch,
   length]` with a leading `[runs]` axis): per layer `[runs, batch | 1, heads, length, length]`."""
-  return jax.jit(jax.vmap(lambda v, t: _capture(model, v, t)))(variables, tokens)
+  return jax.jit(jax.vmap(lambda v, t: _maps(model, v, t)))(variables, tokens)

@@ -8,6 +8,7 @@ import statistics as stats
 from typing import Sequence
 
 from synth_jax.diagnostics import claims
+from synth_jax.diagnostics import statistics
 
 TASK_TITLES = {
     'mqar': "Multi-query associative recall (Zoology, Arora et al. 2023)",
@@ -87,7 +88,7 @@ def statistics_section(results: dict) -> list[str]:
     layers = recorded.get('attention') or []
     if not layers or 'base' not in run['job']['groups']:
       continue
-    similarity = _mean([layer['head_diversity'] for layer in layers])
+    similarity = _mean([statistics.mean_head_similarity_of(layer) for layer in layers])
     entropy = _mean([_mean(layer['normalized_entropy']) for layer in layers])
     conditions = sorted(c for module in (recorded.get('projections') or {}).values()
                         for c in module['query_key']['condition_number'] if c is not None)

@@ -53,8 +53,9 @@ def attention_statistics(probabilities: Union[Any, Sequence[Any]],
       example's `[q_len * k_len]` flattened map of head h with padding queries' rows zeroed.
       Maps are nonnegative, so S is in [0, 1]: 1 = the same map up to scale, 0 = disjoint
       supports.
-    head_diversity: mean of S_hg over head pairs h < g: a *similarity*, as the issue defines it
-      (1 = identical heads, lower = more diverse). NaN with one head.
+    mean_head_similarity: mean of S_hg over head pairs h < g (1 = identical heads, lower = more
+      diverse). NaN with one head. Results written before 2026-12-07 call it `head_diversity`
+      (`mean_head_similarity_of` reads either).
   """
   if isinstance(probabilities, (list, tuple)):
     return {'layers': [attention_statistics(p, query_valid, visible) for p in probabilities]}
@@ -94,8 +95,14 @@ def attention_statistics(probabilities: Union[Any, Sequence[Any]],
       'normalized_entropy': mean_over_queries(
           row_entropy / np.where(choosing, log_counts, 1.0), choosing),
       'head_similarity': similarity,
-      'head_diversity': float(np.mean(similarity[pairs])) if heads > 1 else math.nan,
+      'mean_head_similarity': float(np.mean(similarity[pairs])) if heads > 1 else math.nan,
   }
+
+
+def mean_head_similarity_of(layer: dict) -> Optional[float]:
+  """A recorded layer's `mean_head_similarity`, also from results that named it
+  `head_diversity` (a similarity despite that name); None if absent."""
+  return layer.get('mean_head_similarity', layer.get('head_diversity'))
 
 
 def _spectrum(singular_values: np.ndarray, rows: int, cols: int) -> dict[str, np.ndarray]:

@@ -69,7 +69,7 @@ def test_attention_maps_draws_every_layer_and_stack_of_a_trained_checkpoint(trai
     assert np.all(ceiling <= math.log(12) + 1e-9)
     assert np.all((np.array(layer['normalized_entropy']) >= 0) &
                   (np.array(layer['normalized_entropy']) <= 1 + 1e-6))
-    assert 0 <= layer['head_diversity'] <= 1 + 1e-9
+    assert 0 <= layer['mean_head_similarity'] <= 1 + 1e-9
   # Causal decoder queries see fewer keys on average than the bidirectional encoder's.
   by_png = {layer['png']: layer for layer in report['layers']}
   assert (by_png['decoder_self_layer0.png']['max_entropy'][0]

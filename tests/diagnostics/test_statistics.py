@@ -80,7 +80,7 @@ def test_identical_heads_have_diversity_one():
   rng = np.random.default_rng(0)
   one = rng.dirichlet(np.ones(7), size=(2, 1, 5))
   stats = statistics.attention_statistics(np.repeat(one, 4, axis=1))
-  assert stats['head_diversity'] == pytest.approx(1.0, abs=1e-12)
+  assert stats['mean_head_similarity'] == pytest.approx(1.0, abs=1e-12)
   np.testing.assert_allclose(stats['head_similarity'], np.ones((4, 4)), atol=1e-12)
 
 
@@ -88,7 +88,7 @@ def test_heads_on_disjoint_keys_have_diversity_zero():
   p = np.zeros((2, 2, 4, 4))
   p[:, 0, :, 0] = 1.0  # head 0: everything on key 0
   p[:, 1, :, 1:] = 1 / 3  # head 1: uniform over keys 1..3
-  assert statistics.attention_statistics(p)['head_diversity'] == 0.0
+  assert statistics.attention_statistics(p)['mean_head_similarity'] == 0.0
 
 
 def test_head_similarity_is_the_mean_cosine_of_flattened_maps():
@@ -103,7 +103,7 @@ def test_head_similarity_is_the_mean_cosine_of_flattened_maps():
       for b in range(3):
         a, c = (np.where(valid[b][:, None], p[b, k], 0).ravel() for k in (h, g))
         cosines.append(a @ c / np.linalg.norm(a) / np.linalg.norm(c))
-  assert stats['head_diversity'] == pytest.approx(np.mean(cosines), rel=1e-12)
+  assert stats['mean_head_similarity'] == pytest.approx(np.mean(cosines), rel=1e-12)
 
 
 def test_a_list_gives_one_entry_per_layer_and_broadcasts_shared_maps():
@@ -197,5 +197,12 @@ def test_gradient_norms_match_numpy_and_optax():
 def test_as_json_turns_arrays_and_nan_into_strict_json():
   stats = statistics.attention_statistics(np.ones((1, 1, 2, 1)))  # one head: diversity NaN
   text = json.dumps(statistics.as_json(stats), allow_nan=False)
-  assert json.loads(text)['head_diversity'] is None
+  assert json.loads(text)['mean_head_similarity'] is None
   assert json.loads(text)['entropy'] == [0.0]
+
+
+def test_the_mean_head_similarity_is_read_also_under_its_old_name():
+  """Results written before the rename called the mean pairwise similarity `head_diversity`."""
+  assert statistics.mean_head_similarity_of({'mean_head_similarity': 0.3}) == 0.3
+  assert statistics.mean_head_similarity_of({'head_diversity': 0.4}) == 0.4
+  assert statistics.mean_head_similarity_of({}) is None
