@@ -1,6 +1,5 @@
 """Registry: names, facts, mixtures, errors, the import graph, and every variant against its
 NumPy reference."""
-import ast
 import pathlib
 
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ from synth_jax.attention import masks
 from synth_jax.attention import mixture
 from synth_jax.attention import registry
 from synth_jax.diagnostics import claims
+from tests import import_graph
 from tests.attention import helpers
 from tests.attention import reference
 from tests.attention.helpers import ALL_TYPES
@@ -173,72 +173,27 @@ def test_output_matches_numpy_reference_of_the_paper_equation(name, shape):
 ATTENTION_DIR = pathlib.Path(attention.__file__).parent
 
 
-def module_name(path: pathlib.Path) -> str:
-  parts = path.relative_to(ATTENTION_DIR.parent.parent).with_suffix('').parts
-  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
-
-
-def imported_modules(source: str, module: str, is_package: bool, known: set[str]) -> set[str]:
-  """Every module `source` imports, at the top or inside a function: `from p import m` counts
-  as importing p.m when that is a module in `known`, else as importing p."""
-  package = module if is_package else module.rpartition('.')[0]
-  found = set()
-  for node in ast.walk(ast.parse(source)):
-    if isinstance(node, ast.Import):
-      found.update(alias.name for alias in node.names)
-    elif isinstance(node, ast.ImportFrom):
-      base = package.rsplit('.', node.level - 1)[0] if node.level else ''
-      origin = '.'.join(p for p in (base, node.module or '') if p)
-      for alias in node.names:
-        child = f'{origin}.{alias.name}'
-        found.add(child if child in known else origin)
-  return found
-
-
 def attention_import_graph() -> dict[str, set[str]]:
   """module -> the modules of `synth_jax.attention` it imports (deferred imports included)."""
-  paths = {module_name(p): p for p in ATTENTION_DIR.rglob('*.py')}
-  return {name: imported_modules(path.read_text(), name, path.name == '__init__.py',
-                                 set(paths)) & set(paths)
-          for name, path in paths.items()}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str]:
-  """A cycle of `graph` as a path that returns to its start; [] if there is none."""
-  state = {}
-
-  def visit(node, path):
-    state[node] = 'open'
-    for child in sorted(graph.get(node, ())):
-      if state.get(child) == 'open':
-        return path[path.index(child):] + [child]
-      if child not in state and (cycle := visit(child, path + [child])):
-        return cycle
-    state[node] = 'done'
-    return []
-
-  for node in sorted(graph):
-    if node not in state and (cycle := visit(node, [node])):
-      return cycle
-  return []
+  return import_graph.package_graph(ATTENTION_DIR)
 
 
 def test_the_import_walker_sees_imports_inside_functions():
   source = 'import os\ndef f():\n  from synth_jax.attention import registry\n'
-  found = imported_modules(source, 'synth_jax.attention.mixture', False,
+  found = import_graph.imported_modules(source, 'synth_jax.attention.mixture', False,
                            {'synth_jax.attention.registry'})
   assert found == {'os', 'synth_jax.attention.registry'}
-  assert imported_modules('from . import core\n', 'synth_jax.attention.mixture', False,
+  assert import_graph.imported_modules('from . import core\n', 'synth_jax.attention.mixture', False,
                           {'synth_jax.attention.core'}) == {'synth_jax.attention.core'}
-  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
-  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) == []
+  assert import_graph.find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+  assert import_graph.find_cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) == []
 
 
 def test_attention_modules_import_each_other_without_a_cycle():
   graph = attention_import_graph()
   assert 'synth_jax.attention.mixture' in graph['synth_jax.attention.registry']
   assert 'synth_jax.attention.core' in graph['synth_jax.attention.kernels']  # subpackages too
-  assert find_cycle(graph) == []
+  assert import_graph.find_cycle(graph) == []
 
 
 def test_only_the_package_entry_points_import_the_registry():
