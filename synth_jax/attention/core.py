@@ -129,6 +129,11 @@ class Attention(nn.Module):
   dispatch: Optional[Callable] = None
   fold_query_scale: bool = True
 
+  # Whether max_query_length/max_key_length bound the inputs: True for variants that hold a
+  # score map of that size (synthesizers); variants that compute every logit from the tokens
+  # set it False and run at any length.
+  length_bounded = True
+
   variant_name = 'attention'
   axis_rules = AXIS_RULES
   # Logits depend on absolute query positions (so the variant cannot be cross-attention).
@@ -246,6 +251,9 @@ class Attention(nn.Module):
         kernel_init=kernel_init or self.kernel_init, name=name)
 
   def check_lengths(self, query_length: int, key_length: int):
+    """Refuses inputs longer than the score map a length-bounded variant holds."""
+    if not self.length_bounded:
+      return
     if query_length > self.max_query_length:
       raise length_error(self.variant_name, 'query', query_length, self.max_query_length)
     if key_length > self.max_key_length:

@@ -30,6 +30,7 @@ class QueryKeyAttention(core.Attention):
   them at the positions the mask gives (rotary embeddings do).
   """
   query_key = True
+  length_bounded = False  # logits from the tokens: any length
 
   def queries(self, inputs_q, mask):
     """Queries `[batch, q_len, heads, head_dim]`."""
@@ -51,9 +52,6 @@ class QueryKeyAttention(core.Attention):
                         self.keys(key_features, mask), preferred_element_type=jnp.float32)
     scale = self.logit_scale(key_features.shape[-1])
     return logits if scale == 1.0 else logits * scale
-
-  def check_lengths(self, query_length, key_length):
-    """Dot-product attention has no maximum length."""
 
 
 class DotProductAttention(QueryKeyAttention):

@@ -75,6 +75,7 @@ class HyperbolicAttention(core.Attention):
   init_temperature: float = 1.0
 
   variant_name = 'hyperbolic'
+  length_bounded = False  # logits from the tokens: any length
 
   def positive(self, name: str, init_value: float):
     raw = self.param(name, nn.with_logical_partitioning(
@@ -96,6 +97,3 @@ class HyperbolicAttention(core.Attention):
   def attention_logits(self, inputs_q, key_features, mask):
     block = self.block_scores(inputs_q, key_features, mask, block_size=0)
     return block.function(block.params, block.query, block.key)
-
-  def check_lengths(self, query_length, key_length):
-    """No maximum length."""

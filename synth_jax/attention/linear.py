@@ -89,9 +89,7 @@ class LinearAttention(core.Attention):
   # `feature_logs()` gives log phi(q), log phi(k): `kernels/linear_scan.py` computes the heads
   # from them in O(length).
   kernel_features = True
-
-  def check_lengths(self, query_length, key_length):
-    """Linear attention has no maximum length."""
+  length_bounded = False  # logits from the tokens: any length
 
   def key_features(self, inputs_kv):
     """Keys `[batch, k_len, heads, head_dim]`."""

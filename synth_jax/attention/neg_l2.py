@@ -24,6 +24,7 @@ class NegativeL2Attention(core.Attention):
   """`query`, `key` kernels `[embed, heads * head_dim]` as vanilla's (T5X names and axes)."""
   variant_name = 'neg_l2'
   query_key = True
+  length_bounded = False  # logits from the tokens: any length
 
   def key_features(self, inputs_kv):
     return self.projection('key', inputs_kv.shape[-1])(inputs_kv)
@@ -45,6 +46,3 @@ class NegativeL2Attention(core.Attention):
     q_norms = jnp.einsum('bqhd,bqhd->bhq', q, q)[..., :, None]
     k_norms = jnp.einsum('bkhd,bkhd->bhk', k, k)[..., None, :]
     return (2.0 * cross - q_norms - k_norms) / (2.0 * q.shape[-1] ** 0.5)
-
-  def check_lengths(self, query_length, key_length):
-    """No maximum length."""
