@@ -1,17 +1,36 @@
-"""A tiny in-memory seqio task and a tiny model, for trainer and decoding tests."""
+"""The tests' one tiny T5 (config and model) and a tiny in-memory seqio copy task."""
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from synth_jax import network
 
 COPY_TASK = 'synth_jax_test_copy'
-VOCAB = seqio.ByteVocabulary()
+LENGTHS = {'inputs': 16, 'targets': 16}
+
+
+def tiny_config(attention_type='vanilla', dropout_rate=0.0, max_length=16, **overrides):
+  """One encoder and one decoder layer: enough to exercise every code path, quick to compile.
+
+  `attention_type` sets encoder and decoder self-attention and `max_length` both max lengths;
+  `overrides` set any `T5Config` field, e.g. `decoder_attention` alone or `max_decoder_length`.
+  """
+  options = dict(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16,
+                 num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64, dropout_rate=dropout_rate,
+                 encoder_attention=attention_type, decoder_attention=attention_type,
+                 max_encoder_length=max_length, max_decoder_length=max_length)
+  options.update(overrides)
+  return network.T5Config(**options)
+
+
+def tiny_model(attention_type='vanilla', attention_execution='fast', **overrides):
+  """A `Transformer` of `tiny_config(attention_type, **overrides)`."""
+  return network.Transformer(tiny_config(attention_type, **overrides),
+                             attention_execution=attention_execution)
 
 
 def _copy_examples(split, shuffle_files, seed=None):
   del shuffle_files, seed
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0 if split == 'train' else 1)
   words = [''.join(rng.choice(list('abcdefgh'), size=rng.integers(2, 6))) for _ in range(256)]
   texts = [' '.join(words[i:i + 2]) for i in range(0, len(words) - 1)]
@@ -20,26 +39,15 @@ def _copy_examples(split, shuffle_files, seed=None):
 
 def register_copy_task():
   """`synth_jax_test_copy`: targets equal inputs (bytes). Idempotent."""
+  # seqio (and TensorFlow) are imported here, so tests that need only the tiny model skip them.
+  import seqio  # pylint: disable=g-import-not-at-top
   if COPY_TASK in seqio.TaskRegistry.names():
     return COPY_TASK
-  features = {k: seqio.Feature(VOCAB, add_eos=True) for k in ('inputs', 'targets')}
+  vocab = seqio.ByteVocabulary()
+  features = {k: seqio.Feature(vocab, add_eos=True) for k in ('inputs', 'targets')}
   seqio.TaskRegistry.add(
       COPY_TASK,
       source=seqio.FunctionDataSource(_copy_examples, splits=('train', 'validation')),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
       output_features=features)
   return COPY_TASK
-
-
-def tiny_model(attention_type='vanilla', dropout_rate=0.0, max_length=16,
-               attention_execution='fast', **overrides):
-  """One encoder and one decoder layer: enough to exercise every code path, quick to compile."""
-  options = dict(vocab_size=384, emb_dim=32, num_heads=2, head_dim=16,
-                 num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64, dropout_rate=dropout_rate,
-                 encoder_attention=attention_type, decoder_attention=attention_type,
-                 max_encoder_length=max_length, max_decoder_length=max_length)
-  options.update(overrides)
-  return network.Transformer(network.T5Config(**options), attention_execution=attention_execution)
-
-
-LENGTHS = {'inputs': 16, 'targets': 16}

@@ -13,6 +13,7 @@ import pytest
 from synth_jax import attention
 from synth_jax import network
 from synth_jax.attention import kernels
+from tests import fixtures
 from tests.attention import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,12 +21,13 @@ TINY_GIN = os.path.join(REPO, 'gin', 'models', 't5_1_1_tiny.gin')
 VOCAB = 50
 
 
+# The shared tiny T5 at 2+2 layers (T5X_PATHS below names layers_1), VOCAB tokens, and targets
+# shorter than inputs (12 and 16).
+SIZES = dict(vocab_size=VOCAB, num_encoder_layers=2, num_decoder_layers=2, max_decoder_length=12)
+
+
 def tiny_config(**overrides):
-  kw = dict(vocab_size=VOCAB, emb_dim=32, num_heads=2, head_dim=16, num_encoder_layers=2,
-            num_decoder_layers=2, mlp_dim=64, dropout_rate=0.0, max_encoder_length=16,
-            max_decoder_length=12)
-  kw.update(overrides)
-  return network.T5Config(**kw)
+  return fixtures.tiny_config(**{**SIZES, **overrides})
 
 
 def init(model, enc, dec_in, dec_tgt, seed=0):
@@ -478,23 +480,20 @@ def test_gin_tiny_default_is_vanilla_t5x_tree(clean_gin):
 
 
 def test_self_attention_options_reach_the_variant():
-  cfg = network.T5Config(vocab_size=128, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
-                         num_decoder_layers=1, mlp_dim=32, encoder_attention='factorized_random',
-                         decoder_attention='factorized_random', max_encoder_length=8,
-                         max_decoder_length=8, self_attention_options={'rank': 3})
+  model = fixtures.tiny_model('factorized_random', max_length=8,
+                              self_attention_options={'rank': 3})
   tokens = jnp.ones((1, 8), jnp.int32)
-  params = jax.eval_shape(lambda: nn.unbox(network.Transformer(cfg).init(
+  params = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), tokens, tokens, tokens)))['params']
   assert params['encoder']['layers_0']['attention']['query_factor'].shape == (2, 8, 3)
   assert params['decoder']['layers_0']['self_attention']['key_factor'].shape == (2, 8, 3)
 
 
 def test_self_attention_options_that_do_not_fit_the_type_are_a_clear_error():
-  cfg = network.T5Config(vocab_size=128, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
-                         num_decoder_layers=1, mlp_dim=32, self_attention_options={'rank': 3})
+  model = fixtures.tiny_model(self_attention_options={'rank': 3})
   tokens = jnp.ones((1, 8), jnp.int32)
   with pytest.raises(ValueError, match=r"self_attention_options=\{'rank': 3\} do not fit .*'vanilla'"):
-    network.Transformer(cfg).init(jax.random.key(0), tokens, tokens, tokens)
+    model.init(jax.random.key(0), tokens, tokens, tokens)
 
 
 @pytest.mark.parametrize('gin_file', sorted(os.listdir(os.path.join(REPO, 'gin', 'attention'))))

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from synth_jax import attention
-from synth_jax import network
 from synth_jax.attention import kernels
 from synth_jax.attention import masks
 from synth_jax.attention import registry
@@ -22,6 +21,7 @@ from synth_jax.attention.kernels import flash
 from synth_jax.attention.kernels import linear_scan
 from synth_jax.attention.kernels import packed_gather
 from synth_jax.attention.kernels import shared_scores
+from tests import fixtures
 from tests.attention import helpers
 
 BATCH, LENGTH = 3, 6
@@ -231,10 +231,7 @@ def test_an_unknown_execution_is_a_clear_error_listing_the_valid_ones():
 
 
 def test_an_unknown_transformer_execution_names_the_knob():
-  config = network.T5Config(vocab_size=50, emb_dim=16, num_heads=2, head_dim=8,
-                            num_encoder_layers=1, num_decoder_layers=1, mlp_dim=32,
-                            dropout_rate=0.0, max_encoder_length=8, max_decoder_length=8)
-  model = network.Transformer(config, attention_execution='cuda')
+  model = fixtures.tiny_model(attention_execution='cuda')
   tokens = jnp.ones((1, 4), jnp.int32)
   with pytest.raises(ValueError, match=r"Transformer.attention_execution='cuda' is not an "
                                        r"attention execution; use one of 'reference'"):
