@@ -224,14 +224,21 @@ def _check_model_dir(model_dir: Optional[str]):
                    'write, e.g. --gin.MODEL_DIR="\'/tmp/my_run\'".')
 
 
-def _run_steps(state, start: int, train_steps: int, batches, *, step_fn, batch_sharding, rng,
-               manager: checkpoints.Manager, metrics: _StepMetrics, log: progress.TrainProgress,
-               evaluate_all: _Evaluation, eval_period: int, preemption: _Preemption,
+def _run_steps(state, start: int, train_steps: int, dataset: data_lib.Dataset, *, step_fn,
+               batch_sharding, rng, manager: checkpoints.Manager, metrics: _StepMetrics,
+               log: Callable[[], progress.TrainProgress], evaluate_all: _Evaluation,
+               eval_period: int, preemption: _Preemption,
                trainer_lease: Optional[lease_lib.Lease] = None):
-  """Steps `start + 1 .. train_steps`, logging, evaluating and saving when due; SIGTERM (seen
-  by `preemption`, also when it came before the first step) saves and stops. Returns the state
-  and the last eval metrics."""
+  """Steps `start + 1 .. train_steps` on `dataset`'s batches, logging (`log()` makes the
+  progress log), evaluating and saving when due; SIGTERM (seen by `preemption`, also when it
+  came before the first step) saves and stops. Returns the state and the last eval metrics."""
   eval_metrics = {}
+  if start >= train_steps:
+    print(f'{manager.directory and os.path.dirname(manager.directory)} is already at step '
+          f'{start} of TRAIN_STEPS={train_steps}: nothing to train. Raise TRAIN_STEPS to '
+          'continue training.', flush=True)
+    return state, eval_metrics
+  batches, log = dataset.train_batches(start_step=start), log()
   for step in range(start + 1, train_steps + 1):
     state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
     metrics.add(step, step_metrics)
@@ -282,6 +289,12 @@ def _claim_model_dir(scope: contextlib.ExitStack, model_dir: Optional[str], mode
   return preemption, trainer_lease, manager
 
 
+def _save_config(model_dir: Optional[str], model):
+  """Process 0 writes the run's gin config and model summary into `model_dir` (`run_config`)."""
+  if model_dir and jax.process_index() == 0:
+    run_config.write(model_dir, gin.config_str(), model)
+
+
 def _mesh_and_data(model_parallelism: Optional[int], mixture_or_task_name: str,
                    task_feature_lengths: Mapping[str, int], batch_size: int, seed: int,
                    pack: bool, unpack_single_example_rows: bool = True):
@@ -316,57 +329,33 @@ def _checkpoint_state(model, model_dir: Optional[str], dataset: data_lib.Dataset
 
 
 @gin.configurable(module='synth_jax.train', denylist=['on_step'])
-def train(*,
-          model_dir: Optional[str],
-          model: network.Transformer = gin.REQUIRED,
+def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = gin.REQUIRED,
           train_steps: int = gin.REQUIRED,
           learning_rate: Callable = optimizer_lib.rsqrt_schedule(),
-          make_optimizer: Callable = adafactor_optimizer,
-          z_loss: float = 1e-4,
-          label_smoothing: float = 0.0,
-          seed: int = 0,
-          model_parallelism: Optional[int] = None,
-          pack: bool = True,
-          unpack_single_example_rows: bool = True,
-          checkpoint_period: int = 1000,
-          keep_checkpoints: Optional[int] = 3,
-          eval_period: int = 1000,
-          eval_steps: int = 20,
-          eval_split: str = 'validation',
-          log_period: int = 50,
-          initial_checkpoint_path: Optional[str] = None,
-          infer_examples: int = 0,
-          metric_examples: Optional[int] = None,
+          make_optimizer: Callable = adafactor_optimizer, z_loss: float = 1e-4,
+          label_smoothing: float = 0.0, seed: int = 0, model_parallelism: Optional[int] = None,
+          pack: bool = True, unpack_single_example_rows: bool = True,
+          checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
+          eval_period: int = 1000, eval_steps: int = 20, eval_split: str = 'validation',
+          log_period: int = 50, initial_checkpoint_path: Optional[str] = None,
+          infer_examples: int = 0, metric_examples: Optional[int] = None,
           lease_timeout_s: float = 300.0,
           on_step: Optional[Callable[[int, dict], None]] = None) -> dict[str, Any]:
   """Trains (or resumes training of) a T5 model; returns the last train and eval metrics.
 
-  Args:
-    model_dir: checkpoints, TensorBoard events and `config.gin` go here; None runs without them.
-    model: the network, `Transformer(T5Config(...))`; `ATTENTION_TYPE` picks its attention.
-    mixture_or_task_name, task_feature_lengths: the seqio data, e.g. {'inputs': 512,
-      'targets': 114}; batches come from `seqio.EncDecFeatureConverter(pack=pack)`.
-    batch_size: global batch size (split over the mesh's 'data' axis and over hosts).
-    train_steps: the step to stop at (a resumed run continues up to it).
-    learning_rate: schedule `step -> rate` (T5's rsqrt with 10k warmup by default).
-    make_optimizer: `(factor_plan, learning_rate) -> optax transform`.
-    unpack_single_example_rows: packed batches whose rows each hold one example (nearly every C4
-      pretraining batch) train as the unpacked batches they equal, on the faster unpacked
-      attention paths; single-host runs only (`data.Dataset`, whose docstring has the costs).
-    checkpoint_period, keep_checkpoints: save every N steps (and at the end), keep the newest K.
-    eval_period, eval_steps, eval_split: evaluate every N steps on `eval_steps` batches.
-    initial_checkpoint_path: a checkpoint step directory to start a *new* run from (finetuning);
-      ignored when `model_dir` already has checkpoints.
-    infer_examples: at the end, greedy-decode this many eval examples and print them.
-    metric_examples: for tasks with metrics (GLUE, SuperGLUE), each eval also decodes this many
-      examples per task (None: the whole eval split) and reports the tasks' official metrics.
-    lease_timeout_s: a trainer holds `model_dir` while it trains (`lease.py`); a second one
-      exits at once, and takes over only a lease whose heartbeat is older than this (or whose
-      process on this host is gone).
-    on_step: test hook called with (step, metrics) after each step.
+  `model_dir` gets checkpoints, TensorBoard events, `config.gin` (None: none); `model` is
+  `Transformer(T5Config(...))`; the data is `mixture_or_task_name` at `task_feature_lengths`
+  (`seqio.EncDecFeatureConverter(pack=pack)`) in global batches of `batch_size`; training stops
+  at step `train_steps`. `learning_rate`: a schedule `step -> rate`; `make_optimizer(plan,
+  learning_rate)`: an optax transform; `unpack_single_example_rows`: packed batches of one
+  example a row train unpacked (single host; `data.Dataset`). Saves every `checkpoint_period`
+  steps and at the end, keeping `keep_checkpoints`; evaluates every `eval_period` steps on
+  `eval_steps` batches of `eval_split`, plus official metrics on `metric_examples` decoded
+  examples (None: all). `initial_checkpoint_path`: a step directory a new run starts from; at
+  the end `infer_examples` examples are decoded; a second trainer of `model_dir` exits unless
+  its lease is older than `lease_timeout_s` (`lease.py`); `on_step(step, metrics)`: a hook.
   """
   _check_model_dir(model_dir)
   with contextlib.ExitStack() as scope:
@@ -378,30 +367,23 @@ def train(*,
         model, functools.partial(make_optimizer, learning_rate=learning_rate),
         dataset.example_batch(), mesh, jax.random.key(seed))
     batch_sharding = partitioning.data_sharding(mesh)  # every feature, packed or not
-    step_fn = _jit_train_step(model, optimizer, shardings, batch_sharding, z_loss=z_loss,
-                              label_smoothing=label_smoothing)
-    eval_fn = _jit_eval_step(model, shardings, batch_sharding)
     state, start = _restore(manager, state, shardings, initial_checkpoint_path)
-    if model_dir and jax.process_index() == 0:
-      run_config.write(model_dir, gin.config_str(), model)
+    _save_config(model_dir, model)
     summaries = progress.Summaries(model_dir)
-    evaluate_all = _Evaluation.create(model, dataset, eval_fn, batch_sharding, summaries,
-                                      eval_split, eval_steps, bool(eval_period), metric_examples)
+    evaluate_all = _Evaluation.create(
+        model, dataset, _jit_eval_step(model, shardings, batch_sharding), batch_sharding,
+        summaries, eval_split, eval_steps, bool(eval_period), metric_examples)
     metrics = _StepMetrics(manager, on_step)
-    if start >= train_steps:
-      eval_metrics = {}
-      print(f'{model_dir} is already at step {start} of TRAIN_STEPS={train_steps}: nothing to '
-            'train. Raise TRAIN_STEPS to continue training.', flush=True)
-    else:
-      log = progress.TrainProgress(
-          summaries, log_period, train_steps, start,
-          tokens_per_step=batch_size * sum(task_feature_lengths.values()),
-          learning_rate=learning_rate)
-      state, eval_metrics = _run_steps(
-          state, start, train_steps, dataset.train_batches(start_step=start), step_fn=step_fn,
-          batch_sharding=batch_sharding, rng=jax.random.key(seed + 1), manager=manager,
-          metrics=metrics, log=log, evaluate_all=evaluate_all, eval_period=eval_period,
-          preemption=preemption, trainer_lease=trainer_lease)
+    state, eval_metrics = _run_steps(
+        state, start, train_steps, dataset, step_fn=_jit_train_step(
+            model, optimizer, shardings, batch_sharding, z_loss=z_loss,
+            label_smoothing=label_smoothing), batch_sharding=batch_sharding,
+        rng=jax.random.key(seed + 1), manager=manager, metrics=metrics,
+        log=lambda: progress.TrainProgress(
+            summaries, log_period, train_steps, start, learning_rate=learning_rate,
+            tokens_per_step=batch_size * sum(task_feature_lengths.values())),
+        evaluate_all=evaluate_all, eval_period=eval_period, preemption=preemption,
+        trainer_lease=trainer_lease)
     manager.wait()
     result = dict(train=metrics.latest, eval=eval_metrics, step=int(state.step), state=state)
     if infer_examples:

@@ -84,10 +84,7 @@ def attention_statistics(probabilities: Union[Any, Sequence[Any]],
     number = np.sum(where, axis=(0, 2))
     return np.where(number > 0, total / np.maximum(number, 1), np.nan)
 
-  maps = np.where(query_valid[..., None], p, 0.0).reshape(batch, heads, -1)
-  norms = np.linalg.norm(maps, axis=-1, keepdims=True)
-  unit = maps / np.where(norms > 0, norms, 1.0)
-  similarity = np.einsum('bhn,bgn->hg', unit, unit) / batch
+  similarity = _head_similarity(p, query_valid)
   pairs = np.triu_indices(heads, k=1)
   return {
       'entropy': mean_over_queries(row_entropy, query_valid),
@@ -97,6 +94,16 @@ def attention_statistics(probabilities: Union[Any, Sequence[Any]],
       'head_similarity': similarity,
       'mean_head_similarity': float(np.mean(similarity[pairs])) if heads > 1 else math.nan,
   }
+
+
+def _head_similarity(p: np.ndarray, query_valid: np.ndarray) -> np.ndarray:
+  """`[heads, heads]` mean over examples of the cosine between heads' flattened maps, padding
+  queries' rows zeroed (`p` `[batch, heads, q, k]`, `query_valid` `[batch, heads, q]`)."""
+  batch, heads = p.shape[:2]
+  maps = np.where(query_valid[..., None], p, 0.0).reshape(batch, heads, -1)
+  norms = np.linalg.norm(maps, axis=-1, keepdims=True)
+  unit = maps / np.where(norms > 0, norms, 1.0)
+  return np.einsum('bhn,bgn->hg', unit, unit) / batch
 
 
 def mean_head_similarity_of(layer: dict) -> Optional[float]:
