@@ -1,11 +1,12 @@
 """A CPU check of vanilla's induction plateau at a middle scale (RESULTS.md, 2026-12-01).
 
-  python results/cpu-2026-12-01-induction-rate/check.py ATTENTION LENGTH VOCAB STEPS POSITIONS RATE
+  python tools/induction_check.py ATTENTION LENGTH VOCAB STEPS POSITIONS RATE
 
 The full preset's model (width 128, 2 layers, 2 heads, 3-tap convolution, the dot-product scale
 in the logits) trained on induction at a smaller length and vocabulary: batch 32, 100 warmup
 steps, seed 0. Prints held-out accuracy every 100 steps and the largest gradient norm; about
-3 min a run on 2 cores. output.txt holds the four runs of 2026-12-01:
+3 min a run on 2 cores. results/cpu-2026-12-01-induction-rate/output.txt holds the four
+runs of 2026-12-01:
   vanilla 128 2048 1500 relative 0.005 | rotary ... 0.005 | vanilla ... none 0.005 |
   vanilla 128 2048 1500 relative 0.002
 """

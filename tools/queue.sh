@@ -1,14 +1,22 @@
 #!/bin/bash
-# Runs the work queue QUEUE (lines from make_queue.py) on one GPU: SLOTS processes each take
-# the next line until the queue or BUDGET seconds run out; results come back as $OUT/diag.tgz.
-# JAX's persistent compilation cache is shared by the processes, so runs that differ only in
-# seed or learning rate (arguments of the compiled program) compile once.
-QUEUE=${1:?usage: queue.sh QUEUE}
+# Runs a work queue of diagnostic runs on one GPU, from the repository root:
+#
+#   tools/queue.sh QUEUE RESULTS_DIR     e.g. tools/queue.sh queue.txt results/h200-full-2026-12-01
+#   SLOTS=12 BUDGET=530 MIN_LEFT=120     (environment, defaults shown)
+#
+# QUEUE holds lines `SUBDIR ARGS...` (from tools/make_queue.py, or written by hand), each run as
+# `synth-jax diagnose --preset full --jobs_per_part 1 --skip_done --no-draw --out WORK/SUBDIR
+# ARGS...`. SLOTS processes each take the next line until the queue or BUDGET seconds run out;
+# runs already in RESULTS_DIR/SUBDIR/results.json.gz are skipped; the results come back as
+# $OUT/diag.tgz. JAX's persistent compilation cache is shared by the processes, so runs that
+# differ only in seed or learning rate (arguments of the compiled program) compile once.
+QUEUE=${1:?usage: tools/queue.sh QUEUE RESULTS_DIR}
+SRC=${2:?usage: tools/queue.sh QUEUE RESULTS_DIR}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 SLOTS=${SLOTS:-12}; BUDGET=${BUDGET:-530}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.92 / $SLOTS, 3))")
-SRC=results/h200-full-2026-12-01; W=/tmp/diagwork; rm -rf $W; mkdir -p $W/logs
+W=/tmp/diagwork; rm -rf $W; mkdir -p $W/logs
 for d in $(awk '{print $1}' $QUEUE | sort -u); do
   mkdir -p $W/$d
   gz=$SRC/$d/results.json.gz; if [ -f $gz ]; then gunzip -c $gz > $W/$d/results.json; fi
