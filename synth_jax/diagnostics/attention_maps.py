@@ -19,10 +19,13 @@ captured: every valid query's row sums to 1.
 Writes to `--out`:
   `{encoder_self,decoder_self,cross}_layer{i}.png`: one figure per layer and stack, a grid of
     examples (rows) x heads (columns), each map cropped to the example's tokens (queries down,
-    keys across, labelled with the tokens when short), one shared colour scale;
+    keys across; both axes labelled with their side's decoded tokens, for cross-attention
+    decoder queries and encoder keys; past MAX_LABELLED_TOKENS positions every n-th position is
+    labelled, as `token@position`), one shared colour scale; the title of a position-only
+    variant (`position_only`) says that its map is the same for every example;
   `maps.json`: the run (model dir, step, task, split, lengths, attention types), the examples'
-    text, per layer `statistics.attention_statistics` of its maps (entropy, normalized entropy,
-    head similarity; over the examples' valid queries and visible keys), and
+    text, per layer `position_only` and `statistics.attention_statistics` of its maps (entropy,
+    normalized entropy, head similarity; over the examples' valid queries and visible keys), and
     `statistics.projection_spectra` of the checkpoint.
 """
 import argparse
@@ -49,8 +52,9 @@ from synth_jax.diagnostics import statistics
 # The T5 network's attention modules: (stack, module name) -> the stack's label in file names.
 STACKS = {('encoder', 'attention'): 'encoder_self', ('decoder', 'self_attention'): 'decoder_self',
           ('decoder', 'encoder_decoder_attention'): 'cross'}
-# Axes are labelled with the tokens up to this many positions; beyond, with positions.
+# At most this many labels per axis: longer axes label every n-th position (token@position).
 MAX_LABELLED_TOKENS = 48
+POSITION_ONLY = 'position-only: the same map for every example'
 
 
 def capture_probabilities(model: nn.Module, variables, **inputs) -> list[dict[str, Any]]:
@@ -96,10 +100,31 @@ def _token_labels(vocabulary, tokens: np.ndarray) -> list[str]:
   return labels
 
 
+def position_only(attention_type: str) -> bool:
+  """Whether `attention_type`'s maps ignore the input tokens: every member reads a table at the
+  token positions (random, fixed_random, factorized_random), so every example has one map, cut
+  to its length. A mixture with any token-dependent member (`random+vanilla`) is not."""
+  return all(attention.is_position_dependent(m) for m in attention.facts(attention_type).members)
+
+
+def thinned_ticks(labels: Sequence[str], size: int,
+                  cap: int = MAX_LABELLED_TOKENS) -> tuple[list[int], list[str]]:
+  """(positions, texts) of the tick labels of an axis of `size` positions: every token when
+  `size <= cap`, else every n-th position from the first (at most `cap`), as `token@position`."""
+  if size <= cap:
+    return list(range(size)), list(labels[:size])
+  stride = -(-size // cap)
+  positions = list(range(0, size, stride))
+  return positions, [f'{labels[i]}@{i}' for i in positions]
+
+
 def draw(path: str, title: str, maps: Sequence[Sequence[np.ndarray]],
-         query_labels: Sequence[Optional[list[str]]], key_labels: Sequence[Optional[list[str]]]):
+         query_labels: Sequence[Optional[list[str]]], key_labels: Sequence[Optional[list[str]]],
+         axis_names: tuple[str, str] = ('query', 'key')):
   """One PNG: `maps[example][head]` (cropped `[q, k]` masked arrays: masked = keys the query
-  may not see, drawn grey) as a grid, one colour scale."""
+  may not see, drawn grey) as a grid, one colour scale, each panel's queries labelled with
+  `query_labels[example]` and keys with `key_labels[example]` (`thinned_ticks`), the axes
+  named `axis_names`; returns the Figure."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (Agg, no pyplot)
   colours = matplotlib.colormaps['viridis'].with_extremes(bad='0.85')
@@ -117,17 +142,18 @@ def draw(path: str, title: str, maps: Sequence[Sequence[np.ndarray]],
                         interpolation='nearest')
       for axis, labels, size, rotation in ((ax.yaxis, query_labels[b], panel.shape[0], 0),
                                            (ax.xaxis, key_labels[b], panel.shape[1], 90)):
-        if labels is not None and size <= MAX_LABELLED_TOKENS:
-          axis.set_ticks(range(size), labels[:size], fontsize=6, rotation=rotation)
+        if labels is not None:
+          axis.set_ticks(*thinned_ticks(labels, size), fontsize=6, rotation=rotation)
       if b == 0:
         ax.set_title(f'head {h}', fontsize=9)
       if h == 0:
-        ax.set_ylabel(f'example {b}\nquery', fontsize=8)
+        ax.set_ylabel(f'example {b}\n{axis_names[0]}', fontsize=8)
       if b == rows - 1:
-        ax.set_xlabel('key', fontsize=8)
+        ax.set_xlabel(axis_names[1], fontsize=8)
   fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label='attention probability')
   fig.suptitle(title, fontsize=10)
   fig.savefig(path, dpi=110)
+  return fig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,7 +190,8 @@ def _run_from_gin(max_length: int, split: Optional[str]) -> dict[str, Any]:
 def draw_layer(entry: dict[str, Any], batch: dict[str, np.ndarray], vocabulary,
                attention_types: dict[str, str], step: int, out: str) -> dict[str, Any]:
   """Draws one captured layer (`capture_probabilities` entry) of a T5 batch; returns its
-  `maps.json` entry: where it is, its PNG and `statistics.attention_statistics`."""
+  `maps.json` entry: where it is, its PNG, `position_only` and
+  `statistics.attention_statistics`."""
   stack, layer = _label(entry['path'])
   query_side, key_side = {'encoder_self': ('encoder', 'encoder'),
                           'cross': ('decoder', 'encoder')}.get(stack, ('decoder', 'decoder'))
@@ -179,11 +206,15 @@ def draw_layer(entry: dict[str, Any], batch: dict[str, np.ndarray], vocabulary,
           for b in range(p.shape[0])]
   name = f'{stack}_layer{layer}.png' if layer is not None else f'{stack}.png'
   attention_type = attention_types.get(stack, '?')
-  draw(os.path.join(out, name), f'{stack} layer {layer} ({attention_type}), step {step}', maps,
+  fixed = stack in attention_types and position_only(attention_type)
+  kind = f'{attention_type}, {POSITION_ONLY}' if fixed else attention_type
+  draw(os.path.join(out, name), f'{stack} layer {layer} ({kind}), step {step}', maps,
        [_token_labels(vocabulary, row) for row in tokens[query_side]],
-       [_token_labels(vocabulary, row) for row in tokens[key_side]])
+       [_token_labels(vocabulary, row) for row in tokens[key_side]],
+       (f'{query_side} query', f'{key_side} key'))
   return {'module': '/'.join(entry['path']), 'stack': stack, 'layer': layer,
-          'attention': attention_type, 'png': name, 'shape': list(p.shape),
+          'attention': attention_type, 'position_only': fixed, 'png': name,
+          'shape': list(p.shape),
           **statistics.attention_statistics(p, entry['query_valid'], entry['visible'])}
 
 

@@ -18,6 +18,7 @@ from tests import fixtures
 
 ATTENTION_TYPE = 'orthogonal+random'  # frozen projections, a skipped synthesizer, a mixture
 STACKS = ('encoder_self', 'decoder_self', 'cross')
+DRAW = attention_maps.draw  # the real one, for tests that record its figures
 
 
 @pytest.fixture(scope='module')
@@ -70,6 +71,7 @@ def test_attention_maps_draws_every_layer_and_stack_of_a_trained_checkpoint(trai
     assert np.all((np.array(layer['normalized_entropy']) >= 0) &
                   (np.array(layer['normalized_entropy']) <= 1 + 1e-6))
     assert 0 <= layer['mean_head_similarity'] <= 1 + 1e-9
+    assert layer['position_only'] is False  # a mixture with orthogonal; vanilla cross
   # Causal decoder queries see fewer keys on average than the bidirectional encoder's.
   by_png = {layer['png']: layer for layer in report['layers']}
   assert (by_png['decoder_self_layer0.png']['max_entropy'][0]
@@ -117,6 +119,102 @@ def test_captured_cross_attention_equals_the_modules_own_probabilities():
   # Causal decoder self-attention: nothing above the diagonal in any valid query's row.
   self_maps = captured[1]['probabilities'] * np.asarray(targets > 0)[:, None, :, None]
   assert np.all(self_maps * np.triu(np.ones((4, 4)), 1) == 0)
+
+
+def byte_tokens(texts, length):
+  """Rows of ByteVocabulary ids (byte + 3) of `texts`, each followed by EOS (1), padded with 0."""
+  rows = [[b + 3 for b in text.encode()] + [1] for text in texts]
+  return jnp.array([row + [0] * (length - len(row)) for row in rows])
+
+
+def draw_t5_layers(attention_type, tmp_path, monkeypatch, inputs=('hello', 'world')):
+  """Captures a tiny T5 (`attention_type` self-attention, vanilla cross) on two examples
+  (`inputs`; targets 'hey', 'abc') and draws every layer; returns ({stack: maps.json entry},
+  {stack: Figure}, the captured maps)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  encoder = byte_tokens(inputs, max(len(text) for text in inputs) + 2)
+  targets = byte_tokens(['hey', 'abc'], 5)                # 4 tokens each
+  inputs = dict(encoder_input_tokens=encoder, decoder_target_tokens=targets,
+                decoder_input_tokens=jnp.pad(targets[:, :-1], ((0, 0), (1, 0))))
+  model = fixtures.tiny_model(attention_type)
+  variables = nn.unbox(model.init(jax.random.key(0), **inputs, enable_dropout=False))
+  captured = attention_maps.capture_probabilities(model, variables, **inputs,
+                                                  enable_dropout=False)
+  figures = {}
+  monkeypatch.setattr(attention_maps, 'draw', lambda path, *args: figures.setdefault(
+      os.path.basename(path).split('_layer')[0], DRAW(path, *args)))
+  types = {'encoder_self': attention_type, 'decoder_self': attention_type, 'cross': 'vanilla'}
+  batch = {k: np.asarray(v) for k, v in inputs.items()}
+  entries = [attention_maps.draw_layer(entry, batch, seqio.ByteVocabulary(), types, 7,
+                                       str(tmp_path)) for entry in captured]
+  return {entry['stack']: entry for entry in entries}, figures, captured
+
+
+def tick_texts(axis):
+  return [label.get_text() for label in axis.get_ticklabels()]
+
+
+def test_every_panel_labels_queries_and_keys_with_their_sides_tokens(tmp_path, monkeypatch):
+  """Example 0's 61 encoder tokens are past the cap: every other one is labelled, with its
+  position, on the encoder self-attention panel's both axes and the cross panel's keys."""
+  _, figures, _ = draw_t5_layers('vanilla', tmp_path, monkeypatch, ('hello' * 12, 'world'))
+  long = [f'{letter}@{i}' for i, letter in enumerate('hello' * 12) if i % 2 == 0] + ['</s>@60']
+  encoder = [long, ['w', 'o', 'r', 'l', 'd', '</s>']]
+  decoder = [['<s>', 'h', 'e', 'y'], ['<s>', 'a', 'b', 'c']]  # decoder inputs: shifted targets
+  sides = {'encoder_self': (encoder, encoder), 'decoder_self': (decoder, decoder),
+           'cross': (decoder, encoder)}
+  names = {'encoder_self': ('encoder query', 'encoder key'),
+           'decoder_self': ('decoder query', 'decoder key'),
+           'cross': ('decoder query', 'encoder key')}
+  assert set(figures) == set(sides)
+  for stack, (queries, keys) in sides.items():
+    panels = figures[stack].axes[:4]  # 2 examples x 2 heads, then the colour bar
+    for index, ax in enumerate(panels):
+      example = index // 2
+      assert tick_texts(ax.yaxis) == queries[example], (stack, index)
+      assert tick_texts(ax.xaxis) == keys[example], (stack, index)
+    assert (panels[0].get_ylabel(), panels[2].get_xlabel()) == (
+        f'example 0\n{names[stack][0]}', names[stack][1])
+
+
+def test_long_axes_label_every_nth_position_with_token_and_position(tmp_path):
+  labels = [f't{i}' for i in range(130)]
+  positions, texts = attention_maps.thinned_ticks(labels, 130)
+  assert len(positions) <= attention_maps.MAX_LABELLED_TOKENS and positions[0] == 0
+  assert positions == list(range(0, 130, 3)) and texts[:2] == ['t0@0', 't3@3']
+  assert attention_maps.thinned_ticks(labels, 48) == (list(range(48)), labels[:48])  # all shown
+  # A drawn panel of 100 queries x 7 keys: thinned queries, every key.
+  panel = np.ma.masked_array(np.full((100, 7), 1 / 7), np.zeros((100, 7), bool))
+  figure = attention_maps.draw(str(tmp_path / 'long.png'), 'long', [[panel]], [labels],
+                               [labels[:7]])
+  queries = tick_texts(figure.axes[0].yaxis)
+  assert 0 < len(queries) <= attention_maps.MAX_LABELLED_TOKENS and queries[0] == 't0@0'
+  assert tick_texts(figure.axes[0].xaxis) == labels[:7]
+
+
+def test_position_only_variants_are_those_whose_every_member_reads_a_position_table():
+  for name in ('random', 'fixed_random', 'factorized_random', 'random+factorized_random'):
+    assert attention_maps.position_only(name), name
+  for name in ('vanilla', 'dense', 'factorized_dense', 'random+vanilla', 'dense+random'):
+    assert not attention_maps.position_only(name), name
+
+
+def test_a_random_synthesizers_maps_are_titled_and_flagged_position_only(tmp_path, monkeypatch):
+  entries, figures, captured = draw_t5_layers('random', tmp_path, monkeypatch)
+  assert {stack: entries[stack]['position_only'] for stack in entries} == {
+      'encoder_self': True, 'decoder_self': True, 'cross': False}
+  title = figures['encoder_self'].get_suptitle()
+  assert title == ('encoder_self layer 0 (random, position-only: the same map for every '
+                   'example), step 7')
+  assert 'position-only' not in figures['cross'].get_suptitle()
+  # What the flag promises: two examples of one length, different tokens, the same maps.
+  for entry in captured[:2]:
+    np.testing.assert_allclose(entry['probabilities'][0], entry['probabilities'][1], atol=1e-7)
+  assert not np.allclose(captured[2]['probabilities'][0], captured[2]['probabilities'][1])
+
+  entries, figures, _ = draw_t5_layers('vanilla', tmp_path, monkeypatch)
+  assert not any(entry['position_only'] for entry in entries.values())
+  assert figures['encoder_self'].get_suptitle() == 'encoder_self layer 0 (vanilla), step 7'
 
 
 def test_a_model_dir_without_checkpoints_is_a_clear_error(tmp_path):
