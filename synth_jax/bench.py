@@ -1,5 +1,8 @@
-"""`python -m synth_jax.bench`: the training-step benchmark (its code: `synth_jax/benchmark/`)."""
-from synth_jax.benchmark import driver
+"""`synth-jax bench` / `python -m synth_jax.bench`: the training-step benchmark (its code:
+`synth_jax/benchmark/`)."""
+import sys
+
+from synth_jax.benchmark.driver import main
 
 if __name__ == '__main__':
-  driver.main()
+  sys.exit(main())

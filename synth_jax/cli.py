@@ -8,6 +8,7 @@
   synth-jax diagnose --preset tiny --tasks mqar,induction --attention vanilla,random --out DIR
   synth-jax diagnose-compare DIR DIR ...   (one table of runs across rates, seeds, ...)
   synth-jax attention-maps ...   (a trained run's per-layer, per-head attention maps as PNG)
+  synth-jax bench --types vanilla,random   (training-step time per attention type; see --help)
 
 `--gin_file` may repeat; `--gin.NAME=VALUE` binds a macro or parameter (VALUE is gin syntax, so
 strings keep their quotes). Gin files are looked up in the working directory, then in the
@@ -26,6 +27,7 @@ SUBCOMMANDS = {
     'diagnose': 'synth_jax.diagnostics.run',
     'attention-maps': 'synth_jax.diagnostics.attention_maps',
     'diagnose-compare': 'synth_jax.diagnostics.compare',
+    'bench': 'synth_jax.bench',
 }
 
 

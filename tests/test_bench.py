@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from synth_jax import cli
 from synth_jax.benchmark import runner
 from tests.benchmark.flop_formulas import closed_form
 
@@ -64,3 +65,13 @@ def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
                and 'step ms' in line)
   table = [line.split()[0] for line in lines[header + 1:] if line.strip()]
   assert table == types
+
+
+def test_synth_jax_bench_prints_the_benchmarks_own_help(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(['bench', '--help'])
+  assert exit_.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith('usage: synth-jax bench')
+  for flag in ('--preset', '--seq_sweep', '--halve_on_oom', '--xla_flags'):
+    assert flag in out

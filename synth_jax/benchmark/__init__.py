@@ -14,9 +14,11 @@ imports seqio or TensorFlow.
 
   flops.py    matmul FLOPs read off a traced step; the model FLOPs are those of the reference path
   batches.py  synthetic batches, packed or not
-  runner.py   one row: build, compile, warm up, time, peak memory, profile
+  runner.py   the presets (model sizes read from `gin/models/`); one row: build, compile, warm
+              up, time, peak memory, profile
   report.py   the printed tables and the source digests of the JSON
   driver.py   the command: flags, one worker process per row, the JSON
 
-`synth_jax/bench.py` is the `python -m synth_jax.bench` entry point.
+`synth_jax/bench.py` is the `python -m synth_jax.bench` entry point; `synth-jax bench` runs the
+same `driver.main`.
 """

@@ -1,4 +1,4 @@
-"""`python -m synth_jax.bench`: the flags, one worker process per row, the JSON and the tables.
+"""`synth-jax bench` (`python -m synth_jax.bench`): flags, a worker process per row, JSON, tables.
 
 Each row runs in its own process by default (`--isolate`): the worker is this command again with
 `--no-isolate` and one type, so peak memory is that row's alone and an out-of-memory row does not
@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
 from synth_jax import attention
 from synth_jax.attention import kernels
@@ -29,7 +29,7 @@ DEFAULT_TYPES = tuple(attention.names()) + ('random+vanilla',)
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog=f'python -m {COMMAND}',
+      prog='synth-jax bench',
       description='Training-step benchmark of every attention type at T5-base v1.1 shapes.')
   parser.add_argument('--types', default=','.join(DEFAULT_TYPES),
                       help='comma-separated attention types (mixtures like random+vanilla)')
@@ -168,7 +168,8 @@ def run_point(args, attention_type: str, length: int, batch: int,
     batch //= 2
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+  """Measures every row the flags ask for, printing each and the tables; returns the JSON's dict."""
   args = parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top (no device is touched in isolate mode)
   result = {
@@ -208,5 +209,12 @@ def main(argv=None) -> dict:
   return result
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`synth-jax bench` / `python -m synth_jax.bench`: returns the exit status (0; a row that
+  failed is a row of the table, with its error)."""
+  run(argv)
+  return 0
+
+
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -12,32 +12,83 @@ import glob
 import gzip
 import json
 import os
+import pathlib
 import statistics
 import time
 import traceback
-from typing import Optional
+from typing import NamedTuple, Optional
 
+from gin import config_parser
 import numpy as np
 
 from synth_jax.benchmark import batches
 from synth_jax.benchmark import flops as flops_lib
 
-# The model widths of `gin/models/t5_1_1_{base,tiny}.gin`, the feature lengths and batch of T5
-# span-corruption pretraining (tiny: a CPU smoke run of every type, about 2 min on 2 cores, each
-# row a process that compiles its step).
+# Each preset's model is the `T5Config` its `gin/models/` file binds (the one record of the T5
+# sizes), with the macros named here; the feature lengths and batch are those of T5
+# span-corruption pretraining. tiny: a CPU smoke run of every type (about 2 min on 2 cores, each
+# row a process that compiles its step), its vocabulary cut to 512 so that the logits matmul
+# does not dwarf the layers.
 PRESETS = {
-    'base': dict(
-        model=dict(vocab_size=32128, dtype='bfloat16', emb_dim=768, num_heads=12, head_dim=64,
-                   num_encoder_layers=12, num_decoder_layers=12, mlp_dim=2048),
-        inputs_length=512, targets_length=114, batch_size=128),
-    'tiny': dict(
-        model=dict(vocab_size=512, dtype='float32', emb_dim=32, num_heads=2, head_dim=16,
-                   num_encoder_layers=2, num_decoder_layers=2, mlp_dim=64),
-        inputs_length=32, targets_length=16, batch_size=8),
+    'base': dict(gin_file='t5_1_1_base.gin', macros={},
+                 inputs_length=512, targets_length=114, batch_size=128),
+    'tiny': dict(gin_file='t5_1_1_tiny.gin', macros={'VOCAB_SIZE': 512},
+                 inputs_length=32, targets_length=16, batch_size=8),
 }
+MODEL_GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / 'gin' / 'models'
 
 PIPELINED_ROUNDS = 3
 LOCK_VARIABLE = 'SYNTH_JAX_BENCH_DEVICE_LOCK'
+
+
+class _Macro(NamedTuple):
+  name: str
+
+
+class _Reference(NamedTuple):
+  name: str
+
+
+class _KeepNames(config_parser.ParserDelegate):
+  """Gin's parser without gin's configuration: macros and `@` references stay names."""
+
+  def configurable_reference(self, scoped_configurable_name, evaluate):
+    return _Reference(scoped_configurable_name)
+
+  def macro(self, macro_name):
+    return _Macro(macro_name)
+
+
+def model_arguments(preset: str, attention_type: str = 'vanilla') -> dict:
+  """The arguments that `preset`'s gin file binds to `T5Config`, macros evaluated.
+
+  The macros are the file's, then the preset's, then `ATTENTION_TYPE = attention_type` (as
+  `--gin.ATTENTION_TYPE` sets it). The file is read with gin's parser but bound nowhere, so no
+  one's gin configuration changes.
+  """
+  path = MODEL_GIN_DIR / PRESETS[preset]['gin_file']
+  with open(path) as f:
+    statements = list(config_parser.ConfigParser(f, _KeepNames()))
+  if any(isinstance(s, config_parser.IncludeStatement) for s in statements):
+    raise ValueError(f'{path}: the benchmark reads a model file on its own; inline its includes.')
+  bindings = [s for s in statements
+              if isinstance(s, config_parser.BindingStatement) and not s.scope]
+  macros = {s.selector: s.value for s in bindings if not s.arg_name}
+  macros.update(PRESETS[preset]['macros'], ATTENTION_TYPE=attention_type)
+
+  def evaluate(value):
+    if isinstance(value, _Macro):
+      return evaluate(macros[value.name])
+    if isinstance(value, _Reference):
+      raise ValueError(f'{path}: T5Config takes plain values; @{value.name} is not one.')
+    if isinstance(value, (list, tuple)):
+      return type(value)(evaluate(v) for v in value)
+    if isinstance(value, dict):
+      return {k: evaluate(v) for k, v in value.items()}
+    return value
+
+  return {s.arg_name: evaluate(s.value) for s in bindings
+          if s.arg_name and s.selector.rsplit('.', 1)[-1] == 'T5Config'}
 
 
 def model_config(preset: str, attention_type: str, inputs_length: int, targets_length: int,
@@ -46,13 +97,12 @@ def model_config(preset: str, attention_type: str, inputs_length: int, targets_l
 
   logits_matmul_dtype: `T5Config.logits_matmul_dtype` (None: its default, float32).
   """
-  from synth_jax import network  # pylint: disable=g-import-not-at-top (imports gin)
-  return network.T5Config(
-      **PRESETS[preset]['model'], mlp_activations=('gelu', 'linear'), dropout_rate=0.0,
-      logits_via_embedding=False, encoder_attention=attention_type,
-      decoder_attention=attention_type, cross_attention='vanilla',
-      max_encoder_length=inputs_length, max_decoder_length=targets_length,
-      **({} if logits_matmul_dtype is None else {'logits_matmul_dtype': logits_matmul_dtype}))
+  from synth_jax import network  # pylint: disable=g-import-not-at-top (imports jax)
+  arguments = model_arguments(preset, attention_type)
+  arguments.update(max_encoder_length=inputs_length, max_decoder_length=targets_length)
+  if logits_matmul_dtype is not None:
+    arguments['logits_matmul_dtype'] = logits_matmul_dtype
+  return network.T5Config(**arguments)
 
 
 @contextlib.contextmanager
@@ -240,6 +290,15 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
     row.update(error=message.splitlines()[0][:500], out_of_memory=is_out_of_memory(message))
     return row
 
+  record_timings(row, compiled, synced, times, peak, len(devices))
+  return row
+
+
+def record_timings(row: dict, compiled, synced: list, times: list, peak: Optional[float],
+                   num_devices: int):
+  """Writes the step times, throughput, MFU, XLA's cost and memory analysis and the devices'
+  peak memory into `row` (which holds the model FLOPs and tokens per step)."""
+  import jax  # pylint: disable=g-import-not-at-top
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   memory = compiled.memory_analysis()
@@ -253,10 +312,9 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
       xla_argument_bytes=getattr(memory, 'argument_size_in_bytes', None),
       step_times_s=times, step_time_s=step_time, steps_per_s=1.0 / step_time,
       synced_step_times_s=synced, synced_step_time_s=statistics.median(synced),
-      tokens_per_s=tokens / step_time, achieved_tflops=achieved / 1e12,
-      mfu=achieved / (peak * 1e12 * len(devices)) if peak else None,
+      tokens_per_s=row['tokens_per_step'] / step_time, achieved_tflops=achieved / 1e12,
+      mfu=achieved / (peak * 1e12 * num_devices) if peak else None,
       peak_memory_bytes=max(peaks) if peaks else None, out_of_memory=False)
-  return row
 
 
 KERNEL_CATEGORIES = (  # (category, substrings of a GPU kernel name); the first match wins

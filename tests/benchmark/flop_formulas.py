@@ -43,7 +43,7 @@ def closed_form_training_flops(attention_type, batch, inputs, targets, d_model, 
 
 
 def closed_form(attention_type, preset):
-  shapes, model = runner.PRESETS[preset], runner.PRESETS[preset]['model']
+  shapes, model = runner.PRESETS[preset], runner.model_arguments(preset)
   return closed_form_training_flops(
       attention_type, shapes['batch_size'], shapes['inputs_length'], shapes['targets_length'],
       model['emb_dim'], model['num_heads'], model['head_dim'], model['mlp_dim'],

@@ -83,7 +83,7 @@ def test_each_xla_flags_value_measures_every_type_in_a_worker_with_those_flags(m
 
   monkeypatch.setattr(driver.subprocess, 'run', fake_run)
   monkeypatch.setenv('XLA_FLAGS', '--xla_mine')
-  report = driver.main(['--types', 'vanilla,random', '--xla_flags=',
+  report = driver.run(['--types', 'vanilla,random', '--xla_flags=',
                         '--xla_flags=--xla_gpu_triton_gemm_any=true',
                         '--logits_matmul_dtype', 'bfloat16', '--fused', 'cudnn'])
   for command in commands:  # the row's options reach every worker, which reparses them
@@ -98,7 +98,7 @@ def test_each_xla_flags_value_measures_every_type_in_a_worker_with_those_flags(m
   assert workers == expected
   assert [(r['attention_type'], r['xla_flags']) for r in report['rows']] == expected
   workers.clear()
-  driver.main(['--types', 'vanilla'])  # no --xla_flags: the worker inherits ours
+  driver.run(['--types', 'vanilla'])  # no --xla_flags: the worker inherits ours
   assert workers == [('vanilla', '--xla_mine')]
   with pytest.raises(SystemExit):
     driver.parse_args(['--no-isolate', '--xla_flags='])
@@ -107,7 +107,7 @@ def test_each_xla_flags_value_measures_every_type_in_a_worker_with_those_flags(m
 def test_a_failed_worker_is_a_row_with_its_exit_status(monkeypatch):
   monkeypatch.setattr(driver.subprocess, 'run',
                       lambda command, **kw: subprocess.CompletedProcess(command, 3))
-  report = driver.main(['--types', 'random', '--fused', 'xla'])
+  report = driver.run(['--types', 'random', '--fused', 'xla'])
   [row] = report['rows']
   assert row['error'] == 'worker exited with status 3' and not row['out_of_memory']
   assert (row['attention_type'], row['attention_execution']) == ('random', 'xla')

@@ -67,7 +67,7 @@ def test_forward_flops_are_a_third_of_training_less_the_relpos_tables_input_grad
 
 def test_parts_name_the_network_modules_summed_over_layers():
   model_flops, _ = step_counts('vanilla')
-  shapes, model = runner.PRESETS['tiny'], runner.PRESETS['tiny']['model']
+  shapes, model = runner.PRESETS['tiny'], runner.model_arguments('tiny')
   batch, targets = shapes['batch_size'], shapes['targets_length']
   assert list(model_flops['parts']) == [
       'encoder/relpos_bias', 'encoder/attention', 'encoder/mlp', 'decoder/relpos_bias',
@@ -87,7 +87,7 @@ def test_model_flops_do_not_depend_on_the_execution_but_the_executed_count_does(
   assert model_fast == model_reference == executed_reference
   # Packed random's fast path sums its score-map gradient with a one-hot matmul per self-attention
   # layer, [max_q, batch*q] x [batch*q, heads*max_k]: work of the implementation, not the model.
-  shapes, model = runner.PRESETS['tiny'], runner.PRESETS['tiny']['model']
+  shapes, model = runner.PRESETS['tiny'], runner.model_arguments('tiny')
   one_hot = lambda length: 2 * length * shapes['batch_size'] * length * model['num_heads'] * length
   assert executed_fast['training'] - model_fast['training'] == (
       model['num_encoder_layers'] * one_hot(shapes['inputs_length'])
