@@ -6,10 +6,12 @@
         --gin.ATTENTION_TYPE="'random'"
 
 One launch, each step a command that `--dry-run` prints instead of running:
-  1. pack the checkout (`tar`): it carries the code and the gin files the run names;
+  1. pack the checkout (`tar`): it carries the code and the gin files the run names, not the
+     results/, benchmarks/ and docs/ the VM never reads;
   2. describe the TPU VM (or its queued resource): reuse it when READY, create it when missing,
      delete and recreate it when it was preempted;
-  3. copy the archive to every worker and `pip install` it with `jax[tpu]` there;
+  3. copy the archive to every worker and `pip install` it there with `jax[tpu]` pinned to the
+     jax installed here (or, without one, pyproject.toml's lower bound; `--jax_version` overrides);
   4. start `synth-jax MODE` on every worker (`--worker=all`; `--multihost` on multi-host slices),
      detached with setsid/nohup and logging to ~/synth-jax-MODE.log on each worker;
   5. follow worker 0's log until the run ends; Ctrl-C stops following, not the run. The exit
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -37,8 +40,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ('train', 'eval', 'infer')
 LIBTPU_FIND_LINKS = 'https://storage.googleapis.com/jax-releases/libtpu_releases.html'
 GIN_DIRS = ('', 'configs', 'gin')  # relative gin paths are looked up in these dirs of the checkout
-TAR_EXCLUDES = ('.git', '.venv', 'venv', '__pycache__', '*.pyc', '*.egg-info', '.pytest_cache',
-                'build', 'dist', 'runs', 'tmp')
+# Top-level entries of the checkout that stay on the laptop: the VM never reads them, and
+# results/ alone is tens of MB. Left out by name, not by a tar pattern, which would also drop
+# gin/runs/ (GNU tar and bsdtar both match a bare pattern at any depth).
+TOP_LEVEL_EXCLUDES = ('.git', '.venv', 'venv', 'build', 'dist', 'runs', 'tmp', 'results',
+                      'benchmarks', 'docs')
+TAR_EXCLUDES = ('__pycache__', '*.pyc', '*.egg-info', '.pytest_cache')  # at any depth
 
 # Files on each worker, relative to the ssh user's home.
 REMOTE_ARCHIVE = 'synth-jax-src.tar.gz'
@@ -108,6 +115,8 @@ class Launch:
   overrides: tuple[str, ...]  # `--gin.NAME=VALUE`, in the order given
   code_root: Path  # the checkout shipped to the VM
   pip_spec: str | None  # what pip installs there; None: the shipped checkout
+  jax_version: str  # installed there as jax[tpu]==jax_version
+  jax_version_from: str  # where that version came from, in words
   archive: Path
   detach: bool
   poll_seconds: float
@@ -180,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
                    help='what to install: a local checkout (default: this one) or a pip '
                    'requirement such as git+https://github.com/ORG/synth-jax@REF; gin files always '
                    'come from the local checkout')
+  run.add_argument(*_both('jax_version'), dest='jax_version', metavar='VERSION',
+                   help='the jax version installed on the VM, as jax[tpu]==VERSION (default: the '
+                   'jax installed where this launcher runs; without one, the lower bound in the '
+                   "checkout's pyproject.toml)")
   vm = p.add_argument_group('the TPU VM')
   vm.add_argument('--name', help='TPU VM name (default: synth-jax-EXPERIMENT)')
   vm.add_argument('--zone', help="default: gcloud's compute/zone")
@@ -202,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
   launcher.add_argument('--detach', action='store_true',
                         help='start the run and return instead of following its log')
   launcher.add_argument(*_both('dry_run'), dest='dry_run', action='store_true',
-                        help='print every command, one per line, instead of running any')
+                        help='print every command, ready to paste into a shell, instead of '
+                        'running any')
   return p
 
 
@@ -275,6 +289,41 @@ def _default_name(experiment: str) -> str:
   return name
 
 
+def _run_dirs(args: argparse.Namespace, experiment: str) -> tuple[str, str]:
+  """(MODEL_DIR, TFDS data dir), both on GCS."""
+  if not args.bucket:
+    raise UsageError('--bucket is required: the GCS bucket for checkpoints and data, e.g. '
+                     '--bucket=gs://my-bucket (make one with `gcloud storage buckets create '
+                     'gs://my-bucket --location=REGION`, in the TPU zone\'s region).')
+  bucket = _check_gs('--bucket', args.bucket)
+  return (_check_gs('--model_dir', args.model_dir or f'{bucket}/synth-jax/{experiment}'),
+          _check_gs('--tfds_data_dir', args.tfds_data_dir or f'{bucket}/tensorflow_datasets'))
+
+
+def _jax_version(given: str | None, root: Path) -> tuple[str, str]:
+  """(VERSION for jax[tpu]==VERSION on the VM, where it came from in words).
+
+  An unpinned jax[tpu] installs the newest jax, which the code may not have met yet. The laptop
+  need not have jax: then the shipped checkout's pyproject.toml gives its lower bound.
+  """
+  if given is not None:
+    if not re.fullmatch(r'\d+(\.\d+)*([a-z.]+\d+)*', given):
+      raise UsageError(f'--jax_version must be a version number such as 0.4.35, got {given!r}.')
+    return given, '--jax_version'
+  try:
+    return metadata.version('jax').split('+')[0], 'the jax installed here'  # `+local`: not on PyPI
+  except metadata.PackageNotFoundError:
+    pass
+  pyproject = root / 'pyproject.toml'
+  match = re.search(r'''["'](jax(\[[^\]]*\])?\s*(>=|==|~=)\s*(\d[0-9a-z.]*))''',
+                    pyproject.read_text() if pyproject.is_file() else '')
+  if match is None:
+    raise UsageError(f'no jax installed here and no jax version in {pyproject}: name the jax '
+                     'version for the TPU VM with --jax_version=VERSION, e.g. '
+                     '--jax_version=0.4.35.')
+  return match.group(4), f'{match.group(1)} in {pyproject}'
+
+
 def parse(argv: list[str]) -> Launch:
   """Parses and checks the command line; raises UsageError before anything touches the cloud."""
   parser = _parser()
@@ -310,19 +359,14 @@ def parse(argv: list[str]) -> Launch:
   code_root, pip_spec = _source(args.source)
   model_dir = tfds_data_dir = None
   gin_files: tuple[str, ...] = ()
+  jax_version = jax_version_from = ''
   if args.mode != 'delete':
-    if not args.bucket:
-      raise UsageError('--bucket is required: the GCS bucket for checkpoints and data, e.g. '
-                       '--bucket=gs://my-bucket (make one with `gcloud storage buckets create '
-                       'gs://my-bucket --location=REGION`, in the TPU zone\'s region).')
-    bucket = _check_gs('--bucket', args.bucket)
-    model_dir = _check_gs('--model_dir', args.model_dir or f'{bucket}/synth-jax/{experiment}')
-    tfds_data_dir = _check_gs('--tfds_data_dir',
-                              args.tfds_data_dir or f'{bucket}/tensorflow_datasets')
+    model_dir, tfds_data_dir = _run_dirs(args, experiment)
     if not args.gin_file:
       raise UsageError(f'{args.mode} needs at least one --gin_file, e.g. '
                        '--gin_file=configs/c4_pretrain_base.gin.')
     gin_files = tuple(_resolve_gin(g, code_root) for g in args.gin_file)
+    jax_version, jax_version_from = _jax_version(args.jax_version, code_root)
   if not args.dry_run and shutil.which('gcloud') is None:
     raise UsageError('gcloud is not on PATH: install the Google Cloud CLI '
                      '(https://cloud.google.com/sdk/docs/install), then `gcloud auth login`.')
@@ -334,6 +378,7 @@ def parse(argv: list[str]) -> Launch:
       spot=args.spot, preemptible=args.preemptible, queued=args.queued, experiment=experiment,
       model_dir=model_dir, tfds_data_dir=tfds_data_dir, gin_files=gin_files,
       overrides=tuple(overrides), code_root=code_root, pip_spec=pip_spec,
+      jax_version=jax_version, jax_version_from=jax_version_from,
       archive=Path(tempfile.gettempdir()) / f'{name}.tar.gz', detach=args.detach,
       poll_seconds=args.poll_seconds, dry_run=args.dry_run)
 
@@ -354,10 +399,33 @@ def ssh(cfg: Launch, worker: str, command: str) -> list[str]:
   return gcloud(cfg, 'tpu-vm', 'ssh', cfg.name, f'--worker={worker}', f'--command={command}')
 
 
+def shell_word(word: str) -> str:
+  """`word` quoted for a POSIX shell so a person can read it: `"--gin.X='a'"`, a script as a
+  here-document; shlex.quote would write each `'` as `'"'"'`, and nested, `'"'"'"'"'"'"'"'"'`."""
+  if "'" not in word:
+    return shlex.quote(word)
+  if not re.search(r'["$`\\!\n]', word):
+    return f'"{word}"'
+  flag, value = re.fullmatch(r'(--[\w.-]+=)?(.*)', word, re.DOTALL).groups()
+  if value.endswith('\n'):  # `$(...)` would drop it
+    return shlex.quote(word)
+  tag = 'EOF'
+  while tag in value.split('\n'):
+    tag += '_'
+  return f'{flag or ""}"$(cat <<\'{tag}\'\n{value}\n{tag}\n)"'
+
+
+def shell_line(argv: list[str]) -> str:
+  """The command as it would be typed: paste it into a shell and it runs `argv`."""
+  return ' '.join(shell_word(a) for a in argv)
+
+
 def tar_command(cfg: Launch) -> list[str]:
   # Members are `./...` so no exclude pattern can match the checkout's own directory name.
+  shipped = sorted(f'./{p.name}' for p in cfg.code_root.iterdir()
+                   if p.name not in TOP_LEVEL_EXCLUDES)
   return ['tar', '-czf', str(cfg.archive), *(f'--exclude={p}' for p in TAR_EXCLUDES),
-          '-C', str(cfg.code_root), '.']
+          '-C', str(cfg.code_root), *shipped]
 
 
 # Whether session $1 (the run started by start_command) has a live process. Zombies do not count:
@@ -365,36 +433,40 @@ def tar_command(cfg: Launch) -> list[str]:
 _RUNNING = 'running() { ps -o stat= --sid "$1" 2>/dev/null | grep -q "^[^Z]"; }'
 
 
-def install_command(pip_spec: str | None) -> str:
-  """Stops an earlier run, unpacks the checkout, installs synth-jax and jax[tpu]."""
-  target = REMOTE_TREE if pip_spec is None else shlex.quote(pip_spec)
-  return '; '.join([
+def install_command(pip_spec: str | None, jax_version: str) -> str:
+  """Stops an earlier run, unpacks the checkout, installs synth-jax and jax[tpu]==jax_version."""
+  target = REMOTE_TREE if pip_spec is None else shell_word(pip_spec)
+  return '\n'.join([
       'set -e',
       _RUNNING,
       # The TPU admits one process. SIGTERM first: the trainer checkpoints before exiting.
-      f'if [ -f {REMOTE_PID} ]; then pid=$(cat {REMOTE_PID}); if running "$pid"; then '
-      'echo "$(hostname): stopping the synth-jax run started earlier (pid $pid)"; '
-      'kill -TERM -- "-$pid" || true; i=0; '
-      'while running "$pid" && [ "$i" -lt 600 ]; do sleep 0.5; i=$((i + 1)); done; '
-      f'if running "$pid"; then kill -KILL -- "-$pid" || true; fi; fi; rm -f {REMOTE_PID}; fi',
+      f'if [ -f {REMOTE_PID} ]; then pid=$(cat {REMOTE_PID})',
+      '  if running "$pid"; then',
+      '    echo "$(hostname): stopping the synth-jax run started earlier (pid $pid)"',
+      '    kill -TERM -- "-$pid" || true; i=0',
+      '    while running "$pid" && [ "$i" -lt 600 ]; do sleep 0.5; i=$((i + 1)); done',
+      '    if running "$pid"; then kill -KILL -- "-$pid" || true; fi',
+      f'  fi; rm -f {REMOTE_PID}',
+      'fi',
       f'rm -rf {REMOTE_TREE}',
       f'mkdir {REMOTE_TREE}',
       f'tar -xzf ~/{REMOTE_ARCHIVE} -C {REMOTE_TREE}',
       # pip keeps an installed synth-jax of the same version even when a git ref moved on.
       'python3 -m pip uninstall --yes --quiet synth-jax || true',
-      f"python3 -m pip install {target} 'jax[tpu]' --find-links {LIBTPU_FIND_LINKS}",
+      f'python3 -m pip install {target} "jax[tpu]=={jax_version}" --find-links {LIBTPU_FIND_LINKS}',
   ])
 
 
 def start_command(cfg: Launch) -> str:
   """Starts the trainer in its own session, so it outlives the ssh connection."""
-  trainer = shlex.join(['synth-jax', cfg.mode, *cfg.trainer_args()])
-  return '; '.join([
+  trainer = shell_line(['synth-jax', cfg.mode, *cfg.trainer_args()])
+  return '\n'.join([
       'set -e',
       f'cd {REMOTE_TREE}',
       'export PATH="$HOME/.local/bin:$PATH"',  # where a non-root `pip install` puts synth-jax
       f'rm -f {cfg.exit_file}',
-      f'setsid nohup bash -c {shlex.quote(f"{trainer}; echo $? > {cfg.exit_file}")} '
+      # The trainer's argv is the inner script's "$@": quoted once, not once per shell.
+      f"setsid nohup bash -c '\"$@\"; echo $? > {cfg.exit_file}' bash {trainer} "
       f'> {cfg.log_file} 2>&1 < /dev/null & echo $! > {REMOTE_PID}',
       f'echo "$(hostname): started synth-jax {cfg.mode} (pid $(cat {REMOTE_PID})), '
       f'log {cfg.log_file}"',
@@ -403,7 +475,7 @@ def start_command(cfg: Launch) -> str:
 
 def follow_command(cfg: Launch) -> str:
   """Prints the log until the run ends, then exits with the trainer's exit status."""
-  return '; '.join([
+  return '\n'.join([
       _RUNNING,
       f'pid=$(cat {REMOTE_PID})',
       # tail prints the rest and stops soon after the watcher does (it checks every 0.1 s, a
@@ -432,16 +504,16 @@ def say(message: str) -> None:
 
 
 class Shell:
-  """Runs commands, or with dry_run prints them (stdout, one per line) and runs nothing."""
+  """Runs commands, or with dry_run prints them (stdout, as shell input) and runs nothing."""
 
   def __init__(self, dry_run: bool):
     self.dry_run = dry_run
 
   def _show(self, argv: list[str]) -> None:
     if self.dry_run:
-      print(shlex.join(argv), flush=True)
+      print(shell_line(argv), flush=True)
     else:
-      print(f'+ {shlex.join(argv)}', file=sys.stderr, flush=True)
+      print(f'+ {shell_line(argv)}', file=sys.stderr, flush=True)
 
   def run(self, argv: list[str]) -> int:
     self._show(argv)
@@ -549,13 +621,15 @@ def launch(cfg: Launch, sh: Shell) -> int:
   say(f'TPU VM {cfg.name}: {cfg.accelerator_type} ({cfg.hosts} host{"s" * (cfg.hosts > 1)}), '
       f'{cfg.runtime_version}' + (', spot' if cfg.spot else '') +
       (', preemptible' if cfg.preemptible else '') + (', queued' if cfg.queued else ''))
+  say(f'jax[tpu]=={cfg.jax_version} on the VM, from {cfg.jax_version_from}'
+      + ('' if cfg.jax_version_from == '--jax_version' else ' (--jax_version=VERSION overrides)'))
   sh.check(tar_command(cfg))
   (create_queued if cfg.queued else create_vm)(cfg, sh)
   sh.check(gcloud(cfg, 'tpu-vm', 'scp', str(cfg.archive), f'{cfg.name}:{REMOTE_ARCHIVE}',
                   '--worker=all'))
-  sh.check(ssh(cfg, 'all', install_command(cfg.pip_spec)))
+  sh.check(ssh(cfg, 'all', install_command(cfg.pip_spec, cfg.jax_version)))
   sh.check(ssh(cfg, 'all', start_command(cfg)))
-  reattach = f'follow the log again with: {shlex.join(tail_command(cfg))}'
+  reattach = f'follow the log again with: {shell_line(tail_command(cfg))}'
   if cfg.detach:
     say(f'{cfg.mode} runs on {cfg.name}; {reattach}')
     return 0

@@ -7,6 +7,7 @@ the command there with bash. So the remote scripts really run: the checkout is u
 with a chosen status while the launcher follows its log.
 """
 import ast
+import dataclasses
 import importlib.util
 import os
 import re
@@ -102,6 +103,7 @@ FAKE_PYTHON3 = r'''#!/bin/bash
 '''
 
 NAME = 'synth-jax-exp'
+JAX_PIN = '0.4.31'  # the fake checkout's lower bound; `python -S` runs see no installed jax
 WHERE = ['--zone=us-zone-a', '--project=proj', '--quiet']
 LAUNCH = ['train', '--bucket=gs://bkt', '--zone=us-zone-a', '--project=proj', '--experiment=exp',
           '--gin_file=configs/tiny.gin', "--gin.ATTENTION_TYPE='random'", '--poll_seconds=0']
@@ -127,12 +129,18 @@ class Cloud:
     self.log = root / 'gcloud-calls.txt'
     self.state_file = root / 'gcloud-state.txt'
     for d in (self.bin, self.home / '.local' / 'bin', self.tmp, self.src / 'configs',
-              self.src / 'synth_jax' / '__pycache__', self.src / '.venv' / 'lib'):
+              self.src / 'gin' / 'runs', self.src / 'synth_jax' / '__pycache__',
+              self.src / '.venv' / 'lib', self.src / 'results', self.src / 'benchmarks',
+              self.src / 'docs'):
       d.mkdir(parents=True)
     _script(self.bin / 'gcloud', f'#!{sys.executable} -S\n{FAKE_GCLOUD}')  # -S: faster start
     _script(self.bin / 'python3', FAKE_PYTHON3)
     _script(self.home / '.local' / 'bin' / 'synth-jax', FAKE_TRAINER)
-    (self.src / 'pyproject.toml').write_text('[project]\nname = "synth-jax"\n')
+    (self.src / 'pyproject.toml').write_text(
+        f'[project]\nname = "synth-jax"\ndependencies = ["jaxlib>=9.9", "jax>={JAX_PIN}"]\n')
+    (self.src / 'gin' / 'runs' / 'train.gin').write_text('TRAIN_STEPS = 10\n')
+    for left_out in ('results/run.json', 'benchmarks/table.md', 'docs/notes.md'):
+      (self.src / left_out).write_text('stays on the laptop')
     (self.src / 'configs' / 'tiny.gin').write_text('ATTENTION_TYPE = "vanilla"\n')
     (self.src / 'synth_jax' / '__init__.py').write_text('')
     (self.src / 'synth_jax' / '__pycache__' / 'x.pyc').write_text('stale')
@@ -214,7 +222,7 @@ def run_steps(cloud: Cloud, cfg=None) -> list[list[str]]:
   return [
       ['compute', 'tpus', 'tpu-vm', 'scp', str(cloud.archive), f'{NAME}:synth-jax-src.tar.gz',
        '--worker=all', *WHERE],
-      [*ssh, '--worker=all', f'--command={tpu.install_command(None)}', *WHERE],
+      [*ssh, '--worker=all', f'--command={tpu.install_command(None, JAX_PIN)}', *WHERE],
       [*ssh, '--worker=all', f'--command={tpu.start_command(cfg)}', *WHERE],
       [*ssh, '--worker=0', f'--command={tpu.follow_command(cfg)}', *WHERE],
   ]
@@ -229,10 +237,13 @@ def test_create_and_run_creates_vm_installs_checkout_and_streams_training_log(cl
   tree = cloud.home / 'synth-jax'
   assert (tree / 'configs' / 'tiny.gin').read_text() == 'ATTENTION_TYPE = "vanilla"\n'
   assert not (tree / '.venv').exists() and not (tree / 'synth_jax' / '__pycache__').exists()
+  # jax[tpu] is pinned: no jax on this "laptop", so to the checkout's lower bound.
   assert cloud.pip_calls() == [
       ['-m', 'pip', 'uninstall', '--yes', '--quiet', 'synth-jax'],
-      ['-m', 'pip', 'install', str(tree), 'jax[tpu]', '--find-links',
+      ['-m', 'pip', 'install', str(tree), f'jax[tpu]=={JAX_PIN}', '--find-links',
        'https://storage.googleapis.com/jax-releases/libtpu_releases.html']]
+  assert (f'jax[tpu]=={JAX_PIN} on the VM, from jax>={JAX_PIN} in {cloud.src / "pyproject.toml"} '
+          '(--jax_version=VERSION overrides)') in done.stderr
   assert cloud.trainer_runs() == [{'argv': TRAINER_ARGV, 'cwd': str(tree)}]
   # The start step reports the pid; the follow step streams the whole log, first line to last.
   started, log = done.stdout.split('\n', 1)
@@ -378,14 +389,54 @@ def test_delete_of_nothing_succeeds_and_says_so(cloud):
   assert f'nothing to delete: no TPU VM or queued resource named {NAME}' in done.stderr
 
 
+# Shell functions in place of tar and gcloud: each prints its argv, NUL-separated, then \x01.
+_RECORD = r'''record() { printf '%s\0' "$@"; printf '\1\0'; }
+tar() { record tar "$@"; }
+gcloud() { record gcloud "$@"; }
+'''
+
+
+def printed_commands(text: str) -> list[list[str]]:
+  """The argv of each command in `text`, as bash parses it."""
+  out = subprocess.run(['bash', '-c', _RECORD + text], capture_output=True, text=True,
+                       check=True).stdout
+  return [record.strip('\0').split('\0') for record in out.split('\1\0')[:-1]]
+
+
 def test_dry_run_prints_every_command_and_runs_none(cloud):
   done = cloud.run([*LAUNCH, '--dry-run'])
   assert done.returncode == 0, done.stderr
   assert not cloud.log.exists() and not cloud.archive.exists()
   tar = ['tar', '-czf', str(cloud.archive), *(f'--exclude={p}' for p in tpu.TAR_EXCLUDES),
-         '-C', str(cloud.src), '.']
+         '-C', str(cloud.src), './configs', './gin', './pyproject.toml', './synth_jax']
   expected = [tar] + [['gcloud', *c] for c in [DESCRIBE_VM, CREATE_VM, *run_steps(cloud)]]
-  assert [shlex.split(line) for line in done.stdout.splitlines()] == expected
+  assert printed_commands(done.stdout) == expected
+
+
+def test_printed_commands_are_readable_with_no_nested_quote_escapes(cloud):
+  dry = cloud.run([*LAUNCH, '--dry-run'])
+  assert dry.returncode == 0, dry.stderr
+  ran = cloud.run([*LAUNCH, '--detach'])
+  assert ran.returncode == 0, ran.stderr
+  for printed in (dry.stdout, ran.stderr):
+    assert "'\"'\"'" not in printed
+    # The trainer's command reads as it would be typed, gin quotes and all.
+    assert ("bash synth-jax train --gin_file=configs/tiny.gin --gin_search_paths=configs "
+            "--gin_search_paths=gin --tfds_data_dir=gs://bkt/tensorflow_datasets "
+            "\"--gin.ATTENTION_TYPE='random'\" \"--gin.MODEL_DIR='gs://bkt/synth-jax/exp'\" "
+            "> ~/synth-jax-train.log") in printed
+    assert f'python3 -m pip install ~/synth-jax "jax[tpu]=={JAX_PIN}"' in printed
+  assert '+ gcloud compute tpus tpu-vm ssh' in ran.stderr
+
+
+@pytest.mark.parametrize('word', [
+    "--gin.ATTENTION_TYPE='random'", 'plain', 'two words', 'it\'s "$HOME" `x` \\ !',
+    "--command=set -e\necho '$1' \"$2\"\nEOF\n  EOF", "--gin.X='a'\n", "--flag=a'b!c", '',
+])
+def test_shell_word_round_trips_through_bash(word):
+  out = subprocess.run(['bash', '-c', f"printf '%s\\0' {tpu.shell_word(word)}"],
+                       capture_output=True, text=True, check=True).stdout
+  assert out == word + '\0'
 
 
 def test_dry_run_output_pasted_into_a_shell_launches(cloud):
@@ -410,7 +461,7 @@ def test_dry_run_output_pasted_into_a_shell_launches(cloud):
 def test_multi_host_types_get_their_runtime_and_every_worker(cloud, accelerator, runtime, hosts):
   done = cloud.run([*LAUNCH, f'--accelerator_type={accelerator}', '--dry-run'])
   assert done.returncode == 0, done.stderr
-  lines = [shlex.split(line) for line in done.stdout.splitlines()]
+  lines = printed_commands(done.stdout)
   assert lines[2] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', NAME,
                       f'--accelerator-type={accelerator}', f'--version={runtime}', *WHERE]
   workers = [a for line in lines[3:] for a in line if a.startswith('--worker=')]
@@ -491,6 +542,8 @@ def status_of_main(args: list[str]) -> int:
      'launched with.'),
     ([*LAUNCH, '--source=/no/such/dir'], "--source '/no/such/dir' is not a checkout directory"),
     ([*LAUNCH, '--source=/'], "--source '/' has no pyproject.toml: point it at a synth-jax checkout"),
+    ([*LAUNCH, '--jax_version=latest'],
+     "--jax_version must be a version number such as 0.4.35, got 'latest'."),
 ])
 def test_bad_input_fails_before_any_command(cloud, commands, capsys, args, message):
   args = args if any(a.startswith('--source') for a in args) else [*args, f'--source={cloud.src}']
@@ -534,15 +587,60 @@ def test_gin_file_name_alone_is_found_in_configs(cloud):
 def test_pip_spec_source_is_installed_while_the_checkout_ships_the_gin_files(cloud, monkeypatch):
   monkeypatch.setattr(tpu, 'REPO_ROOT', cloud.src)  # the checkout the launcher runs from
   monkeypatch.setattr(tpu.tempfile, 'tempdir', str(cloud.tmp))
-  cfg = tpu.parse([*LAUNCH, '--source=git+https://github.com/org/synth-jax@v1', '--dry_run'])
+  cfg = tpu.parse([*LAUNCH, '--source=git+https://github.com/org/synth-jax@v1', '--dry_run',
+                   '--jax_version=0.4.38'])
   assert (cfg.code_root, cfg.pip_spec) == (cloud.src, 'git+https://github.com/org/synth-jax@v1')
   assert cfg.gin_files == ('configs/tiny.gin',)
   subprocess.run(tpu.tar_command(cfg), check=True)
   (cloud.home / 'synth-jax-src.tar.gz').write_bytes(cloud.archive.read_bytes())
-  done = subprocess.run(['bash', '-c', tpu.install_command(cfg.pip_spec)], cwd=cloud.home,
+  done = subprocess.run(['bash', '-c', tpu.install_command(cfg.pip_spec, cfg.jax_version)],
+                        cwd=cloud.home,
                         env=cloud.env(HOME=str(cloud.home)), capture_output=True, text=True)
   assert done.returncode == 0, done.stderr
   assert (cloud.home / 'synth-jax' / 'configs' / 'tiny.gin').exists()
   assert cloud.pip_calls()[1] == [
-      '-m', 'pip', 'install', 'git+https://github.com/org/synth-jax@v1', 'jax[tpu]',
+      '-m', 'pip', 'install', 'git+https://github.com/org/synth-jax@v1', 'jax[tpu]==0.4.38',
       '--find-links', 'https://storage.googleapis.com/jax-releases/libtpu_releases.html']
+
+
+def test_jax_version_flag_overrides_the_pin(cloud):
+  done = cloud.run([*LAUNCH, '--jax_version=0.5.0rc1'])
+  assert done.returncode == 0, done.stderr
+  assert cloud.pip_calls()[1][4] == 'jax[tpu]==0.5.0rc1'
+  assert 'jax[tpu]==0.5.0rc1 on the VM, from --jax_version\n' in done.stderr
+
+
+def test_jax_installed_where_the_launcher_runs_is_the_default_pin(cloud, monkeypatch):
+  monkeypatch.setattr(tpu.metadata, 'version', lambda name: {'jax': '0.4.36+cuda12'}[name])
+  cfg = config(cloud)
+  assert (cfg.jax_version, cfg.jax_version_from) == ('0.4.36', 'the jax installed here')
+  assert 'python3 -m pip install ~/synth-jax "jax[tpu]==0.4.36" --find-links' in (
+      tpu.install_command(cfg.pip_spec, cfg.jax_version))
+
+
+def test_no_jax_anywhere_asks_for_jax_version(cloud, commands, capsys, monkeypatch):
+  def not_installed(name):
+    raise tpu.metadata.PackageNotFoundError(name)
+  monkeypatch.setattr(tpu.metadata, 'version', not_installed)
+  (cloud.src / 'pyproject.toml').write_text('[project]\nname = "synth-jax"\n')
+  assert status_of_main([*LAUNCH, f'--source={cloud.src}']) == 2
+  assert (f'no jax installed here and no jax version in {cloud.src / "pyproject.toml"}: name the '
+          'jax version for the TPU VM with --jax_version=VERSION') in capsys.readouterr().err
+  assert commands == []
+
+
+def test_tarball_ships_code_and_gin_files_but_not_results_benchmarks_or_docs(cloud):
+  cfg = config(cloud)
+  subprocess.run(tpu.tar_command(cfg), check=True, env=dict(os.environ, COPYFILE_DISABLE='1'))
+  listed = subprocess.run(['tar', '-tzf', str(cfg.archive)], capture_output=True, text=True,
+                          check=True).stdout.split()
+  files = sorted(m for m in listed if not m.endswith('/'))
+  assert files == ['./configs/tiny.gin', './gin/runs/train.gin', './pyproject.toml',
+                   './synth_jax/__init__.py']
+
+
+def test_this_checkout_ships_without_results_benchmarks_and_docs(cloud):
+  cfg = dataclasses.replace(config(cloud), code_root=tpu.REPO_ROOT)
+  shipped = tpu.tar_command(cfg)[tpu.tar_command(cfg).index('-C') + 2:]
+  assert {'./synth_jax', './gin', './configs', './pyproject.toml'} <= set(shipped)
+  assert not {'./results', './benchmarks', './docs', './.git', './.venv'} & set(shipped)
