@@ -21,6 +21,7 @@ import sys
 from typing import Optional, Sequence
 
 from synth_jax import gin_flags
+from synth_jax import preflight
 
 # Commands with their own flags: `main(argv)` of the module, imported only when called.
 SUBCOMMANDS = {
@@ -49,54 +50,97 @@ def _import_tensorflow_quietly():
     os.close(devnull)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Runs a command; returns the process exit status (0)."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  _import_tensorflow_quietly()
-  if argv and argv[0] in SUBCOMMANDS:
-    return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0
-  bindings, argv = gin_flags.split(argv)
-  parser = argparse.ArgumentParser(
+# The commands this module runs, with their one-line help.
+COMMANDS = {
+    'train': 'train a T5 model, or resume the run in MODEL_DIR',
+    'eval': "evaluate MODEL_DIR's latest checkpoint (loss, accuracy, task metrics)",
+    'infer': "greedy-decode eval examples with MODEL_DIR's latest checkpoint",
+    'params': 'the parameter count of attention types at T5 shapes',
+}
+SUBCOMMAND_HELP = {
+    'diagnose': 'what each attention can learn: synthetic tasks, sweeps, robustness grids',
+    'attention-maps': "a trained run's attention maps as PNG, with statistics",
+    'diagnose-compare': 'one table of diagnostics runs across settings',
+    'bench': 'training-step time and memory per attention type',
+}
+DEBUG_VARIABLE = 'SYNTH_JAX_DEBUG'
+
+
+def parser() -> argparse.ArgumentParser:
+  """`synth-jax [--debug] COMMAND ...`, each of train|eval|infer|params with its own help."""
+  top = argparse.ArgumentParser(
       prog='synth-jax', description=__doc__.split('\n')[0], epilog=gin_flags.HELP,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('command', choices=['train', 'eval', 'infer', 'params', *SUBCOMMANDS],
-                      help='diagnose, diagnose-compare and attention-maps take their own flags '
-                           '(COMMAND --help).')
-  parser.add_argument('--examples', type=int, default=8, help='examples `infer` decodes.')
-  gin_flags.add_flags(parser)
-  parser.add_argument('--tfds_data_dir', default=None,
-                      help='TFDS data directory (e.g. gs://bucket/tfds) for C4/GLUE tasks.')
-  parser.add_argument('--multihost', action='store_true',
-                      help='call jax.distributed.initialize() (multi-host TPU slices).')
-  parser.add_argument('types', nargs='*', help='attention types for `params`.')
-  args = parser.parse_args(argv)
+  top.add_argument('--debug', action='store_true',
+                   help=f'show the traceback of an error (or set {DEBUG_VARIABLE}=1).')
+  commands = top.add_subparsers(dest='command', required=True, metavar='COMMAND')
+  for name, summary in COMMANDS.items():
+    command = commands.add_parser(name, help=summary, description=summary,
+                                  epilog=None if name == 'params' else gin_flags.HELP,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    if name == 'params':
+      command.add_argument('types', nargs='*', help='attention types (default: every one).')
+      continue
+    gin_flags.add_flags(command)
+    command.add_argument('--tfds_data_dir', default=None,
+                         help='TFDS data directory (e.g. gs://bucket/tfds) for C4/GLUE tasks.')
+    command.add_argument('--multihost', action='store_true',
+                         help='call jax.distributed.initialize() (multi-host TPU slices).')
+    if name == 'infer':
+      command.add_argument('--examples', type=int, default=8, help='examples to decode.')
+  for name, summary in SUBCOMMAND_HELP.items():  # listed here; they parse their own flags
+    commands.add_parser(name, help=f'{summary} ({name} --help)', add_help=False)
+  return top
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs a command; returns the process exit status: 0, or 2 for a user mistake, which is
+  printed as one line (its traceback with --debug or SYNTH_JAX_DEBUG=1)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = '--debug' in argv or os.environ.get(DEBUG_VARIABLE, '') not in ('', '0')
+  argv = [arg for arg in argv if arg != '--debug']
+  command = next((arg for arg in argv if not arg.startswith('-')), 'synth-jax')
+  try:
+    return _run(argv)
+  except Exception as error:  # pylint: disable=broad-except  (sorted by _is_user_error)
+    if debug or not _is_user_error(error):
+      raise
+    print(f'synth-jax {command}: {one_line(error)}', file=sys.stderr, flush=True)
+    return 2
+
+
+def _run(argv: list[str]) -> int:
+  if argv and argv[0] in SUBCOMMANDS:
+    if argv[0] == 'attention-maps':  # reads the run's seqio task
+      _import_tensorflow_quietly()
+    return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0
+  bindings, argv = gin_flags.split(argv)
+  args = parser().parse_args(argv)
   if args.command == 'params':
     from synth_jax.attention import param_count  # pylint: disable=g-import-not-at-top
     param_count.main(args.types)
     return 0
+  if not args.gin_file and not gin_flags.names_model_dir(bindings):
+    raise gin_flags.FlagError('give a --gin_file (e.g. configs/demo.gin), or --gin.MODEL_DIR of a '
+                              'run that saved its config.gin.')
+  gin_flags.check_files(args.gin_file, args.gin_search_paths)
+  preflight.check(args.command, bindings)  # answers before anything heavy is imported
+  _import_tensorflow_quietly()
   if args.multihost or _is_multihost_tpu():
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
   if args.tfds_data_dir:
     import seqio  # pylint: disable=g-import-not-at-top
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-  if not args.gin_file and not gin_flags.names_model_dir(bindings):
-    parser.error('give a --gin_file (e.g. configs/demo.gin), or --gin.MODEL_DIR of a run that '
-                 'saved its config.gin.')
   saved = gin_flags.parse_run_config(args.gin_file, bindings, args.gin_search_paths)
   if not saved and not args.gin_file:
-    raise SystemExit('MODEL_DIR has no run to read (a config.gin and a checkpoint, written by '
-                     'synth-jax train): give the run\'s --gin_file.')
+    raise preflight.PreflightError(
+        'MODEL_DIR has no run to read (a config.gin and a checkpoint, written by synth-jax '
+        "train): give the run's --gin_file.")
   if saved:
     print(f'Configuration: {saved} (the run\'s saved settings win over --gin_file files; '
           '--gin.NAME=VALUE wins over both).', flush=True)
-  try:
-    run_command(args.command, args.examples)
-  except _user_errors() as error:  # the message names the fix; a traceback would bury it
-    message = '\n'.join(line for line in str(error).splitlines()
-                        if not line.strip().startswith('In call to configurable'))
-    raise SystemExit(f'synth-jax {args.command}: {message}') from error
+  run_command(args.command, getattr(args, 'examples', 8))
   return 0
 
 
@@ -112,12 +156,30 @@ def run_command(command: str, examples: int):
     train.infer(**gin_flags.train_bindings_for(train.infer, 'synth-jax infer', examples=examples))
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-  """Errors about the run's inputs (data, MODEL_DIR, checkpoints), printed without a traceback."""
-  # pylint: disable=g-import-not-at-top
-  from synth_jax import checkpoints, data, lease, run_config, train
-  return (data.DataNotPreparedError, lease.LeaseHeldError, lease.LeaseLostError,
-          run_config.ModelMismatchError, checkpoints.CheckpointError, train.ModelDirError)
+def one_line(error: BaseException) -> str:
+  """The error's message on one line, without gin's "In call to configurable" notes."""
+  lines = [line.strip() for line in str(error).splitlines()
+           if line.strip() and not line.strip().startswith('In call to configurable')]
+  return ' '.join(lines) or type(error).__name__
+
+
+# Error classes of ours that are user mistakes, by module (checked only if the module was
+# loaded: an error cannot come from a module that never ran, and importing data would load
+# TensorFlow just to print a line).
+_USER_ERRORS = {'synth_jax.checkpoints': ('CheckpointError',),
+                'synth_jax.data': ('DataNotPreparedError',),
+                'synth_jax.lease': ('LeaseHeldError', 'LeaseLostError')}
+
+
+def _is_user_error(error: BaseException) -> bool:
+  """Errors about the run's inputs (flags, gin, data, MODEL_DIR, checkpoints, lengths, names),
+  which carry a message that names the fix: printed without a traceback."""
+  kinds = [ValueError, TypeError, SyntaxError, FileNotFoundError, PermissionError,
+           NotADirectoryError]
+  for module, names in _USER_ERRORS.items():
+    if module in sys.modules:
+      kinds += [getattr(sys.modules[module], name) for name in names]
+  return isinstance(error, tuple(kinds))
 
 
 def _is_multihost_tpu() -> bool:

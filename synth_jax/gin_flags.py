@@ -12,6 +12,7 @@
 evaluate, decode or draw it share.
 """
 import argparse
+import ast
 import inspect
 import logging
 import os
@@ -44,15 +45,36 @@ def add_flags(parser: argparse.ArgumentParser, gin_file_help: str = 'a gin file 
                       help='more directories to look for gin files in (repeatable)')
 
 
+class FlagError(ValueError):
+  """A command-line flag that cannot mean anything; the message shows the fix."""
+
+
+def check_value(name: str, value: str):
+  """Raises `FlagError` for a VALUE gin cannot parse as a value: not a Python literal, not a
+  reference (`@name`, `%MACRO`) nor a container of them; most often a string without quotes."""
+  text = value.strip()
+  try:
+    ast.literal_eval(text)
+    return
+  except (ValueError, SyntaxError):
+    pass
+  if text and (text[0] in '@%' or (text[0] in '[({' and ('@' in text or '%' in text))):
+    return
+  raise FlagError(f'--gin.{name}={value}: VALUE is gin syntax, and {value!r} is not a gin value; '
+                  f'a string keeps its quotes inside the shell\'s: --gin.{name}="\'{value}\'"')
+
+
 def split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   """`(bindings, other arguments)`: `--gin.NAME=VALUE` pulled out of argv as `NAME = VALUE`
-  (argparse cannot declare a dotted family of flags)."""
+  (argparse cannot declare a dotted family of flags); a VALUE gin cannot parse is a
+  `FlagError` naming the flag."""
   bindings, rest = [], []
   for arg in argv:
     if arg.startswith('--gin.'):
       name, sep, value = arg[len('--gin.'):].partition('=')
       if not sep:
-        raise SystemExit(f'{arg!r}: write --gin.NAME=VALUE, e.g. --gin.ATTENTION_TYPE="\'random\'"')
+        raise FlagError(f'{arg!r}: write --gin.NAME=VALUE, e.g. --gin.ATTENTION_TYPE="\'random\'"')
+      check_value(name, value)
       bindings.append(f'{name} = {value}')
     else:
       rest.append(arg)
@@ -75,17 +97,24 @@ class _QuietSearchMisses(logging.Filter):
     return not record.getMessage().startswith('Path not found')
 
 
+def check_files(gin_files: Sequence[str], extra_paths: Sequence[str] = ()):
+  """Raises `FlagError` for a --gin_file found in none of the search paths (before anything
+  heavy is imported)."""
+  for name in gin_files:
+    if not any(os.path.isfile(os.path.join(p, name)) for p in ['', *search_paths(extra_paths)]):
+      raise FlagError(f'--gin_file={name}: not found in {", ".join(search_paths(extra_paths))}; '
+                      'give a path relative to one of them (e.g. configs/demo.gin).')
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str], extra_paths: Sequence[str] = ()):
   """Parses gin files and `NAME = VALUE` bindings, with the repository's gin dirs searchable."""
+  check_files(gin_files, extra_paths)
   root = logging.getLogger()
   if not any(isinstance(f, _QuietSearchMisses) for f in root.filters):
     root.addFilter(_QuietSearchMisses())
   import synth_jax.train  # pylint: disable=g-import-not-at-top,unused-import  (registers configurables)
   for path in search_paths(extra_paths):
     gin.add_config_file_search_path(path)
-  for name in gin_files:
-    if not any(os.path.isfile(os.path.join(p, name)) for p in ['', *search_paths(extra_paths)]):
-      raise SystemExit(f'gin file {name!r} not found in {search_paths(extra_paths)}.')
   gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
 
 

@@ -84,10 +84,27 @@ class Lease:
     self.settle_s = (1.0 if '://' in model_dir else 0.05) if settle_s is None else settle_s
     self.mine = {'host': socket.gethostname(), 'pid': os.getpid(),
                  'pid_namespace': _pid_namespace(), 'token': uuid.uuid4().hex}
-    self._holder = _is_process_0()
     self._stop = threading.Event()
     self._thread = None
     self.lost_to = None  # the lease that replaced ours, once seen
+
+  @property
+  def _holder(self) -> bool:
+    """Process 0 holds the file (asked when first needed: `held_locally` needs no jax)."""
+    return _is_process_0()
+
+  def held_locally(self) -> Optional[LeaseHeldError]:
+    """For a local MODEL_DIR, the error `acquire` would raise because a live trainer holds it,
+    read with plain file I/O before TensorFlow or jax is imported (the command line's early
+    answer); None when it is free, unreadable or not local (`acquire` still decides)."""
+    if '://' in self.path:
+      return None
+    try:
+      with open(self.path) as f:
+        lease = json.load(f)
+    except (OSError, ValueError):
+      return None
+    return None if self.is_stale(lease) else self._held_error(lease)
 
   def read(self, attempts: int = 3) -> Optional[dict]:
     """The lease on disk, or None if there is none. Other read errors are retried, then

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 from typing import Optional
 
 CONFIG_FILE = 'config.gin'
@@ -27,9 +28,26 @@ class ModelMismatchError(ValueError):
   pass
 
 
+class ModelDirError(ValueError):
+  """MODEL_DIR cannot hold a run (a file, or not writable)."""
+
+
 def _gfile():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile reads and writes gs://)
   return tf.io.gfile
+
+
+class _LocalFiles:
+  """The part of `tf.io.gfile` the reads here use, for local paths: answering whether a local
+  MODEL_DIR holds a run must not wait for TensorFlow to import."""
+  exists = staticmethod(os.path.exists)
+  isdir = staticmethod(os.path.isdir)
+  listdir = staticmethod(os.listdir)
+  GFile = staticmethod(open)  # pylint: disable=invalid-name
+
+
+def _reader(path: str):
+  return _gfile() if '://' in path else _LocalFiles
 
 
 def saved_config(model_dir: Optional[str]) -> Optional[str]:
@@ -37,15 +55,54 @@ def saved_config(model_dir: Optional[str]) -> Optional[str]:
   if not model_dir:
     return None
   path = os.path.join(model_dir, CONFIG_FILE)
-  return path if _gfile().exists(path) else None
+  return path if _reader(path).exists(path) else None
+
+
+def check_model_dir(model_dir: Optional[str]):
+  """Raises a one-line `ModelDirError` for a local MODEL_DIR that cannot hold a run (gs:// is
+  checked on write)."""
+  if not model_dir or '://' in model_dir:
+    return
+  existing = model_dir
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(existing.rstrip(os.sep))
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    problem = 'is a file'
+  elif existing and not os.path.isdir(existing):
+    problem = f'cannot be created ({existing} is a file)'
+  elif existing and not _can_create_in(existing):
+    problem = f'cannot be created or written ({existing} is not writable)'
+  else:
+    return
+  raise ModelDirError(f'MODEL_DIR={model_dir!r} {problem}: point MODEL_DIR at a directory you '
+                      'can write, e.g. --gin.MODEL_DIR="\'/tmp/my_run\'".')
+
+
+def _can_create_in(directory: str) -> bool:
+  """Whether a directory can be made in `directory`: tried (and removed), since permission bits
+  say nothing of file systems such as /proc, where even root cannot."""
+  if not os.access(directory, os.W_OK):
+    return False
+  try:
+    os.rmdir(tempfile.mkdtemp(dir=directory, prefix='.synth_jax_probe_'))
+  except OSError:
+    return False
+  return True
+
+
+def missing_checkpoint_message(command: str, model_dir: str) -> str:
+  directory = os.path.join(model_dir, 'checkpoints')
+  return (f'{command} needs a checkpoint, and {directory} has none; train first or point '
+          'MODEL_DIR at a run (--gin.MODEL_DIR="\'/path/to/run\'").')
 
 
 def has_checkpoint(model_dir: Optional[str]) -> bool:
   """Whether `model_dir/checkpoints` holds a step: a run to evaluate or resume."""
   directory = os.path.join(model_dir or '', 'checkpoints')
-  if not model_dir or not _gfile().isdir(directory):
+  files = _reader(directory)
+  if not model_dir or not files.isdir(directory):
     return False
-  return any(name.rstrip('/').isdigit() for name in _gfile().listdir(directory))
+  return any(name.rstrip('/').isdigit() for name in files.listdir(directory))
 
 
 def describe(model) -> dict:
@@ -65,7 +122,7 @@ def _defaults(config_class) -> dict:
 
 
 def read_text(path: str) -> str:
-  with _gfile().GFile(path) as f:
+  with _reader(path).GFile(path) as f:
     return f.read()
 
 
@@ -98,9 +155,9 @@ def check_same_model(model_dir: Optional[str], model, command: str = 'resume'):
   if not model_dir:
     return
   path = os.path.join(model_dir, MODEL_FILE)
-  if not _gfile().exists(path):
+  if not _reader(path).exists(path):
     return
-  with _gfile().GFile(path) as f:
+  with _reader(path).GFile(path) as f:
     saved = json.load(f)
   current = describe(model)
   # A field added after the run was saved is the same model if it holds its default.

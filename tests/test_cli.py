@@ -51,14 +51,14 @@ def test_unknown_attention_type_from_the_command_line_lists_valid_types():
     build_model_from_gin()
 
 
-def test_gin_flag_without_value_is_a_clear_error():
-  with pytest.raises(SystemExit, match='--gin.NAME=VALUE'):
-    cli.main(['train', '--gin.ATTENTION_TYPE'])
+def test_gin_flag_without_value_is_a_clear_error(capsys):
+  assert cli.main(['train', '--gin.ATTENTION_TYPE']) == 2
+  assert '--gin.NAME=VALUE' in capsys.readouterr().err
 
 
-def test_missing_gin_file_is_a_clear_error():
-  with pytest.raises(SystemExit, match="gin file 'configs/nope.gin' not found"):
-    cli.main(['train', '--gin_file=configs/nope.gin'])
+def test_missing_gin_file_is_a_clear_error(capsys):
+  assert cli.main(['train', '--gin_file=configs/nope.gin']) == 2
+  assert '--gin_file=configs/nope.gin: not found' in capsys.readouterr().err
 
 
 def test_train_command_runs_a_tiny_model_end_to_end(tmp_path, capsys):
@@ -140,8 +140,8 @@ def test_diagnose_plan_lists_parts_and_bad_requests_are_clear_errors(capsys):
   assert lines[0].startswith('part 1/2: mqar/vanilla, mqar/random, mqar/kv=4/vanilla')
   with pytest.raises(SystemExit, match='unknown task'):
     cli.main(['diagnose', '--tasks', 'copy', '--attention', 'vanilla', '--out', '/tmp/x'])
-  with pytest.raises(ValueError, match='unknown attention type'):
-    cli.main(['diagnose', '--tasks', 'mqar', '--attention', 'synth', '--out', '/tmp/x'])
+  assert cli.main(['diagnose', '--tasks', 'mqar', '--attention', 'synth', '--out', '/tmp/x']) == 2
+  assert 'unknown attention type' in capsys.readouterr().err
   with pytest.raises(SystemExit, match='parts 1..2'):
     cli.main(['diagnose', '--preset', 'full', '--tasks', 'mqar', '--attention',
               'vanilla,random', '--out', '/tmp/x', '--part', '3'])
@@ -156,7 +156,7 @@ def test_attention_maps_is_dispatched_to_its_own_flags(capsys):
 
 def test_help_lists_the_gin_flags_with_an_example(capsys):
   with pytest.raises(SystemExit) as exit_status:
-    cli.main(['--help'])
+    cli.main(['train', '--help'])
   assert exit_status.value.code == 0
   out = capsys.readouterr().out
   for text in ('--gin_file', '--gin.NAME=VALUE', '--gin.ATTENTION_TYPE="\'random\'"',
