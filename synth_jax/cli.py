@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 from synth_jax import gin_flags
 from synth_jax import preflight
+from synth_jax import quiet_tensorflow
 
 # Commands with their own flags: `main(argv)` of the module, imported only when called.
 SUBCOMMANDS = {
@@ -30,24 +31,6 @@ SUBCOMMANDS = {
     'diagnose-compare': 'synth_jax.diagnostics.compare',
     'bench': 'synth_jax.bench',
 }
-
-
-def _import_tensorflow_quietly():
-  """TensorFlow serves only our input pipeline. At import and when it probes for a GPU it prints
-  C++ notices (oneDNN, CPU features, missing CUDA drivers) that no user can act on; import it
-  with stderr silenced, and keep it off GPUs, which belong to JAX. An import error still raises
-  (after stderr is back)."""
-  if 'tensorflow' in sys.modules:
-    return
-  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
 
 
 # The commands this module runs, with their one-line help.
@@ -111,8 +94,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(argv: list[str]) -> int:
   if argv and argv[0] in SUBCOMMANDS:
-    if argv[0] == 'attention-maps':  # reads the run's seqio task
-      _import_tensorflow_quietly()
     return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0
   bindings, argv = gin_flags.split(argv)
   args = parser().parse_args(argv)
@@ -125,7 +106,7 @@ def _run(argv: list[str]) -> int:
                               'run that saved its config.gin.')
   gin_flags.check_files(args.gin_file, args.gin_search_paths)
   preflight.check(args.command, bindings)  # answers before anything heavy is imported
-  _import_tensorflow_quietly()
+  quiet_tensorflow.load()
   if args.multihost or _is_multihost_tpu():
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()

@@ -38,13 +38,12 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
-import seqio
 
 from synth_jax import attention
 from synth_jax import checkpoints
-from synth_jax import data
 from synth_jax import decoding
 from synth_jax import gin_flags
+from synth_jax import quiet_tensorflow
 from synth_jax.attention import capture
 from synth_jax.attention import core
 from synth_jax.diagnostics import statistics
@@ -228,6 +227,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error('give the run\'s --gin.MODEL_DIR (its config.gin is read), or its gin files.')
   if args.examples < 1 or args.max_length < 1:
     parser.error('--examples and --max_length must be at least 1.')
+  quiet_tensorflow.load()  # after the flags: help and flag errors come without it
+  import seqio  # pylint: disable=g-import-not-at-top
+  from synth_jax import data  # pylint: disable=g-import-not-at-top
   if args.tfds_data_dir:
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
   gin_flags.parse_run_config(args.gin_file, bindings, args.gin_search_paths)
