@@ -1,12 +1,64 @@
 """What a training run prints and summarises as it goes: step throughput, and everything else
-(compilation, evaluation, checkpoints) timed on its own so that it never inflates ms/step.
+(compilation, evaluation, checkpoints) timed on its own so that it never inflates ms/step; the
+time left of any long work (`eta`), and progress lines that a terminal rewrites in place (`show`).
 """
 import contextlib
 import os
+import sys
 import time
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, TextIO
 
-import jax
+
+def duration(seconds: float) -> str:
+  """'45s', '3m05s', '2h07m': short enough for a progress line."""
+  seconds = max(0, round(seconds))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+
+
+def seconds_left(elapsed: float, done: float, total: float) -> Optional[float]:
+  """The time `total - done` more units take at the rate of the `done` that took `elapsed`
+  seconds; 0 once all are done, None before any is (no rate yet)."""
+  if done >= total:
+    return 0.0
+  return elapsed / done * (total - done) if done > 0 else None
+
+
+def left(elapsed: float, done: float, total: float) -> str:
+  """'ETA 2m32s' from `seconds_left` ('ETA ?' before any unit is done)."""
+  remaining = seconds_left(elapsed, done, total)
+  return 'ETA ?' if remaining is None else f'ETA {duration(remaining)}'
+
+
+def eta(elapsed: float, done: int, total: int) -> str:
+  """'3/10 (30%), 1m05s elapsed, ETA 2m32s': units done of `total`, then the time left at the
+  rate so far."""
+  share = f' ({100 * done / total:.0f}%)' if total else ''
+  return f'{done}/{total}{share}, {duration(elapsed)} elapsed, {left(elapsed, done, total)}'
+
+
+def is_terminal(stream: Optional[TextIO] = None) -> bool:
+  stream = sys.stdout if stream is None else stream
+  return bool(getattr(stream, 'isatty', lambda: False)())
+
+
+def show(text: str, keep: bool = True, stream: Optional[TextIO] = None):
+  """Prints a progress line. On a terminal a line with `keep=False` is a status line: the next
+  `show` rewrites it in place ('\r'); in a log (not a terminal) every line is a plain line."""
+  stream = sys.stdout if stream is None else stream
+  if is_terminal(stream):
+    stream.write('\r' + text + '\x1b[K' + ('\n' if keep else ''))  # \x1b[K: clear to the end
+  else:
+    stream.write(text + '\n')
+  stream.flush()
+
+
+def status(text: str):
+  """`show(text, keep=False)`: a `log` callable for per-chunk lines of a longer piece of work."""
+  show(text, keep=False)
 
 
 class Summaries:
@@ -14,6 +66,7 @@ class Summaries:
 
   def __init__(self, model_dir: Optional[str]):
     self._writers = {}
+    import jax  # pylint: disable=g-import-not-at-top (progress lines need no JAX)
     self._model_dir = model_dir if jax.process_index() == 0 else None
 
   def write(self, split: str, step: int, scalars: Mapping[str, float]):
@@ -30,9 +83,11 @@ class Summaries:
 
 class TrainProgress:
   """Every `period` steps and at the last: train metrics, ms/step and tokens/s, printed and
-  summarised. Throughput counts training steps only: the first step of a run (which compiles
-  the step) is reported on its own by `first_step_done`, and time spent inside `paused()`
-  (evaluation, checkpoint saves) is left out.
+  summarised, and the time left to `train_steps` at the ms/step since the last line. Throughput
+  counts training steps only: the first step of a run (which compiles the step) is reported on
+  its own by `first_step_done`, and time spent inside `paused()` (evaluation, checkpoint saves)
+  is left out, so the time left is that of the training steps (evaluations and saves add to it).
+  The lines stay plain lines on a terminal too: they are the run's loss log.
   """
 
   def __init__(self, summaries: Summaries, period: int, train_steps: int, start: int,
@@ -71,5 +126,6 @@ class TrainProgress:
       tokens_per_s = self._tokens_per_step / step_time
       scalars.update(step_time_s=step_time, tokens_per_s=tokens_per_s)
       line += f'  {tokens_per_s:,.0f} tok/s  {step_time * 1000:.0f} ms/step'
+      line += f'  ETA {duration((self._train_steps - step) * step_time)}'
     self._summaries.write('train', step, scalars)
     print(line, flush=True)

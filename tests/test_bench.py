@@ -59,8 +59,14 @@ def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
     assert row['mfu'] == pytest.approx(achieved / (1.0 * row['num_devices']), rel=1e-12)
     assert np.isfinite(row['loss'])
 
-  # The closing table has its header, then exactly one line per type, in order.
+  # The header comes first, rows stream in under it; a tiny step's FLOPs show in MFLOP.
   lines = result.stdout.splitlines()
+  assert lines[0].startswith('attention type') and 'MFLOP/step' in lines[0]
+  assert lines[1].split()[0] == types[0]
+  shown = float(lines[1].split()[5])
+  assert shown > 1 and shown == pytest.approx(report['rows'][0]['model_flops_per_step'] / 1e6,
+                                              abs=0.005)
+  # The closing table has its header, then exactly one line per type, in order.
   header = max(i for i, line in enumerate(lines) if line.startswith('attention type')
                and 'step ms' in line)
   table = [line.split()[0] for line in lines[header + 1:] if line.strip()]

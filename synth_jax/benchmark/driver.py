@@ -6,6 +6,11 @@ take the others down. Definitions: tokens per step = batch x (inputs length + ta
 padding included (the step computes on every position); the model FLOPs are the matmuls of the
 step on attention's reference path (`flops.py`); `traced` counts the program the run executes.
 `--profile DIR` adds device time by kernel.
+
+The table's header comes first, then each row as it is measured with the rows done and the time
+left; its FLOP columns are in the preset's unit (`FLOP_UNIT`: MFLOP for tiny). MFU needs the
+device's peak (`flops.PEAK_TFLOPS`, or `--peak_tflops`); where none is known (CPUs) it is "-",
+and a note under the closing table says so.
 """
 import argparse
 import concurrent.futures
@@ -15,15 +20,20 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Optional, Sequence
 
 from synth_jax import attention
+from synth_jax import progress
 from synth_jax.attention import kernels
 from synth_jax.attention import registry
 from synth_jax.benchmark import report
 from synth_jax.benchmark import runner
 
 COMMAND = 'synth_jax.bench'
+# The unit of the table's FLOP columns, fixed before any row is measured (the header comes
+# first): a tiny step is about 80 MFLOP, which 'TFLOP' prints as 0.00 and 'GFLOP' as 0.08.
+FLOP_UNIT = {'base': 'TFLOP', 'tiny': 'MFLOP'}
 DEFAULT_TYPES = tuple(attention.names()) + ('random+vanilla',)
 
 
@@ -162,10 +172,37 @@ def run_point(args, attention_type: str, length: int, batch: int,
     row['out_of_memory_batch_sizes'] = tried
     if not (row.get('out_of_memory') and args.halve_on_oom and batch // 2 >= 1):
       return row
-    print(f'{attention_type}: out of memory at batch {batch}; retrying at {batch // 2}',
-          flush=True)
+    progress.show(f'{attention_type}: out of memory at batch {batch}; retrying at {batch // 2}')
     tried.append(batch)
     batch //= 2
+
+
+def measure_rows(args, result: dict, unit: str):
+  """Measures every row into `result['rows']`, printing each as it is done with the rows done,
+  and the time left (on a terminal, a status line names the row being measured meanwhile);
+  rewrites `--json` after every row, so a run cut short keeps what it measured."""
+  lock = None
+  if args.jobs > 1 and args.isolate:
+    lock = os.path.join(tempfile.mkdtemp(), 'device.lock')
+  todo = [(point, flags) for point in points(args) for flags in (args.xla_flags or [None])]
+  started = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(args.jobs if lock else 1) as pool:
+    futures = [pool.submit(run_point, args, *point, lock, flags) for point, flags in todo]
+    # Rows in order, each reported once it and those before are done.
+    for i, future in enumerate(futures):
+      if progress.is_terminal():
+        progress.show(f'measuring {todo[i][0][0]}: rows '
+                      f'{progress.eta(time.perf_counter() - started, i, len(todo))}', keep=False)
+      row = future.result()
+      result['rows'].append(row)
+      result['device_kind'] = result['device_kind'] or row.get('device_kind')
+      timing = (f'  (init {row["init_s"]:.0f} s, compile {row["compile_s"]:.0f} s)'
+                if 'compile_s' in row else '')
+      done = progress.eta(time.perf_counter() - started, i + 1, len(todo))
+      progress.show(report.results_line(row, unit) + timing + f'  [rows {done}]')
+      if args.json:
+        with open(args.json, 'w') as f:
+          json.dump(result, f, indent=1)
 
 
 def run(argv=None) -> dict:
@@ -181,23 +218,10 @@ def run(argv=None) -> dict:
       'xla_flags': args.xla_flags or os.environ.get('XLA_FLAGS', ''),
       'steps': args.steps, 'warmup': args.warmup, 'memory_per_row': args.isolate,
       'source_sha256': report.source_digests(), 'rows': []}
+  unit = FLOP_UNIT.get(args.preset, 'TFLOP')
+  print(report.results_header(unit), flush=True)  # the rows stream in under it
+  measure_rows(args, result, unit)
   rows = result['rows']
-  lock = None
-  if args.jobs > 1 and args.isolate:
-    lock = os.path.join(tempfile.mkdtemp(), 'device.lock')
-  with concurrent.futures.ThreadPoolExecutor(args.jobs if lock else 1) as pool:
-    futures = [pool.submit(run_point, args, *point, lock, flags)
-               for point in points(args) for flags in (args.xla_flags or [None])]
-    for future in futures:  # rows in order, each reported once it and those before are done
-      row = future.result()
-      rows.append(row)
-      result['device_kind'] = result['device_kind'] or row.get('device_kind')
-      timing = (f'  (init {row["init_s"]:.0f} s, compile {row["compile_s"]:.0f} s)'
-                if 'compile_s' in row else '')
-      print(report.results_table([row]).splitlines()[1] + timing, flush=True)
-      if args.json:  # after every row, so a run cut short keeps what it measured
-        with open(args.json, 'w') as f:
-          json.dump(result, f, indent=1)
   for row in rows:
     if row.get('profile'):
       print('\n' + report.profile_table(row))
@@ -205,7 +229,7 @@ def run(argv=None) -> dict:
         'on its reference path.\n"traced": the dot_generals of the step as run, fast paths '
         'included, fused kernels\' custom calls not.')
   print(report.flops_table(rows))
-  print('\n' + report.results_table(rows))
+  print('\n' + report.results_table(rows, unit))
   return result
 
 

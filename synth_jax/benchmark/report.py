@@ -3,6 +3,7 @@ import glob
 import hashlib
 import os
 import textwrap
+from typing import Optional
 
 
 def _gib(n):
@@ -17,13 +18,20 @@ def short_part(part: str) -> str:
   return '/'.join(short(name) for name in part.split('/'))
 
 
+FLOP_UNITS = {'TFLOP': 1e12, 'GFLOP': 1e9, 'MFLOP': 1e6, 'FLOP': 1}
+
+
+def flop_unit(flops: float) -> str:
+  """The largest of `FLOP_UNITS` that `flops` holds at least once ('FLOP' below 1)."""
+  return next((u for u, scale in FLOP_UNITS.items() if flops >= scale), 'FLOP')
+
+
 def flops_table(rows) -> str:
   """Model FLOPs per step by part of the network, one line per row, then the headers' legend."""
   rows = [r for r in rows if 'model_flops_by_part' in r]
   parts = list(dict.fromkeys(p for r in rows for p in r['model_flops_by_part']))
-  largest = max((r['model_flops_per_step'] for r in rows), default=1)
-  units = (('TFLOP', 1e12), ('GFLOP', 1e9), ('MFLOP', 1e6), ('FLOP', 1))
-  unit, scale = next((u, s) for u, s in units if largest >= s)
+  unit = flop_unit(max((r['model_flops_per_step'] for r in rows), default=1))
+  scale = FLOP_UNITS[unit]
   lines = [f'{"attention type":<22}{"batch":>6}{"enc len":>8}'
            + ''.join(f'{short_part(p):>10}' for p in parts)
            + f'{"total":>10}{"traced":>10}   ({unit})']
@@ -38,28 +46,49 @@ def flops_table(rows) -> str:
   return '\n'.join(lines)
 
 
-def results_table(rows) -> str:
-  """The headline table: one line per row; a type's name says a non-default execution."""
+def results_header(unit: str = 'TFLOP') -> str:
+  """The headline table's header, FLOPs in `unit` (of `FLOP_UNITS`)."""
+  return (f'{"attention type":<22}{"batch":>6}{"enc len":>8}{"step ms":>10}{"tokens/s":>12}'
+          f'{unit + "/step":>11}{unit + "/s":>9}{"MFU":>7}{"peak GiB":>9}  note')
+
+
+def results_line(row, unit: str = 'TFLOP') -> str:
+  """One row of the headline table; a type's name says a non-default execution."""
   from synth_jax import network  # pylint: disable=g-import-not-at-top (imports gin)
   default = network.Transformer.attention_execution
-  lines = [f'{"attention type":<22}{"batch":>6}{"enc len":>8}{"step ms":>10}{"tokens/s":>12}'
-           f'{"TFLOP/step":>11}{"TFLOP/s":>9}{"MFU":>7}{"peak GiB":>9}  note']
-  for row in rows:
-    execution = row.get('attention_execution') or default
-    name = row['attention_type'] + (f' [{execution}]' if execution != default else '')
-    head = f'{name:<22}{row["batch_size"]:>6}{row["inputs_length"]:>8}'
-    if row.get('error'):
-      note = 'OOM' if row.get('out_of_memory') else row['error'][:60]
-      lines.append(head + f'{"-":>10}{"-":>12}{"-":>11}{"-":>9}{"-":>7}{"-":>9}  {note}')
-      continue
-    mfu = f'{100 * row["mfu"]:.1f}%' if row.get('mfu') is not None else '-'
-    oom = row.get('out_of_memory_batch_sizes')
-    note = ' '.join(filter(None, [f'OOM at batch {",".join(map(str, oom))}' if oom else '',
-                                  row.get('xla_flags', '')]))
-    lines.append(head + f'{1e3 * row["step_time_s"]:>10.1f}{row["tokens_per_s"]:>12,.0f}'
-                 f'{row["model_flops_per_step"] / 1e12:>11.2f}{row["achieved_tflops"]:>9.1f}'
-                 f'{mfu:>7}{_gib(row.get("peak_memory_bytes")):>9}  {note}')
-  return '\n'.join(lines)
+  execution = row.get('attention_execution') or default
+  name = row['attention_type'] + (f' [{execution}]' if execution != default else '')
+  head = f'{name:<22}{row["batch_size"]:>6}{row["inputs_length"]:>8}'
+  if row.get('error'):
+    note = 'OOM' if row.get('out_of_memory') else row['error'][:60]
+    return head + f'{"-":>10}{"-":>12}{"-":>11}{"-":>9}{"-":>7}{"-":>9}  {note}'
+  mfu = f'{100 * row["mfu"]:.1f}%' if row.get('mfu') is not None else '-'
+  oom = row.get('out_of_memory_batch_sizes')
+  note = ' '.join(filter(None, [f'OOM at batch {",".join(map(str, oom))}' if oom else '',
+                                row.get('xla_flags', '')]))
+  per_step = row['model_flops_per_step'] / FLOP_UNITS[unit]
+  per_second = row['achieved_tflops'] * FLOP_UNITS['TFLOP'] / FLOP_UNITS[unit]
+  return (head + f'{1e3 * row["step_time_s"]:>10.1f}{row["tokens_per_s"]:>12,.0f}'
+          f'{per_step:>11.2f}{per_second:>9.1f}{mfu:>7}{_gib(row.get("peak_memory_bytes")):>9}'
+          f'  {note}')
+
+
+def mfu_footnote(rows) -> str:
+  """Why a measured row's MFU is "-" (no known peak for its device), or '' when none is."""
+  kinds = sorted({str(r.get('device_kind')) for r in rows
+                  if not r.get('error') and r.get('mfu') is None})
+  if not kinds:
+    return ''
+  return (f'MFU "-": no dense bf16 peak is known for {", ".join(kinds)} (flops.PEAK_TFLOPS lists '
+          'GPUs and TPUs, not CPUs); --peak_tflops gives one.')
+
+
+def results_table(rows, unit: Optional[str] = None) -> str:
+  """The headline table: its header, one line per row, then why any MFU is missing. FLOPs in
+  `unit` (default: the largest unit the largest row's step holds)."""
+  unit = unit or flop_unit(max((r.get('model_flops_per_step') or 0 for r in rows), default=1e12))
+  lines = [results_header(unit)] + [results_line(row, unit) for row in rows]
+  return '\n'.join(lines + list(filter(None, [mfu_footnote(rows)])))
 
 
 def profile_table(row) -> str:

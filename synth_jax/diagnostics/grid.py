@@ -17,7 +17,9 @@ Results land one directory per setting and seed, each an ordinary `diagnose` res
     OUT/<heads>x<head_dim>.<positions>.lr<rate>/seed<seed>/results.json
 
 so `diagnose --report_only`, `diagnose-compare` and the claims read every cell as they read any
-run; `OUT/grid.md` and `OUT/heatmap_<task>.png` summarise the grid (`verdicts.py`).
+run; `OUT/grid.md` and `OUT/heatmap_<task>.png` summarise the grid and `OUT/results.csv` lists
+every run of every setting and seed (`verdicts.py`). Each group prints its time left as it
+trains and, when done, the sweep's runs done and time left.
 
   synth-jax diagnose --preset robust --attention vanilla,random,orthogonal --out DIR [--part N]
 """
@@ -27,6 +29,7 @@ import os
 import time
 from typing import Optional, Sequence
 
+from synth_jax import progress
 from synth_jax.diagnostics import extrapolation
 from synth_jax.diagnostics import presets
 from synth_jax.diagnostics import results_file
@@ -203,20 +206,22 @@ def run(grid: Grid, variants: Sequence[str], out: str, argv: Sequence[str],
   where = f'part {part}/{len(all_parts)}, ' if part else ''
   print(f'diagnose: {where}{len(chosen)} groups of {len(chosen[0].runs) if chosen else 0} runs '
         f'({runs} runs), grid {grid.name} over preset {grid.preset}', flush=True)
-  started = time.perf_counter()
+  started, trained = time.perf_counter(), 0
   for i, group in enumerate(chosen, 1):
     label = f'[{i}/{len(chosen)}] {group.id}'
     if skip_done and is_done(out, grid, group, execution):
-      print(f'{label}: already recorded, kept', flush=True)
+      progress.show(f'{label}: already recorded, kept')
       continue
     group_started = time.perf_counter()
     records = train_group(group, grid, execution, label)
     for (setting, seed), record in zip(cells(grid, group), records):
       results_file.update(results_path(out, grid, setting, seed),
                           _meta(grid, setting, seed, execution), runs={group.job.id: record})
+    trained, now = trained + len(records), time.perf_counter()
+    sweep = progress.eta(now - started, trained, trained + sum(len(g.runs) for g in chosen[i:]))
     accuracies = ' '.join(f'{r["final_accuracy"]:.2f}' for r in records)
-    print(f'{label}: final accuracy {accuracies} ({time.perf_counter() - group_started:.0f} s, '
-          f'{len(records)} runs)', flush=True)
+    progress.show(f'{label}: final accuracy {accuracies} ({now - group_started:.0f} s, '
+                  f'{len(records)} runs); sweep runs {sweep}')
   elapsed = time.perf_counter() - started
   if chosen:
     print(f'{runs} runs in {elapsed:.0f} s: {60 * runs / max(elapsed, 1e-9):.1f} runs a minute',

@@ -1,8 +1,10 @@
-"""`report.md` from `results.json`: per-task tables, sweeps, extrapolation, statistics, claims.
+"""`report.md` from `results.json`: per-task tables, sweeps, extrapolation, statistics, claims;
+and `results.csv`, one row per run, for pandas or a spreadsheet.
 
 Every number in the report is read from the results; the claims table is decided by
 `claims.evaluate` from the same numbers.
 """
+import csv
 import os
 import statistics as stats
 from typing import Sequence
@@ -129,6 +131,37 @@ def commands(recorded: Sequence[dict]) -> list[str]:
     parts = ','.join(sorted(entry['parts'], key=int))
     listed.append(f"`{key.replace('{parts}', parts)}` ({entry['date']})")
   return listed
+
+
+CSV_COLUMNS = ('variant', 'task', 'setting', 'seed', 'final_accuracy', 'steps_to_90', 'chance')
+
+
+def csv_rows(results: dict, seed: int, setting: str = '') -> list[dict]:
+  """One `CSV_COLUMNS` row per run of `results`. A run's setting is what its id adds to its task
+  and variant (`mqar/kv=12/random` -> 'kv=12', 'base' when nothing), after `setting` (a grid's
+  setting name, e.g. '2x64.relative.lr0.005'); steps_to_90 is empty when 90% was never reached.
+  """
+  rows = []
+  for run_id, run in results['runs'].items():
+    parts = run_id.split('/')
+    job = run.get('job') or {}
+    tags = '/'.join([setting] * bool(setting) + parts[1:-1])
+    steps = run.get('steps_to_90')
+    rows.append({'variant': job.get('variant', parts[-1]), 'task': job.get('task', parts[0]),
+                 'setting': tags or 'base', 'seed': seed,
+                 'final_accuracy': run['final_accuracy'],
+                 'steps_to_90': '' if steps is None else steps, 'chance': run.get('chance', '')})
+  return rows
+
+
+def write_csv(rows: Sequence[dict], out_dir: str) -> str:
+  """Writes `out_dir/results.csv` (a header of `CSV_COLUMNS`, then `rows`); returns its path."""
+  path = os.path.join(out_dir, 'results.csv')
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
 
 
 def write(results: dict, out_dir: str, images: Sequence[str] = ()) -> str:

@@ -8,8 +8,12 @@ The runs of a preset are planned in a fixed order (task, setting, variant) and c
 `Preset.jobs_per_part`; `--part N` (1-based) runs one part, `--plan` lists them. Runs land in
 `DIR/results.json` after each one, merged with what earlier parts left there, and `report.md`
 and the PNGs are redrawn from the whole file at the end of every call (unless `--no-draw`; then
-`--report_only` draws them once at the end). Parts may also run at the same time on one --out
-(`results_file.py` locks the file), e.g. four processes on one GPU:
+`--report_only` draws them once at the end), with `results.csv`: one row per run (variant, task,
+setting, seed, final accuracy, steps to 90%, chance) for pandas or a spreadsheet. A run prints a
+line per chunk of steps with its time left (a status line rewritten in place on a terminal,
+plain lines in a log), then its accuracy and the request's runs done and time left. Parts may
+also run at the same time on one --out (`results_file.py` locks the file), e.g. four processes
+on one GPU:
 
   for p in 1 2 3 4; do XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 synth-jax diagnose --preset full \
       --attention vanilla,random --out DIR --part $p & done; wait
@@ -22,6 +26,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from synth_jax import progress
 from synth_jax.attention import kernels
 from synth_jax.diagnostics import grid as grid_lib
 from synth_jax.diagnostics import jobs
@@ -33,9 +38,10 @@ from synth_jax.diagnostics import results_file
 from synth_jax.diagnostics import tasks as tasks_lib
 
 def draw(results: dict, out: str) -> str:
-  """Writes the plots and report.md of `results` into `out`; says what it wrote."""
+  """Writes the plots, report.md and results.csv of `results` into `out`; says what it wrote."""
   images = plots.write(results, out)
-  return f'{report.write(results, out, images)} and {len(images)} plots'
+  table = report.write_csv(report.csv_rows(results, results['meta']['seed']), out)
+  return f'{report.write(results, out, images)}, {table} and {len(images)} plots'
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -120,6 +126,28 @@ def main_grid(args: argparse.Namespace, argv: Sequence[str]) -> int:
                       args.skip_done, args.attention_execution, args.draw)
 
 
+def run_jobs(chosen: Sequence[jobs.Job], preset: presets.Preset, args: argparse.Namespace,
+             path: str, meta: dict):
+  """Trains `chosen` in order, each recorded in `path` as it ends; a line per run ends with the
+  request's progress (runs trained of those to train, the time left at the rate so far)."""
+  started, trained = time.perf_counter(), 0
+  for i, job in enumerate(chosen, 1):
+    label = f'[{i}/{len(chosen)}] {job.id}'
+    if args.skip_done and results_file.reuse_recorded_run(path, meta, job.id, job.groups,
+                                                          jobs.TAG_ONLY_GROUPS):
+      progress.show(f'{label}: already in {path}, kept')
+      continue
+    run_started = time.perf_counter()
+    record = jobs.run_job(job, preset, args.seed, args.attention_execution, label)
+    results_file.update(path, meta, runs={job.id: record})
+    trained += 1
+    now = time.perf_counter()
+    request = progress.eta(now - started, trained, trained + len(chosen) - i)
+    progress.show(f'{label}: final accuracy {record["final_accuracy"]:.3f} '
+                  f'({record["seconds"]:.0f} s in the training loop, {now - run_started:.0f} s '
+                  f'in all); request runs {request}')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse(argv)
@@ -159,17 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   results_file.update(path, meta, command=command)  # a wrong --out fails before any training
   where = f'part {args.part}/{len(all_parts)}, ' if args.part else ''
   print(f'diagnose: {where}{len(chosen)} runs, preset {preset.name}, seed {args.seed}', flush=True)
-  for i, job in enumerate(chosen, 1):
-    label = f'[{i}/{len(chosen)}] {job.id}'
-    if args.skip_done and results_file.reuse_recorded_run(path, meta, job.id, job.groups,
-                                                          jobs.TAG_ONLY_GROUPS):
-      print(f'{label}: already in {path}, kept', flush=True)
-      continue
-    started = time.perf_counter()
-    record = jobs.run_job(job, preset, args.seed, args.attention_execution, label)
-    results_file.update(path, meta, runs={job.id: record})
-    print(f'{label}: final accuracy {record["final_accuracy"]:.3f} ({record["seconds"]:.0f} s '
-          f'in the training loop, {time.perf_counter() - started:.0f} s in all)', flush=True)
+  run_jobs(chosen, preset, args, path, meta)
   if not args.draw:
     print(f'wrote {path}')
     return 0

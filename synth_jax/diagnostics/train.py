@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from synth_jax import progress
 from synth_jax.diagnostics import model as model_lib
 from synth_jax.diagnostics import statistics
 from synth_jax.diagnostics import tasks as tasks_lib
@@ -206,6 +207,14 @@ class _Curves:
     } for i in range(self.runs)]
 
 
+def _elapsed_and_left(started: float, compiled: float, done: int, cfg: TrainConfig) -> str:
+  """'12s, ETA 36s' of a run at step `done`: the time left at the rate of the chunks after the
+  first (`compiled`: when it ended), which also compiles."""
+  now = time.perf_counter()
+  window = progress.left(now - compiled, done - cfg.eval_every, cfg.steps - cfg.eval_every)
+  return f'{progress.duration(now - started)}, {window}'
+
+
 def _initial_state(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, seed):
   """(params, frozen collections, optimizer state) of a run (`seed` as in `stream`)."""
   sample = task.generate(jax.random.key(0), 2)  # shapes only: initialisation ignores the tokens
@@ -216,8 +225,9 @@ def _initial_state(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainC
 
 
 def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, seed: int,
-          label: str = '', log: Callable[[str], None] = print):
-  """Trains `model` on `task`; returns `(record, variables)`.
+          label: str = '', log: Callable[[str], None] = progress.status):
+  """Trains `model` on `task`; returns `(record, variables)`. `log` takes a line per chunk (by
+  default a status line a terminal rewrites in place, a plain line in a log).
 
   record: `curve` ({'steps', 'accuracy'}), `final_accuracy`, `steps_to_90`, per step `loss`,
   `grad_norm` (global) and `grad_norm_modules` ({top-level module: norms}), `seconds`, `chance`.
@@ -226,18 +236,20 @@ def train(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig, se
   chunk = training_chunk(model, task, cfg)
   root_key, rate = jax.random.key(seed), jnp.float32(cfg.learning_rate)
   curves = _Curves(1, task.chance)
-  started = time.perf_counter()
+  started, compiled = time.perf_counter(), None
   for start in range(0, cfg.steps, cfg.eval_every):
     params, opt_state, loss, norm, acc = chunk(params, fixed, opt_state, start, root_key, rate)
     curves.add(start + cfg.eval_every, *jax.tree.map(lambda x: x[None], (loss, norm, acc)))
+    compiled = compiled or time.perf_counter()  # when the first chunk, which compiles, ended
     log(f'{label} step {start + cfg.eval_every}/{cfg.steps}  loss {curves.loss[0][-1]:.3f}  '
         f'eval-acc {curves.accuracy[0][-1]:.3f}  grad-norm {curves.norm[0][-1]:.3f}  '
-        f'{time.perf_counter() - started:.0f}s')
+        f'{_elapsed_and_left(started, compiled, start + cfg.eval_every, cfg)}')
   return curves.records(time.perf_counter() - started)[0], {'params': params, **fixed}
 
 
 def train_group(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConfig,
-                runs: Sequence[Run], label: str = '', log: Callable[[str], None] = print):
+                runs: Sequence[Run], label: str = '',
+                log: Callable[[str], None] = progress.status):
   """Trains one copy of `model` per run of `runs` as one compiled program (`group_chunk`).
 
   Each run is the run `train(model, task, cfg with its learning_rate, its seed)` would make, up
@@ -253,13 +265,14 @@ def train_group(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: TrainConf
   root_keys = jax.vmap(jax.random.key)(seeds)
   chunk = group_chunk(model, task, cfg)
   curves = _Curves(len(runs), task.chance)
-  started = time.perf_counter()
+  started, compiled = time.perf_counter(), None
   for start in range(0, cfg.steps, cfg.eval_every):
     params, opt_state, loss, norm, acc = chunk(params, fixed, opt_state, start, root_keys, rates)
     curves.add(start + cfg.eval_every, loss, norm, acc)
+    compiled = compiled or time.perf_counter()  # when the first chunk, which compiles, ended
     accuracies = ' '.join(f'{a[-1]:.2f}' for a in curves.accuracy)
     log(f'{label} step {start + cfg.eval_every}/{cfg.steps}  {len(runs)} runs  eval-acc '
-        f'{accuracies}  {time.perf_counter() - started:.0f}s')
+        f'{accuracies}  {_elapsed_and_left(started, compiled, start + cfg.eval_every, cfg)}')
   return curves.records(time.perf_counter() - started), {'params': params, **fixed}
 
 

@@ -14,7 +14,7 @@ give (else inconclusive), and over the settings the claim
     not tested              the grid has none of the runs it needs.
 
 `write(out)` draws `OUT/grid.md` and one heatmap per task (variants x settings, the share of
-seeds that solve it).
+seeds that solve it), and writes `OUT/results.csv`: one row per run of every setting and seed.
 """
 import dataclasses
 import os
@@ -182,7 +182,8 @@ def claim_lines(verdicts: list[Verdict]) -> list[str]:
 
 
 def write(out: str) -> str:
-  """Writes `OUT/grid.md` and the heatmaps from the grid's results; returns what it wrote."""
+  """Writes `OUT/grid.md`, the heatmaps and `OUT/results.csv` from the grid's results; returns
+  what it wrote."""
   cells = load(out)
   if not cells:
     raise SystemExit(f'{out} holds no grid results (OUT/<setting>/seed<N>/results.json).')
@@ -205,4 +206,6 @@ def write(out: str) -> str:
   path = os.path.join(out, 'grid.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines))
-  return f'{path} and {len(images)} heatmaps'
+  table = report.write_csv([row for cell in cells
+                            for row in report.csv_rows(cell.results, cell.seed, cell.setting)], out)
+  return f'{path}, {table} and {len(images)} heatmaps'

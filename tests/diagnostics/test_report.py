@@ -1,12 +1,18 @@
-"""report.md, the claims table and the PNGs, made from a small hand-written results dict."""
+"""report.md, the claims table, the PNGs and results.csv, made from a small hand-written results
+dict."""
 import copy
+import csv
+import json
 import os
 
 import pytest
 
 from synth_jax.diagnostics import claims
+from synth_jax.diagnostics import jobs
 from synth_jax.diagnostics import plots
+from synth_jax.diagnostics import presets
 from synth_jax.diagnostics import report
+from synth_jax.diagnostics import run as run_lib
 
 
 def run(task, variant, final, steps_to_90=None, groups=('base',), kv=6, width=64, **extra):
@@ -162,3 +168,36 @@ def test_a_run_whose_norm_collapses_after_solving_is_not_read_as_stable(results)
   assert outcome_of(solved_early, 'Orthogonal frozen-QK keeps training stable').outcome == (
       claims.CONFIRMED)
   assert claims.peak_gradient_norm({'grad_norm': [50.0] + [0.3] * 9 + [2.0]}) == 2.0  # warmup
+
+
+def read_csv(path):
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def test_results_csv_has_a_row_per_run_with_what_sets_it_apart(results, tmp_path):
+  rows = read_csv(report.write_csv(report.csv_rows(results, seed=3), str(tmp_path)))
+  assert list(rows[0]) == list(report.CSV_COLUMNS)
+  by_run = {(r['task'], r['setting'], r['variant']): r for r in rows}
+  assert len(rows) == len(results['runs']) == len(by_run)
+  assert by_run['mqar', 'base', 'vanilla'] == {
+      'variant': 'vanilla', 'task': 'mqar', 'setting': 'base', 'seed': '3',
+      'final_accuracy': '0.995', 'steps_to_90': '150', 'chance': str(1 / 30)}
+  assert by_run['mqar', 'kv=12', 'random']['final_accuracy'] == '0.1'
+  assert by_run['mqar', 'kv=12', 'random']['steps_to_90'] == ''  # never reached 90%
+  assert by_run['induction', 'base', 'vanilla']['steps_to_90'] == '250'
+
+
+def test_report_only_writes_results_csv_beside_report_md(results, tmp_path, capsys):
+  """`diagnose --report_only` redraws from results.json and writes the CSV with it."""
+  meta = jobs.metadata(presets.get('tiny'), 0, 'fast')
+  with open(tmp_path / 'results.json', 'w') as f:
+    json.dump({**results, 'meta': meta}, f)
+  assert run_lib.main(['--preset', 'tiny', '--attention', 'vanilla', '--out', str(tmp_path),
+                       '--report_only']) == 0
+  assert 'results.csv' in capsys.readouterr().out and (tmp_path / 'report.md').exists()
+  rows = read_csv(tmp_path / 'results.csv')
+  assert [(r['task'], r['setting'], r['variant'], r['seed']) for r in rows][:3] == [
+      ('mqar', 'base', 'vanilla', '0'), ('mqar', 'base', 'random', '0'),
+      ('mqar', 'kv=12', 'vanilla', '0')]
+  assert len(rows) == 7

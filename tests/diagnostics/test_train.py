@@ -1,5 +1,6 @@
 """The training loop: a tiny run must tell a content-based attention from a fixed map."""
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -161,3 +162,19 @@ def test_a_group_trains_each_run_as_it_would_train_alone():
   assert records[0]['loss'][0] != records[1]['loss'][0]  # another seed: other data and weights
   assert records[0]['loss'][0] == records[2]['loss'][0]  # the rate acts from the first update
   assert records[0]['loss'][-1] != records[2]['loss'][-1]
+
+
+def test_each_chunk_line_ends_with_the_time_left_of_the_run():
+  """The first chunk compiles, so it gives no rate ('ETA ?'); later chunks give the time left at
+  the rate since then, 0 at the last."""
+  lm = model.DecoderLM(model.ModelConfig(vocab_size=32, attention='vanilla', width=32,
+                                         max_length=16))
+  budget = train.TrainConfig(steps=30, batch_size=8, learning_rate=3e-3, warmup_steps=5,
+                             eval_every=10, eval_examples=8)
+  lines = []
+  train.train(lm, tasks.Task('induction', 16, 32), budget, seed=0, label='[1/2] run',
+              log=lines.append)
+  assert [line.split('  ')[0] for line in lines] == [
+      '[1/2] run step 10/30', '[1/2] run step 20/30', '[1/2] run step 30/30']
+  assert re.fullmatch(r'.*  \d+s, ETA \?', lines[0])
+  assert re.fullmatch(r'.*  \d+s, ETA \d+s', lines[1]) and lines[2].endswith(', ETA 0s')

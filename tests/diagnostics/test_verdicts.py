@@ -1,4 +1,6 @@
-"""Verdicts over a grid: seeds -> setting by majority, settings -> holds / fails / depends."""
+"""Verdicts over a grid: seeds -> setting by majority, settings -> holds / fails / depends; the
+grid's results.csv."""
+import csv
 import json
 
 from synth_jax.diagnostics import claims
@@ -74,13 +76,30 @@ def test_solved_counts_and_verdicts_over_the_grid(tmp_path):
 def test_the_report_names_the_deciding_settings_and_draws_a_heatmap_per_task(tmp_path):
   solves, fails = {'vanilla': 0.99, 'random': 0.1}, {'vanilla': 0.99, 'random': 0.95}
   write_grid(tmp_path, {'keep': {0: solves}, 'lost': {0: fails}})
-  assert 'grid.md and 3 heatmaps' in verdicts.write(str(tmp_path))
+  assert 'grid.md, ' in verdicts.write(str(tmp_path))
   report = (tmp_path / 'grid.md').read_text()
   assert '| random | **1 of 2** settings | 0/1 | 1/1 |' in report
   assert '| vanilla | **2 of 2** settings | 1/1 | 1/1 |' in report
   assert 'confirmed in 1 of 2: keep; refuted in 1 of 2: lost' in report
   assert '**depends on the setting**' in report
   assert (tmp_path / 'heatmap_mqar.png').stat().st_size > 0
+
+
+def test_the_grid_csv_has_a_row_per_run_of_every_setting_and_seed(tmp_path):
+  solves, fails = {'vanilla': 0.99, 'random': 0.1}, {'vanilla': 0.99, 'random': 0.95}
+  write_grid(tmp_path, {'keep.2x64.relative.lr0.005': {0: solves, 1: fails},
+                        '4x32.none.lr0.002': {2: fails}})
+  assert 'results.csv and 3 heatmaps' in verdicts.write(str(tmp_path))
+  with open(tmp_path / 'results.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  # 3 cells (setting, seed) x 3 runs (mqar vanilla and random, induction vanilla).
+  assert len(rows) == 9
+  cells = {(r['setting'], r['seed'], r['task'], r['variant']): r for r in rows}
+  assert cells['keep.2x64.relative.lr0.005', '1', 'mqar', 'random']['final_accuracy'] == '0.95'
+  assert cells['4x32.none.lr0.002', '2', 'mqar', 'random']['final_accuracy'] == '0.95'
+  assert cells['keep.2x64.relative.lr0.005', '0', 'mqar', 'random'] == {
+      'variant': 'random', 'task': 'mqar', 'setting': 'keep.2x64.relative.lr0.005', 'seed': '0',
+      'final_accuracy': '0.1', 'steps_to_90': '', 'chance': '0.01'}
 
 
 def test_compare_reads_a_grid_as_its_settings_and_seeds(tmp_path, capsys):
