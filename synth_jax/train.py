@@ -6,7 +6,8 @@
 variables only (no optimizer state) and take the arguments of the same names that gin binds to
 `train` (`gin_flags.train_bindings_for`), so a run is described once.
 A run resumes from the latest checkpoint in `model_dir`, including the data position, so a killed
-run continues with the same loss sequence. SIGTERM (TPU preemption) saves and exits cleanly.
+run continues with the same loss sequence; an unreadable one is set aside (`checkpoints`). SIGTERM
+(TPU preemption) saves the next step and exits at once, evaluating and decoding nothing.
 """
 import contextlib
 import dataclasses
@@ -93,7 +94,7 @@ def _eval_metrics(eval_fn, state, batches, sharding) -> dict[str, float]:
 class _StepMetrics:
   """Step metrics left on the device until the host needs them; every loss is checked when read.
 
-  Steps are dispatched without waiting for the device: their metrics stay on it until the host
+  Steps are dispatched one ahead of the device (`add`): their metrics stay on it until the host
   needs them (to log, evaluate, save, stop or call `on_step`). The loop reads them before every
   checkpoint, so a NaN never reaches one.
   """
@@ -105,7 +106,15 @@ class _StepMetrics:
     self._pending = []
 
   def add(self, step: int, metrics: Mapping[str, jax.Array]):
+    """Keeps `step`'s metrics and waits (copying nothing) until the step before it is done.
+
+    So the host queues at most one step behind the one the device runs, which keeps the device
+    busy while bounding what a SIGTERM must wait for: unbounded, the host ran ~25 steps ahead
+    (XLA:CPU queues up to 32 computations) and a preempted run saved that many steps late.
+    """
     self._pending.append((step, metrics))
+    if len(self._pending) > 1:
+      jax.block_until_ready(self._pending[-2][1])
 
   def read(self) -> dict[str, float]:
     """The newest step's metrics, after checking (and passing to `on_step`) every pending one."""
@@ -192,13 +201,14 @@ def _jit_eval_step(model, shardings, batch_sharding):
 
 
 def _restore(manager: checkpoints.Manager, state, shardings,
-             initial_checkpoint_path: Optional[str]):
-  """`(state, first step)`: resumed from `manager`'s latest checkpoint, else fresh (or finetuning
-  from `initial_checkpoint_path`)."""
+             initial_checkpoint_path: Optional[str], strict: bool = False):
+  """`(state, first step)`: resumed from `manager`'s newest readable checkpoint (with `strict`:
+  the newest, or an error), else fresh (or finetuning from `initial_checkpoint_path`)."""
   if manager.latest_step() is not None:
-    state = manager.restore(state, shardings)
-    print(f'Resumed from {manager.directory} at step {int(state.step)}.', flush=True)
-    return state, int(state.step)
+    restored = manager.restore(state, shardings, strict=strict)
+    if restored is not None:
+      print(f'Resumed from {manager.directory} at step {int(restored.step)}.', flush=True)
+      return restored, int(restored.step)
   if initial_checkpoint_path:
     state = checkpoints.load_params_into(state, shardings, initial_checkpoint_path)
     print(f'Initialised parameters from {initial_checkpoint_path}.', flush=True)
@@ -231,7 +241,8 @@ def _run_steps(state, start: int, train_steps: int, dataset: data_lib.Dataset, *
                trainer_lease: Optional[lease_lib.Lease] = None):
   """Steps `start + 1 .. train_steps` on `dataset`'s batches, logging (`log()` makes the
   progress log), evaluating and saving when due; SIGTERM (seen by `preemption`, also when it
-  came before the first step) saves and stops. Returns the state and the last eval metrics."""
+  came before the first step) saves the step under way and stops, evaluating nothing. Returns
+  the state and the last eval metrics."""
   eval_metrics = {}
   if start >= train_steps:
     print(f'{manager.directory and os.path.dirname(manager.directory)} is already at step '
@@ -241,7 +252,7 @@ def _run_steps(state, start: int, train_steps: int, dataset: data_lib.Dataset, *
   batches, log = dataset.train_batches(start_step=start), log()
   for step in range(start + 1, train_steps + 1):
     state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
-    metrics.add(step, step_metrics)
+    metrics.add(step, step_metrics)  # returns once the step before is done
     log_now = log.is_due(step)
     eval_now = eval_period and (step % eval_period == 0 or step == train_steps)
     save_now = manager.is_due(step) or step == train_steps or preemption.requested
@@ -252,7 +263,7 @@ def _run_steps(state, start: int, train_steps: int, dataset: data_lib.Dataset, *
       log.first_step_done(step)
     if log_now:
       log.write(step, metrics.latest)
-    if eval_now:
+    if eval_now and not preemption.requested:  # preempted: save this step at once instead
       with log.paused():
         eval_metrics = evaluate_all(state, step)
     preempted = preemption.requested  # read once, and any SIGTERM so far has its losses read
@@ -307,9 +318,10 @@ def _mesh_and_data(model_parallelism: Optional[int], mixture_or_task_name: str,
 
 
 def _checkpoint_state(model, model_dir: Optional[str], dataset: data_lib.Dataset, mesh,
-                      command: str):
-  """`(state, its shardings)` holding the latest checkpoint's variables (no optimizer state),
-  for evaluation and inference; the run must be of `model`."""
+                      command: str, strict_restore: bool = False):
+  """`(state, its shardings)` holding the newest readable checkpoint's variables (no optimizer
+  state; `strict_restore`: the newest, or an error), for evaluation and inference; the run must
+  be of `model`."""
   if not model_dir:
     raise checkpoints.CheckpointError(
         f'{command} reads a checkpoint: set MODEL_DIR (--gin.MODEL_DIR="\'/path/to/run\'").')
@@ -317,7 +329,8 @@ def _checkpoint_state(model, model_dir: Optional[str], dataset: data_lib.Dataset
   if run_config.has_checkpoint(model_dir):
     run_config.check_same_model(model_dir, model, 'evaluate')
   abstract = train_state.abstract_variables(model, dataset.example_batch(), mesh)
-  variables, step = checkpoints.read_variables(model_dir, abstract, command=command)
+  variables, step = checkpoints.read_variables(model_dir, abstract, command=command,
+                                               strict=strict_restore)
   print(f"Loaded {os.path.join(model_dir, 'checkpoints')} at step {step}.", flush=True)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = train_state.TrainState(step=step, params=variables['params'],
@@ -332,8 +345,7 @@ def _checkpoint_state(model, model_dir: Optional[str], dataset: data_lib.Dataset
 def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = gin.REQUIRED,
-          train_steps: int = gin.REQUIRED,
-          learning_rate: Callable = optimizer_lib.rsqrt_schedule(),
+          train_steps: int = gin.REQUIRED, learning_rate: Callable = optimizer_lib.rsqrt_schedule(),
           make_optimizer: Callable = adafactor_optimizer, z_loss: float = 1e-4,
           label_smoothing: float = 0.0, seed: int = 0, model_parallelism: Optional[int] = None,
           pack: bool = True, unpack_single_example_rows: bool = True,
@@ -341,7 +353,7 @@ def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED
           eval_period: int = 1000, eval_steps: int = 20, eval_split: str = 'validation',
           log_period: int = 50, initial_checkpoint_path: Optional[str] = None,
           infer_examples: int = 0, metric_examples: Optional[int] = None,
-          lease_timeout_s: float = 300.0,
+          lease_timeout_s: float = 300.0, strict_restore: bool = False,
           on_step: Optional[Callable[[int, dict], None]] = None) -> dict[str, Any]:
   """Trains (or resumes training of) a T5 model; returns the last train and eval metrics.
 
@@ -353,9 +365,9 @@ def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED
   example a row train unpacked (single host; `data.Dataset`). Saves every `checkpoint_period`
   steps and at the end, keeping `keep_checkpoints`; evaluates every `eval_period` steps on
   `eval_steps` batches of `eval_split`, plus official metrics on `metric_examples` decoded
-  examples (None: all). `initial_checkpoint_path`: a step directory a new run starts from; at
-  the end `infer_examples` examples are decoded; a second trainer of `model_dir` exits unless
-  its lease is older than `lease_timeout_s` (`lease.py`); `on_step(step, metrics)`: a hook.
+  examples (None: all); `initial_checkpoint_path`: a step directory a new run starts from;
+  `infer_examples` are decoded at the end (not after SIGTERM); `strict_restore`: refuse an
+  unreadable checkpoint (else set aside); `lease_timeout_s`: when a lease is stale; `on_step`.
   """
   _check_model_dir(model_dir)
   with contextlib.ExitStack() as scope:
@@ -367,7 +379,7 @@ def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED
         model, functools.partial(make_optimizer, learning_rate=learning_rate),
         dataset.example_batch(), mesh, jax.random.key(seed))
     batch_sharding = partitioning.data_sharding(mesh)  # every feature, packed or not
-    state, start = _restore(manager, state, shardings, initial_checkpoint_path)
+    state, start = _restore(manager, state, shardings, initial_checkpoint_path, strict_restore)
     _save_config(model_dir, model)
     summaries = progress.Summaries(model_dir)
     evaluate_all = _Evaluation.create(
@@ -386,7 +398,7 @@ def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED
         trainer_lease=trainer_lease)
     manager.wait()
     result = dict(train=metrics.latest, eval=eval_metrics, step=int(state.step), state=state)
-    if infer_examples:
+    if infer_examples and not preemption.requested:  # preempted: exit at once
       result['examples'] = decoding.print_examples(
           model, state.variables(), dataset, eval_split, infer_examples)
     return result
@@ -396,8 +408,9 @@ def evaluate(*, model_dir: Optional[str], model: network.Transformer,
              mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
              batch_size: int, seed: int = 0, model_parallelism: Optional[int] = None,
              pack: bool = True, eval_steps: int = 20, eval_split: str = 'validation',
-             metric_examples: Optional[int] = None) -> dict[str, Any]:
-  """`synth-jax eval`: loss and accuracy of the latest checkpoint in `model_dir` over
+             metric_examples: Optional[int] = None, strict_restore: bool = False
+             ) -> dict[str, Any]:
+  """`synth-jax eval`: loss and accuracy of the newest checkpoint in `model_dir` over
   `eval_steps` batches of `eval_split`, and the tasks' official metrics where they have them.
 
   The arguments mean what `train`'s of the same name mean; `synth-jax eval` reads them from the
@@ -405,7 +418,7 @@ def evaluate(*, model_dir: Optional[str], model: network.Transformer,
   """
   mesh, dataset = _mesh_and_data(model_parallelism, mixture_or_task_name, task_feature_lengths,
                                  batch_size, seed, pack)
-  state, shardings = _checkpoint_state(model, model_dir, dataset, mesh, 'eval')
+  state, shardings = _checkpoint_state(model, model_dir, dataset, mesh, 'eval', strict_restore)
   batch_sharding = partitioning.data_sharding(mesh)
   evaluate_all = _Evaluation.create(
       model, dataset, _jit_eval_step(model, shardings, batch_sharding), batch_sharding,
@@ -416,12 +429,12 @@ def evaluate(*, model_dir: Optional[str], model: network.Transformer,
 def infer(*, model_dir: Optional[str], model: network.Transformer, mixture_or_task_name: str,
           task_feature_lengths: Mapping[str, int], batch_size: int, seed: int = 0,
           model_parallelism: Optional[int] = None, eval_split: str = 'validation',
-          examples: int = 8) -> dict[str, Any]:
+          examples: int = 8, strict_restore: bool = False) -> dict[str, Any]:
   """`synth-jax infer`: greedy-decodes `examples` examples of `eval_split` with the latest
   checkpoint in `model_dir` and prints them; returns `{'examples': [(input, target,
   prediction)], 'step'}`. Arguments as `evaluate`'s."""
   mesh, dataset = _mesh_and_data(model_parallelism, mixture_or_task_name, task_feature_lengths,
                                  batch_size, seed, pack=False)
-  state, _ = _checkpoint_state(model, model_dir, dataset, mesh, 'infer')
+  state, _ = _checkpoint_state(model, model_dir, dataset, mesh, 'infer', strict_restore)
   rows = decoding.print_examples(model, state.variables(), dataset, eval_split, examples)
   return {'examples': rows, 'step': state.step}
