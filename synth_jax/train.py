@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from synth_jax import checkpoints
@@ -39,8 +40,7 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-class ModelDirError(ValueError):
-  """MODEL_DIR cannot hold a run (a file, or not writable)."""
+ModelDirError = run_config.ModelDirError  # MODEL_DIR cannot hold a run (a file, not writable)
 
 
 class _Preemption:
@@ -215,25 +215,6 @@ def _restore(manager: checkpoints.Manager, state, shardings,
   return state, 0
 
 
-def _check_model_dir(model_dir: Optional[str]):
-  """A one-line error for a local MODEL_DIR that cannot hold a run (gs:// is checked on write)."""
-  if not model_dir or '://' in model_dir:
-    return
-  existing = model_dir
-  while existing and not os.path.exists(existing):
-    existing = os.path.dirname(existing.rstrip(os.sep))
-  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-    problem = 'is a file'
-  elif existing and not os.path.isdir(existing):
-    problem = f'cannot be created ({existing} is a file)'
-  elif existing and not os.access(existing, os.W_OK):
-    problem = f'cannot be created or written ({existing} is not writable)'
-  else:
-    return
-  raise ModelDirError(f'MODEL_DIR={model_dir!r} {problem}: point MODEL_DIR at a directory you can '
-                   'write, e.g. --gin.MODEL_DIR="\'/tmp/my_run\'".')
-
-
 def _run_steps(state, start: int, train_steps: int, dataset: data_lib.Dataset, *, step_fn,
                batch_sharding, rng, manager: checkpoints.Manager, metrics: _StepMetrics,
                log: Callable[[], progress.TrainProgress], evaluate_all: _Evaluation,
@@ -283,6 +264,18 @@ def _run_steps(state, start: int, train_steps: int, dataset: data_lib.Dataset, *
   return state, eval_metrics
 
 
+def _check_before_claiming(model_dir: Optional[str], model,
+                           task_feature_lengths: Mapping[str, int]):
+  """Refuses, before MODEL_DIR is touched, a MODEL_DIR that cannot hold a run and lengths the
+  model cannot take (a synthesizer's maximum): its initialisation is traced at the run's
+  lengths, abstractly (nothing computed)."""
+  run_config.check_model_dir(model_dir)
+  ones = lambda name: jnp.ones((1, task_feature_lengths[name]), jnp.int32)
+  jax.eval_shape(lambda: model.init(
+      jax.random.key(0), encoder_input_tokens=ones('inputs'), decoder_input_tokens=ones('targets'),
+      decoder_target_tokens=ones('targets'), enable_dropout=False))
+
+
 def _claim_model_dir(scope: contextlib.ExitStack, model_dir: Optional[str], model,
                      lease_timeout_s: float, checkpoint_period: int,
                      keep_checkpoints: Optional[int]):
@@ -325,7 +318,7 @@ def _checkpoint_state(model, model_dir: Optional[str], dataset: data_lib.Dataset
   if not model_dir:
     raise checkpoints.CheckpointError(
         f'{command} reads a checkpoint: set MODEL_DIR (--gin.MODEL_DIR="\'/path/to/run\'").')
-  _check_model_dir(model_dir)
+  run_config.check_model_dir(model_dir)
   if run_config.has_checkpoint(model_dir):
     run_config.check_same_model(model_dir, model, 'evaluate')
   abstract = train_state.abstract_variables(model, dataset.example_batch(), mesh)
@@ -369,7 +362,7 @@ def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED
   `infer_examples` are decoded at the end (not after SIGTERM); `strict_restore`: refuse an
   unreadable checkpoint (else set aside); `lease_timeout_s`: when a lease is stale; `on_step`.
   """
-  _check_model_dir(model_dir)
+  _check_before_claiming(model_dir, model, task_feature_lengths)
   with contextlib.ExitStack() as scope:
     preemption, trainer_lease, manager = _claim_model_dir(
         scope, model_dir, model, lease_timeout_s, checkpoint_period, keep_checkpoints)

@@ -121,3 +121,14 @@ def test_each_command_has_its_own_help():
     result = synth_jax(command, '--help')
     assert result.returncode == 0 and says in result.stdout
     assert f'usage: synth-jax {command}' in result.stdout
+
+
+def test_an_input_longer_than_a_synthesizers_maximum_is_one_line_and_writes_nothing(tmp_path):
+  model_dir = str(tmp_path / 'run')
+  result = synth_jax('train', '--gin_file=configs/demo.gin', f"--gin.MODEL_DIR='{model_dir}'",
+                     "--gin.ATTENTION_TYPE='random'",
+                     "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 32}")
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1, result.stderr
+  assert 'exceeds' in lines[0] and 'T5Config.max_encoder_length' in lines[0]
+  assert not os.path.exists(model_dir)

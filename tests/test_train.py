@@ -329,13 +329,12 @@ def test_a_model_dir_that_cannot_hold_a_run_is_a_one_line_error(tmp_path, where)
   assert not (tmp_path / 'taken' / 'run').exists()
 
 
-def test_the_cli_prints_an_unusable_model_dir_as_one_line_without_a_traceback(tmp_path):
+def test_the_cli_prints_an_unusable_model_dir_as_one_line_without_a_traceback(tmp_path, capsys):
   from synth_jax import cli  # pylint: disable=g-import-not-at-top
   blocker = tmp_path / 'taken'
   blocker.write_text('not a directory')
-  with pytest.raises(SystemExit) as error:
-    cli.main(['train', '--gin_file=configs/demo.gin', f"--gin.MODEL_DIR='{blocker}'"])
-  assert str(error.value.code) == (
+  assert cli.main(['train', '--gin_file=configs/demo.gin', f"--gin.MODEL_DIR='{blocker}'"]) == 2
+  assert capsys.readouterr().err.strip() == (
       f'synth-jax train: MODEL_DIR={str(blocker)!r} is a file: point MODEL_DIR at a directory you '
       'can write, e.g. --gin.MODEL_DIR="\'/tmp/my_run\'".')
 
