@@ -34,4 +34,7 @@ r8192a)
   ROWS=9 row B2_8192a . --types vanilla,neg_l2,dense,hyperbolic,topk,factorized_dense,random --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 r8192b)
   ROWS=9 row B2_8192b . --types orthogonal,linear,fixed_random,factorized_random,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+last)  # one call's worth: the 512 rows of the slowest variants, then 8192
+  ROWS=5 row A3_after . --types vanilla,hyperbolic,topk --fused cudnn
+  ROWS=7 row B3_8192 . --types vanilla,neg_l2,hyperbolic,topk,dense --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 esac
