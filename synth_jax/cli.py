@@ -18,9 +18,12 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from typing import Optional, Sequence
 
 from synth_jax import gin_flags
+from synth_jax import lease as lease_lib
+from synth_jax import multihost
 from synth_jax import preflight
 from synth_jax import quiet_tensorflow
 
@@ -67,13 +70,38 @@ def parser() -> argparse.ArgumentParser:
     gin_flags.add_flags(command)
     command.add_argument('--tfds_data_dir', default=None,
                          help='TFDS data directory (e.g. gs://bucket/tfds) for C4/GLUE tasks.')
-    command.add_argument('--multihost', action='store_true',
-                         help='call jax.distributed.initialize() (multi-host TPU slices).')
+    _add_multihost_flags(command)
     if name == 'infer':
       command.add_argument('--examples', type=int, default=8, help='examples to decode.')
   for name, summary in SUBCOMMAND_HELP.items():  # listed here; they parse their own flags
     commands.add_parser(name, help=f'{summary} ({name} --help)', add_help=False)
   return top
+
+
+def _add_multihost_flags(command: argparse.ArgumentParser):
+  """Flags that join this process to the others of a multi-process run (`multihost.py`)."""
+  group = command.add_argument_group(
+      'several processes (multi-host TPU slices; several processes on one machine)')
+  group.add_argument('--multihost', action='store_true',
+                     help='call jax.distributed.initialize(), which discovers the processes '
+                     '(multi-host TPU slices; implied when TPU_WORKER_HOSTNAMES lists several).')
+  group.add_argument('--coordinator_address', metavar='HOST:PORT',
+                     help=f'process 0\'s host and a free port ({multihost.ADDRESS_VARIABLE}); '
+                     'with the next two, joins the processes anywhere, e.g. 127.0.0.1:8476.')
+  group.add_argument('--num_processes', metavar='N',
+                     help=f'how many processes run ({multihost.PROCESSES_VARIABLE}).')
+  group.add_argument('--process_id', metavar='I',
+                     help=f'this process, 0 .. N-1 ({multihost.PROCESS_ID_VARIABLE}).')
+  group.add_argument('--heartbeat_timeout_s', metavar='S',
+                     help='a process silent this long is dead and every process stops (default '
+                     f'{multihost.DEFAULT_HEARTBEAT_TIMEOUT_S}).')
+
+
+def _coordination(args) -> Optional[multihost.Coordination]:
+  """How this process joins the others (None: alone); a bad or missing value raises."""
+  return multihost.coordination(args.coordinator_address, args.num_processes, args.process_id,
+                                args.heartbeat_timeout_s,
+                                discover=args.multihost or _is_multihost_tpu())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -86,10 +114,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     return _run(argv)
   except Exception as error:  # pylint: disable=broad-except  (sorted by _is_user_error)
+    if multihost.joined():  # never wait at jax's exit barrier for a process that may be gone
+      multihost.exit_at_once(_report_of_several(error, command, debug))
     if debug or not _is_user_error(error):
       raise
     print(f'synth-jax {command}: {one_line(error)}', file=sys.stderr, flush=True)
     return 2
+
+
+def _report_of_several(error: BaseException, command: str, debug: bool) -> int:
+  """Prints `error` of one process of several as `main` would (a lost peer named as such) and
+  returns the exit status."""
+  if multihost.is_lost_peer(error) and not debug:
+    print(f'synth-jax {command}: {multihost.lost_peer_message(error)}', file=sys.stderr,
+          flush=True)
+    return multihost.LOST_PEER_STATUS
+  if debug or not _is_user_error(error):
+    traceback.print_exception(error)
+    return 1
+  print(f'synth-jax {command}: {one_line(error)}', file=sys.stderr, flush=True)
+  return 2
 
 
 def _run(argv: list[str]) -> int:
@@ -101,15 +145,19 @@ def _run(argv: list[str]) -> int:
     from synth_jax.attention import param_count  # pylint: disable=g-import-not-at-top
     param_count.main(args.types)
     return 0
+  joining = _coordination(args)
   if not args.gin_file and not gin_flags.names_model_dir(bindings):
     raise gin_flags.FlagError('give a --gin_file (e.g. configs/demo.gin), or --gin.MODEL_DIR of a '
                               'run that saved its config.gin.')
   gin_flags.check_files(args.gin_file, args.gin_search_paths)
-  preflight.check(args.command, bindings)  # answers before anything heavy is imported
+  try:
+    preflight.check(args.command, bindings)  # answers before anything heavy is imported
+  except lease_lib.LeaseHeldError:
+    if joining is None or not joining.process_id:  # processes 1, 2, ...: their process 0 may
+      raise  # hold it already; it decides, and tells them (lease.py)
   quiet_tensorflow.load()
-  if args.multihost or _is_multihost_tpu():
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+  if joining is not None:
+    multihost.initialize(joining)
   if args.tfds_data_dir:
     import seqio  # pylint: disable=g-import-not-at-top
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)

@@ -2,7 +2,8 @@
 
 Batches come from `seqio.EncDecFeatureConverter` (packed for pretraining). The stream is a pure
 function of (task, lengths, batch size, seed), so resuming at step s skips s batches and sees the
-exact batches the interrupted run would have seen.
+exact batches the interrupted run would have seen. It is the same on every process of a run: each
+keeps its rows of every global batch, so several processes train on one process's batches.
 
 Packed batches whose rows each hold one example are unpacked batches in disguise (C4
 pretraining: documents are concatenated, then chunked to fill rows, so nearly every row holds
@@ -13,7 +14,6 @@ import logging
 import os
 from typing import Iterator, Mapping, Optional
 
-import jax
 import numpy as np
 import seqio
 
@@ -128,18 +128,25 @@ def _not_prepared_error(mixture_or_task_name: str) -> Optional[DataNotPreparedEr
 
 
 class Dataset:
-  """Per-host batches `{feature: np.ndarray[batch, length]}` of one seqio task or mixture.
+  """This process's rows (`rows`) of global batches `{feature: np.ndarray[batch, length]}` of
+  one seqio task or mixture.
+
+  Every process reads the same stream of global batches (the one a single process reads) and
+  keeps its rows of each, so a run on several processes trains on exactly the batches of a run
+  on one, whatever the number of processes. The price: each process prepares every example
+  (tokenizing, packing), not only its own.
 
   With `unpack_single_example_rows` (and `pack`), train batches whose rows each hold one example
   come as the unpacked batches they equal (`unpack_single_example_rows`), on the faster unpacked
-  attention paths. A step then compiles once for each form the data brings, and each form has its
-  own peak memory (see BENCHMARKS.md). Single-host only: hosts would have to agree on every
-  batch's form, so on several hosts it is off (and says so).
+  attention paths; the choice is made on the global batch, so every process makes the same. A
+  step then compiles once for each form the data brings, and each form has its own peak memory
+  (see BENCHMARKS.md).
   """
 
   def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                batch_size: int, seed: int = 0, pack: bool = True,
-               unpack_single_example_rows: bool = False):
+               unpack_single_example_rows: bool = False, rows: Optional[slice] = None):
+    """`batch_size`: of the global batch; `rows`: this process's rows of it (None: all)."""
     _register_tasks()
     _quiet_seqio()
     try:
@@ -148,14 +155,12 @@ class Dataset:
       raise ValueError(f'unknown MIXTURE_OR_TASK_NAME {mixture_or_task_name!r}: {error}') from error
     self.name = mixture_or_task_name
     self.lengths = dict(task_feature_lengths)
-    self.batch_size = batch_size
+    self.global_batch_size = batch_size
+    self.rows = slice(0, batch_size) if rows is None else rows
+    self.batch_size = len(range(batch_size)[self.rows])  # this process's rows of each batch
     self.seed = seed
     self.pack = pack
     self.unpack_single_example_rows = unpack_single_example_rows and pack
-    if self.unpack_single_example_rows and jax.process_count() > 1:
-      print('train.unpack_single_example_rows is off: it needs one host (hosts would have to agree '
-            'on every batch\'s form).', flush=True)
-      self.unpack_single_example_rows = False
 
   def _dataset(self, split: str, shuffle: bool, num_epochs):
     try:
@@ -167,20 +172,28 @@ class Dataset:
       raise not_prepared from error
 
   def _batched_dataset(self, split: str, shuffle: bool, num_epochs):
-    shard_info = (seqio.ShardInfo(jax.process_index(), jax.process_count())
-                  if jax.process_count() > 1 else None)
+    """Global batches, the same on every process."""
     # try_in_mem_cache=False: caching small splits in memory would read TFDS split sizes,
     # which mock data (tests) lacks, and buys little for a streaming trainer.
     examples = seqio.get_mixture_or_task(self.name).get_dataset(
         self.lengths, split=split, use_cached=False, shuffle=shuffle, num_epochs=num_epochs,
-        shard_info=shard_info, seed=self.seed, try_in_mem_cache=False)
+        seed=self.seed, try_in_mem_cache=False)
     converted = seqio.EncDecFeatureConverter(pack=self.pack)(examples, self.lengths)
-    return converted.batch(self.batch_size, drop_remainder=True)
+    return converted.batch(self.global_batch_size, drop_remainder=True)
+
+  def _mine(self, batches: Iterator[Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of each global batch."""
+    if self.batch_size == self.global_batch_size:
+      yield from batches
+      return
+    for batch in batches:
+      yield {k: v[self.rows] for k, v in batch.items()}
 
   def example_batch(self) -> dict[str, np.ndarray]:
     """Zeros with the shapes and dtypes of a train batch (for shape-only initialisation)."""
     spec = self._dataset('train', shuffle=False, num_epochs=1).element_spec
-    return {k: np.zeros(v.shape, v.dtype.as_numpy_dtype) for k, v in spec.items()}
+    return {k: np.zeros((self.batch_size, *v.shape[1:]), v.dtype.as_numpy_dtype)
+            for k, v in spec.items()}
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """An endless, shuffled stream, positioned after `start_step` batches.
@@ -191,13 +204,14 @@ class Dataset:
     """
     dataset = self._dataset('train', shuffle=True, num_epochs=None).skip(start_step)
     batches = dataset.as_numpy_iterator()
-    if not self.unpack_single_example_rows:
-      return batches
-    return _unpacked_where_possible(batches, first_step=start_step + 1)
+    if self.unpack_single_example_rows:
+      batches = _unpacked_where_possible(batches, first_step=start_step + 1)
+    return self._mine(batches)
 
   def eval_batches(self, split: str, steps: int) -> Iterator[dict[str, np.ndarray]]:
     """The first `steps` batches of `split`, in order."""
-    return self._dataset(split, shuffle=False, num_epochs=1).take(steps).as_numpy_iterator()
+    return self._mine(
+        self._dataset(split, shuffle=False, num_epochs=1).take(steps).as_numpy_iterator())
 
   def eval_examples(self, split: str, count: int):
     """The first `count` unbatched, not feature-converted examples of `split` (for decoding).

@@ -62,3 +62,19 @@ def logical_shardings(tree, mesh: Mesh):
 def data_sharding(mesh: Mesh) -> NamedSharding:
   """Batch-major arrays: the leading axis split over 'data', the rest replicated."""
   return NamedSharding(mesh, PartitionSpec('data'))
+
+
+def process_rows(mesh: Mesh, batch_size: int) -> slice:
+  """The rows of every `[batch_size, ...]` global batch that this process's devices hold
+  (`data_sharding`), a slice of consecutive rows: all of them on one process; with several, each
+  process's share of the 'data' axis (all of them again where a process spans that axis)."""
+  if batch_size % mesh.shape['data']:
+    raise ValueError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel size '
+                     f'{mesh.shape["data"]} (the mesh is {dict(mesh.shape)}).')
+  held = data_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+  starts = sorted({index[0].indices(batch_size)[:2] for index in held})
+  if any(stop != start for (_, stop), (start, _) in zip(starts, starts[1:])):
+    raise ValueError(f'the devices of process {jax.process_index()} hold rows {starts} of each '
+                     'batch, not one run of rows: order the mesh so that each process holds '
+                     'consecutive rows of the data axis.')
+  return slice(starts[0][0], starts[-1][1])

@@ -12,6 +12,7 @@ run continues with the same loss sequence; an unreadable one is set aside (`chec
 import contextlib
 import dataclasses
 import functools
+import io
 import os
 import signal
 import time
@@ -27,6 +28,7 @@ from synth_jax import data as data_lib
 from synth_jax import decoding
 from synth_jax import evaluation
 from synth_jax import lease as lease_lib
+from synth_jax import multihost
 from synth_jax import network
 from synth_jax import optimizer as optimizer_lib
 from synth_jax import partitioning
@@ -44,13 +46,25 @@ ModelDirError = run_config.ModelDirError  # MODEL_DIR cannot hold a run (a file,
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """Turns SIGTERM into a flag the loop checks between steps.
+
+  On several processes jax's preemption service has the signal (`multihost`): `agree(step)`,
+  called at every step, sets the flag on every process at the same step, so all save that one.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._several = jax.process_count() > 1
+
+  def agree(self, step: int):
+    """Sets the flag at the step every process stops at (several processes only)."""
+    if self._several and not self.requested:
+      self.requested = multihost.reached_preemption_step(step)
 
   def __enter__(self):
+    if self._several:  # a handler here would take the signal from jax's service
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler, no preemption saves
@@ -72,6 +86,23 @@ def adafactor_optimizer(plan, learning_rate: Callable, decay_rate: float = 0.8,
   """The default optimizer: T5X's Adafactor with rule-driven factoring."""
   return optimizer_lib.adafactor(learning_rate, plan, decay_rate=decay_rate,
                                  clipping_threshold=clipping_threshold)
+
+
+@contextlib.contextmanager
+def _process_0_reports():
+  """Output inside goes to process 0's stdout only: evaluation and decoding, which every process
+  runs on the same global arrays, report once."""
+  if jax.process_index() == 0:
+    yield
+    return
+  with contextlib.redirect_stdout(io.StringIO()):
+    yield
+
+
+def _print_examples(model, variables, dataset: data_lib.Dataset, split: str, count: int):
+  """`decoding.print_examples`, printed by process 0 only."""
+  with _process_0_reports():
+    return decoding.print_examples(model, variables, dataset, split, count)
 
 
 def _to_global(batch, sharding):
@@ -160,6 +191,10 @@ class _Evaluation:
     return cls(model, dataset, eval_fn, batch_sharding, summaries, split, steps, task_evaluator)
 
   def __call__(self, state: train_state.TrainState, step: int) -> dict[str, Any]:
+    with _process_0_reports():
+      return self._evaluate(state, step)
+
+  def _evaluate(self, state: train_state.TrainState, step: int) -> dict[str, Any]:
     results = {}
     begin = time.perf_counter()
     if self.steps:
@@ -170,21 +205,15 @@ class _Evaluation:
       print(f'eval  step {step}  loss {results["loss"]:.4f}  acc {results["accuracy"]:.3f}  '
             f'({time.perf_counter() - begin:.1f} s)', flush=True)
     if self.task_evaluator is not None:
-      task_metrics = evaluation.run(self.task_evaluator, self.model, state.variables(),
-                                    self.dataset.batch_size, self.dataset.lengths['targets'], step)
+      task_metrics = evaluation.run(  # every process decodes every example
+          self.task_evaluator, self.model, state.variables(), self.dataset.global_batch_size,
+          self.dataset.lengths['targets'], step)
       for task, values in task_metrics.items():
         self.summaries.write(f'eval_{task}', step, values)
         print(f'eval  step {step}  {task}  ' +
               '  '.join(f'{k} {v:.4f}' for k, v in sorted(values.items())), flush=True)
       results = {**results, 'tasks': task_metrics}
     return results
-
-
-def _per_host_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
-  if batch_size % (jax.process_count() * mesh.shape['data']):
-    raise ValueError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel size '
-                     f'{mesh.shape["data"]} (and the host count {jax.process_count()}).')
-  return batch_size // jax.process_count()
 
 
 def _jit_train_step(model, optimizer, shardings, batch_sharding, **loss_options):
@@ -234,6 +263,7 @@ def _run_steps(state, start: int, train_steps: int, dataset: data_lib.Dataset, *
   for step in range(start + 1, train_steps + 1):
     state, step_metrics = step_fn(state, _to_global(next(batches), batch_sharding), rng)
     metrics.add(step, step_metrics)  # returns once the step before is done
+    preemption.agree(step)
     log_now = log.is_due(step)
     eval_now = eval_period and (step % eval_period == 0 or step == train_steps)
     save_now = manager.is_due(step) or step == train_steps or preemption.requested
@@ -302,11 +332,12 @@ def _save_config(model_dir: Optional[str], model):
 def _mesh_and_data(model_parallelism: Optional[int], mixture_or_task_name: str,
                    task_feature_lengths: Mapping[str, int], batch_size: int, seed: int,
                    pack: bool, unpack_single_example_rows: bool = True):
-  """The setup train, evaluate and infer share: the device mesh and the run's seqio data."""
+  """The setup train, evaluate and infer share: the device mesh and the run's seqio data (this
+  process's rows of each global batch)."""
   mesh = partitioning.create_mesh(model_parallelism)
-  dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths,
-                             _per_host_batch_size(batch_size, mesh), seed=seed, pack=pack,
-                             unpack_single_example_rows=unpack_single_example_rows)
+  dataset = data_lib.Dataset(mixture_or_task_name, task_feature_lengths, batch_size, seed=seed,
+                             pack=pack, unpack_single_example_rows=unpack_single_example_rows,
+                             rows=partitioning.process_rows(mesh, batch_size))
   return mesh, dataset
 
 
@@ -355,7 +386,7 @@ def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED
   (`seqio.EncDecFeatureConverter(pack=pack)`) in global batches of `batch_size`; training stops
   at step `train_steps`. `learning_rate`: a schedule `step -> rate`; `make_optimizer(plan,
   learning_rate)`: an optax transform; `unpack_single_example_rows`: packed batches of one
-  example a row train unpacked (single host; `data.Dataset`). Saves every `checkpoint_period`
+  example a row train unpacked (`data.Dataset`). Saves every `checkpoint_period`
   steps and at the end, keeping `keep_checkpoints`; evaluates every `eval_period` steps on
   `eval_steps` batches of `eval_split`, plus official metrics on `metric_examples` decoded
   examples (None: all); `initial_checkpoint_path`: a step directory a new run starts from;
@@ -392,8 +423,8 @@ def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED
     manager.wait()
     result = dict(train=metrics.latest, eval=eval_metrics, step=int(state.step), state=state)
     if infer_examples and not preemption.requested:  # preempted: exit at once
-      result['examples'] = decoding.print_examples(
-          model, state.variables(), dataset, eval_split, infer_examples)
+      result['examples'] = _print_examples(model, state.variables(), dataset, eval_split,
+                                           infer_examples)
     return result
 
 
@@ -429,5 +460,5 @@ def infer(*, model_dir: Optional[str], model: network.Transformer, mixture_or_ta
   mesh, dataset = _mesh_and_data(model_parallelism, mixture_or_task_name, task_feature_lengths,
                                  batch_size, seed, pack=False)
   state, _ = _checkpoint_state(model, model_dir, dataset, mesh, 'infer', strict_restore)
-  rows = decoding.print_examples(model, state.variables(), dataset, eval_split, examples)
+  rows = _print_examples(model, state.variables(), dataset, eval_split, examples)
   return {'examples': rows, 'step': state.step}
