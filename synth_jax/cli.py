@@ -4,6 +4,8 @@
   synth-jax train --gin_file=configs/c4_pretrain_base.gin --gin.ATTENTION_TYPE="'random'" ...
   synth-jax eval  --gin.MODEL_DIR="'/tmp/demo'"      (a run's MODEL_DIR remembers its config)
   synth-jax infer --gin.MODEL_DIR="'/tmp/demo'" --examples=4
+  synth-jax train ... --coordinator_address=HOST:PORT --num_processes=2 --process_id=0
+                                 (one process of several; `--multihost` on TPU slices)
   synth-jax params [attention types...]
   synth-jax diagnose --preset tiny --tasks mqar,induction --attention vanilla,random --out DIR
   synth-jax diagnose-compare DIR DIR ...   (one table of runs across rates, seeds, ...)

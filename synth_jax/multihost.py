@@ -16,10 +16,10 @@ line. Every process then runs the same program on its rows of each global batch 
 SIGTERM goes to one process or to all: jax's preemption service (which catches it on every
 process once `initialize` ran) names a step every process reaches, and all save that step
 (`reached_preemption_step`). A process that dies leaves the others in a collective with it: gloo
-reports the closed connection at once and the survivors exit (`exit_at_once`); a process that
-hangs is declared dead after `--heartbeat_timeout_s` and jax ends every process; when process 0
-(the coordinator) dies, jax ends the others at once ("Terminating process because the JAX
-distributed service detected fatal errors").
+reports the closed connection at once and the survivors exit (`exit_at_once`; when the dead one
+is process 0, the coordinator, jax may end them first, as at once: "Terminating process because
+the JAX distributed service detected fatal errors"); a process that hangs is declared dead after
+`--heartbeat_timeout_s` and jax ends every other one so.
 """
 import dataclasses
 import os
