@@ -149,7 +149,7 @@ def test_two_processes_train_as_one_through_a_sigterm_a_resume_and_a_killed_peer
   several, alone = tmp_path / 'two_processes', tmp_path / 'one_process'
   # 1. From step 1, evaluating (and decoding, for the task's metric) at step 3; SIGTERM to
   # process 1 while step 4 is under way: both save step 5 and exit.
-  with Processes(several, *FLAGS, '--gin.TRAIN_STEPS=100', linger='4:2') as run:
+  with Processes(several, *FLAGS, '--gin.TRAIN_STEPS=100', linger='4:3') as run:
     run.wait_for_step(1, 4)
     run.processes[1].send_signal(signal.SIGTERM)
     assert run.wait() == [0, 0], run.text()
