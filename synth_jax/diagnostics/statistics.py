@@ -59,31 +59,11 @@ def attention_statistics(probabilities: Union[Any, Sequence[Any]],
   """
   if isinstance(probabilities, (list, tuple)):
     return {'layers': [attention_statistics(p, query_valid, visible) for p in probabilities]}
-  p = np.asarray(jax.device_get(probabilities), np.float64)
-  if p.ndim != 4:
-    raise ValueError(f'attention probabilities must be [batch, heads, q_len, k_len], got shape '
-                     f'{p.shape}.')
-  batch = max([p.shape[0]] + [np.shape(x)[0] for x in (query_valid, visible) if x is not None])
-  p = np.broadcast_to(p, (batch,) + p.shape[1:])
-  heads, q_len = p.shape[1], p.shape[2]
-  if visible is None:
-    visible = p > 0
-  else:
-    visible = np.broadcast_to(np.asarray(visible, bool), p.shape)
-  counts = visible.sum(-1)  # [batch, heads, q_len]
-  if query_valid is None:
-    query_valid = np.any(counts > 0, axis=1)
-  query_valid = np.broadcast_to(np.asarray(query_valid, bool)[:, None, :], counts.shape)
-
+  p, counts, query_valid = _broadcast(probabilities, query_valid, visible)
+  heads = p.shape[1]
   row_entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
   log_counts = np.log(np.maximum(counts, 1))
   choosing = query_valid & (counts >= 2)
-
-  def mean_over_queries(values, where):
-    total = np.sum(np.where(where, values, 0.0), axis=(0, 2))
-    number = np.sum(where, axis=(0, 2))
-    return np.where(number > 0, total / np.maximum(number, 1), np.nan)
-
   similarity = _head_similarity(p, query_valid)
   pairs = np.triu_indices(heads, k=1)
   return {
@@ -94,6 +74,29 @@ def attention_statistics(probabilities: Union[Any, Sequence[Any]],
       'head_similarity': similarity,
       'mean_head_similarity': float(np.mean(similarity[pairs])) if heads > 1 else math.nan,
   }
+
+
+def _broadcast(probabilities, query_valid, visible):
+  """`(p [batch, heads, q, k] float64, visible-key counts [batch, heads, q], query_valid [batch,
+  heads, q])`, each broadcast to the batch of the widest input (`attention_statistics`)."""
+  p = np.asarray(jax.device_get(probabilities), np.float64)
+  if p.ndim != 4:
+    raise ValueError(f'attention probabilities must be [batch, heads, q_len, k_len], got shape '
+                     f'{p.shape}.')
+  batch = max([p.shape[0]] + [np.shape(x)[0] for x in (query_valid, visible) if x is not None])
+  p = np.broadcast_to(p, (batch,) + p.shape[1:])
+  visible = p > 0 if visible is None else np.broadcast_to(np.asarray(visible, bool), p.shape)
+  counts = visible.sum(-1)
+  if query_valid is None:
+    query_valid = np.any(counts > 0, axis=1)
+  return p, counts, np.broadcast_to(np.asarray(query_valid, bool)[:, None, :], counts.shape)
+
+
+def mean_over_queries(values, where):
+  """Per head, the mean of `values` `[batch, heads, q]` where `where` holds (NaN where none)."""
+  total = np.sum(np.where(where, values, 0.0), axis=(0, 2))
+  number = np.sum(where, axis=(0, 2))
+  return np.where(number > 0, total / np.maximum(number, 1), np.nan)
 
 
 def _head_similarity(p: np.ndarray, query_valid: np.ndarray) -> np.ndarray:
