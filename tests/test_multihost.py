@@ -126,6 +126,14 @@ def one_process(model_dir, flags, monkeypatch, capsys) -> tuple[dict[int, float]
   return losses, capsys.readouterr().out.splitlines()
 
 
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  """The in-process run leaves its gin bindings of `train` behind; later tests in this worker
+  call `train.train` with some arguments unbound, so they must not see them."""
+  yield
+  gin.clear_config()
+
+
 def reports(lines: list[str]) -> list[str]:
   """What evaluation and decoding print, without the time taken."""
   return [re.sub(r'  \([0-9.]+ s\)$', '', line) for line in lines
