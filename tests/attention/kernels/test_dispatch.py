@@ -139,19 +139,63 @@ def reference_case(variant, form):
           *outputs_and_gradients(reference, variables, mask, x_q, x_kv, bias))
 
 
-@pytest.mark.parametrize('form', FORMS)
-@pytest.mark.parametrize('variant,execution', [(v, e) for v in VARIANTS for e in EXECUTIONS]
-                         + [(v, 'auto') for v in AUTO])
+CASES = [(variant, execution, form)
+         for variant, execution in ([(v, e) for v in VARIANTS for e in EXECUTIONS]
+                                    + [(v, 'auto') for v in AUTO])
+         for form in FORMS
+         if not (form == 'cross' and attention.is_position_dependent(variant))]
+
+
+def computed_path(variant, execution, form):
+  """What a case computes: per member, the kernel and the option of `Dispatch` it reads (only
+  `flash_attention` reads one, its implementation: 'xla', or JAX's choice under 'auto'; the
+  block size is `BLOCK` for all), or 'reference' where no member takes a kernel."""
+  path = []
+  for member in registry.members(variant):
+    kernel = expected_kernel(member, execution, form)
+    path.append((kernel, execution) if kernel == 'flash' else kernel)
+  return ('reference', form) if set(path) == {None} else (variant, form, tuple(path))
+
+
+def distinct(cases):
+  """The first case of each `computed_path`: cases that give the same path run the same
+  functions on the same arguments (e.g. 'linear' under every execution, a random synthesizer's
+  shared scores under 'fast' and 'xla', 'blockwise' and 'auto' for a variant without a fused
+  kernel), and where no kernel runs the dispatch returns None and the reference itself runs."""
+  seen = set()
+  for variant, execution, form in cases:
+    if computed_path(variant, execution, form) not in seen:
+      seen.add(computed_path(variant, execution, form))
+      yield variant, execution, form
+
+
+def dispatched(variant, execution):
+  return helpers.build(variant, dispatch=dataclasses.replace(kernels.dispatch_for(execution),
+                                                             block_size=BLOCK))
+
+
+COMPARED = list(distinct(CASES))
+
+
+@pytest.mark.parametrize('variant,execution,form', [c for c in CASES if c not in COMPARED])
+def test_a_case_that_computes_as_a_compared_one_takes_the_same_kernels(variant, execution, form,
+                                                                       kernels_run):
+  """Traced only: its values are those of the compared case of its `computed_path`."""
+  mask, x_q, x_kv, bias = case(form)
+  module = dispatched(variant, execution)
+  variables = jax.eval_shape(lambda: helpers.init(helpers.build(variant), x_q, x_kv))
+  jax.eval_shape(lambda v: module.apply(v, x_q, x_kv, mask, bias), variables)
+  assert kernels_run == expected_kernels(variant, execution, form)
+
+
+@pytest.mark.parametrize('variant,execution,form', COMPARED)
 def test_dispatch_equals_the_reference_path_in_values_and_gradients(variant, execution, form,
                                                                   kernels_run):
-  if form == 'cross' and attention.is_position_dependent(variant):
-    pytest.skip('position-dependent variants cannot be cross-attention')
   mask, x_q, x_kv, bias, variables, want_out, want_grads = reference_case(variant, form)
   kernels_run.clear()  # the reference takes no kernel (it has no dispatch)
 
-  dispatched = helpers.build(variant, dispatch=dataclasses.replace(
-      kernels.dispatch_for(execution), block_size=BLOCK))
-  got_out, got_grads = outputs_and_gradients(dispatched, variables, mask, x_q, x_kv, bias)
+  got_out, got_grads = outputs_and_gradients(dispatched(variant, execution), variables, mask,
+                                             x_q, x_kv, bias)
   assert kernels_run == expected_kernels(variant, execution, form)
   np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-5)
   got_leaves = jax.tree_util.tree_flatten_with_path(got_grads)[0]
