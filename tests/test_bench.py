@@ -13,6 +13,7 @@ import pytest
 
 from synth_jax import cli
 from synth_jax.benchmark import runner
+from tests import fixtures
 from tests.benchmark.flop_formulas import closed_form
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,9 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
   out = tmp_path / 'bench.json'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  # Unoptimized CPU code compiles in a fraction of the time; nothing here is timed for real.
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
+  env = fixtures.subprocess_env()  # nothing here is timed for real
   types = ['vanilla', 'random']
   result = subprocess.run(
       [sys.executable, '-m', 'synth_jax.bench', '--preset', 'tiny', '--types', ','.join(types),

@@ -30,12 +30,13 @@ from tests import multihost_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESS = os.path.join(REPO, 'tests', 'multihost_process.py')
-# The demo's tiny T5 (2+2 layers, width 32) on the copy task, unpacked (one compiled step).
+# The tiny T5 cut to 1+1 layers (width 32) on the copy task, unpacked (one compiled step).
 RUN = ['--gin_file=models/t5_1_1_tiny.gin', '--gin_file=runs/train.gin',
        f"--gin.MIXTURE_OR_TASK_NAME='{multihost_process.SCORED_COPY_TASK}'",
        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}", '--gin.BATCH_SIZE=8',
        '--gin.VOCAB_SIZE=384', '--gin.synth_jax.network.T5Config.max_encoder_length=16',
        '--gin.synth_jax.network.T5Config.max_decoder_length=16',
+       *fixtures.ONE_LAYER_FLAGS,
        '--gin.synth_jax.train.train.pack=False', '--gin.synth_jax.train.train.eval_steps=1',
        '--gin.synth_jax.train.train.log_period=1']
 # Evaluations at steps 3, 6, ..., with the task's metric on 4 decoded examples.
