@@ -11,9 +11,8 @@ _flags = ["--xla_force_host_platform_device_count=4"]
 if os.environ.get("SYNTH_JAX_TESTS_ON_ACCELERATOR") != "1":
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-  # LLVM at -O0: the tests' programs are tiny and most run a few times, so compiling is most of
-  # their time, and -O0 compiles about a third faster (the HLO passes are the same).
-  _flags.append("--xla_backend_optimization_level=0")
+  from tests import fast_compile  # pylint: disable=g-import-not-at-top
+  _flags.extend(fast_compile.XLA_FLAGS)
 for _flag in _flags:
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()

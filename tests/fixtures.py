@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from synth_jax import network
+from tests import fast_compile
 
 COPY_TASK = 'synth_jax_test_copy'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,8 +13,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # code path still runs, and the train step compiles in about two thirds of the time.
 ONE_LAYER_FLAGS = ('--gin.synth_jax.network.T5Config.num_encoder_layers=1',
                    '--gin.synth_jax.network.T5Config.num_decoder_layers=1')
-# What tests/conftest.py gives XLA besides the device count: a test's subprocess compiles at -O0.
-FAST_COMPILE_XLA_FLAGS = '--xla_backend_optimization_level=0'
 LENGTHS = {'inputs': 16, 'targets': 16}
 
 
@@ -38,9 +37,9 @@ def tiny_model(attention_type='vanilla', attention_execution='fast', **overrides
 
 
 def subprocess_env(**overrides) -> dict[str, str]:
-  """The environment of a test's subprocess: CPU only, one device, compiling at -O0, importing
+  """The environment of a test's subprocess: CPU only, one device, compiling fast, importing
   this checkout; `overrides` add or replace variables."""
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': FAST_COMPILE_XLA_FLAGS,
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ' '.join(fast_compile.XLA_FLAGS),
           'PYTHONPATH': REPO, **overrides}
 
 

@@ -38,9 +38,9 @@ def register_scored_copy_task() -> str:
 def main(devices: str, argv: list[str]) -> int:
   os.environ['JAX_PLATFORMS'] = 'cpu'
   sys.path.insert(0, REPO)
-  from tests import fixtures  # pylint: disable=g-import-not-at-top
-  os.environ['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
-                             f'{fixtures.FAST_COMPILE_XLA_FLAGS}')
+  from tests import fast_compile  # pylint: disable=g-import-not-at-top
+  os.environ['XLA_FLAGS'] = ' '.join((f'--xla_force_host_platform_device_count={devices}',
+                                      *fast_compile.XLA_FLAGS))
   from synth_jax import quiet_tensorflow  # pylint: disable=g-import-not-at-top
   quiet_tensorflow.load()
   import jax  # pylint: disable=g-import-not-at-top

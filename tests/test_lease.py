@@ -54,7 +54,7 @@ def wait_for(condition, timeout=180):
     time.sleep(0.2)
 
 
-def test_a_real_trainer_refuses_a_second_saves_the_step_under_way_on_sigterm_and_a_dead_ones_lease_is_taken_over(
+def test_one_trainer_process_refuses_a_second_saves_on_sigterm_and_its_dead_lease_is_taken_over(
     tmp_path, capsys):
   """One trainer process through its life (a TPU preemption notice is a SIGTERM); the successor
   finds the lease the trainer held, as a trainer killed at that moment would have left it."""
