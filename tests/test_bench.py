@@ -19,6 +19,7 @@ from tests.benchmark.flop_formulas import closed_form
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_reports_one_consistent_row_per_type(tmp_path):
   out = tmp_path / 'bench.json'
   env = fixtures.subprocess_env()  # nothing here is timed for real

@@ -1,6 +1,7 @@
 """Decode-based task metrics, and the finetune flow: pretrain -> finetune on GLUE -> metrics."""
 import jax
 import numpy as np
+import pytest
 import seqio
 import tensorflow_datasets as tfds
 
@@ -13,6 +14,7 @@ from tests import fixtures
 LENGTHS = {'inputs': 64, 'targets': 8}
 
 
+@pytest.mark.slow
 def test_finetune_from_pretrained_checkpoint_reports_glue_metrics(tmp_path, monkeypatch):
   # TFDS mock data has no split metadata, which seqio's Evaluator reads to size its cache.
   monkeypatch.setattr(seqio.TfdsDataSource, 'num_input_examples', lambda self, split: 16)

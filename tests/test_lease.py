@@ -54,6 +54,7 @@ def wait_for(condition, timeout=180):
     time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_one_trainer_process_refuses_a_second_saves_on_sigterm_and_its_dead_lease_is_taken_over(
     tmp_path, capsys):
   """One trainer process through its life (a TPU preemption notice is a SIGTERM); the successor

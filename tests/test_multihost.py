@@ -152,6 +152,7 @@ def params_at(model_dir, step: int):
   return jax.device_get(variables['params'])
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_through_a_sigterm_a_resume_and_a_killed_peer(
     tmp_path, monkeypatch, capsys):
   started = time.perf_counter()

@@ -69,6 +69,7 @@ def test_flags_a_grid_sets_itself_are_refused_with_the_fix(tmp_path):
                 *flag])
 
 
+@pytest.mark.slow
 def test_a_grid_run_writes_one_results_file_per_setting_and_seed(small_grid, tmp_path, capsys):
   out = tmp_path / 'grid'
   argv = ['--preset', 'test_grid', '--attention', 'vanilla,fixed_random', '--out', str(out)]

@@ -28,6 +28,7 @@ def run(attention: str):
   return train.train(tiny_model(attention), TASK, BUDGET, seed=0, log=lambda line: None)[0]
 
 
+@pytest.mark.slow
 def test_vanilla_learns_induction_while_a_fixed_random_map_stays_at_chance():
   """Fails if the model, the task or the loop is broken: vanilla must copy from context, which
   an input-independent attention map cannot do."""
