@@ -123,7 +123,8 @@ def outputs_and_gradients(module, variables, mask, x_q, x_kv, bias):
     return jnp.sum(valid_outputs(*args) ** 2)
   args = (variables['params'], x_q, x_kv, bias)
   argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
-  return valid_outputs(*args), jax.grad(loss, argnums=argnums)(*args)
+  # One compiled program per case: op-by-op, the case's many small ops cost more.
+  return jax.jit(lambda *a: (valid_outputs(*a), jax.grad(loss, argnums=argnums)(*a)))(*args)
 
 
 @functools.cache
