@@ -54,7 +54,7 @@ def values_and_gradients(module, variables, mask, x_q, x_kv):
 
   loss = lambda *args: jnp.sum(outputs(*args) * weights)
   args = (variables['params'], x_q, x_kv)
-  return outputs(*args), jax.grad(loss, argnums=(0, 1, 2))(*args)
+  return jax.jit(lambda *a: (outputs(*a), jax.grad(loss, argnums=(0, 1, 2))(*a)))(*args)
 
 
 FORMS = ('padding', 'padding_causal', 'packed', 'packed_causal', 'cross_padding')
