@@ -10,24 +10,26 @@
 """
 import os
 
-import matplotlib
+from synth_jax.diagnostics import claims
+from synth_jax.diagnostics import report
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from synth_jax.diagnostics import claims  # pylint: disable=g-import-not-at-top
-from synth_jax.diagnostics import report  # pylint: disable=g-import-not-at-top
+def new_figure(figsize: tuple[float, float]):
+  """`(figure, axis)`: a headless matplotlib Figure (no pyplot, nothing to close) with one axis.
+  matplotlib loads here, on first use, so commands that only parse their flags stay fast."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  figure = Figure(figsize=figsize)
+  return figure, figure.subplots()
 
 
 def _save(figure, path: str) -> str:
   figure.tight_layout()
   figure.savefig(path, dpi=110)
-  plt.close(figure)
   return path
 
 
 def curves(results: dict, task: str, out_dir: str) -> str:
-  figure, axis = plt.subplots(figsize=(6, 4))
+  figure, axis = new_figure(figsize=(6, 4))
   runs = claims.base_runs(results, task)
   for variant, run in runs.items():
     axis.plot(run['curve']['steps'], run['curve']['accuracy'], marker='.', label=variant)
@@ -39,7 +41,7 @@ def curves(results: dict, task: str, out_dir: str) -> str:
 
 
 def grad_norms(results: dict, task: str, out_dir: str) -> str:
-  figure, axis = plt.subplots(figsize=(6, 4))
+  figure, axis = new_figure(figsize=(6, 4))
   for variant, run in claims.base_runs(results, task).items():
     axis.plot(range(1, len(run['grad_norm']) + 1), run['grad_norm'], linewidth=0.8,
               label=variant)
@@ -51,7 +53,7 @@ def grad_norms(results: dict, task: str, out_dir: str) -> str:
 def final_accuracy(results: dict, tasks: list[str], out_dir: str) -> str:
   trained = list(tasks)
   variants = list(dict.fromkeys(v for t in trained for v in claims.base_runs(results, t)))
-  figure, axis = plt.subplots(figsize=(max(6, 1.5 * len(trained) * max(1, len(variants)) / 2), 4))
+  figure, axis = new_figure(figsize=(max(6, 1.5 * len(trained) * max(1, len(variants)) / 2), 4))
   width = 0.8 / max(len(variants), 1)
   for i, variant in enumerate(variants):
     heights = [claims.base_runs(results, t).get(variant, {}).get('final_accuracy', 0.0) or 0.0
@@ -71,7 +73,7 @@ def _label_points_on_log_axis(axis, values):
 
 
 def extrapolation(results: dict, out_dir: str) -> str:
-  figure, axis = plt.subplots(figsize=(6, 4))
+  figure, axis = new_figure(figsize=(6, 4))
   lengths = []
   for variant, run in claims.base_runs(results, 'extrapolation').items():
     lengths += [r['length'] for r in run['extrapolation']]
@@ -90,7 +92,7 @@ def sweep(results: dict, group: str, out_dir: str) -> str:
   runs = [r for r in results['runs'].values() if group in r['job']['groups']]
   value = ((lambda r: r['job']['options']['num_kv_pairs']) if group == 'kv_pairs'
            else (lambda r: r['job']['width']))
-  figure, axis = plt.subplots(figsize=(6, 4))
+  figure, axis = new_figure(figsize=(6, 4))
   for variant in dict.fromkeys(r['job']['variant'] for r in runs):
     points = sorted((value(r), r['final_accuracy']) for r in runs
                     if r['job']['variant'] == variant)

@@ -20,15 +20,12 @@ import dataclasses
 import os
 from typing import Optional
 
-import matplotlib
+import numpy as np
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from synth_jax.diagnostics import claims  # pylint: disable=g-import-not-at-top
-from synth_jax.diagnostics import report  # pylint: disable=g-import-not-at-top
-from synth_jax.diagnostics import results_file  # pylint: disable=g-import-not-at-top
+from synth_jax.diagnostics import claims
+from synth_jax.diagnostics import plots
+from synth_jax.diagnostics import report
+from synth_jax.diagnostics import results_file
 
 HOLDS = 0.8
 HOLDS_VERDICT, FAILS, DEPENDS = 'holds', 'fails', 'depends on the setting'
@@ -132,7 +129,7 @@ def heatmap(table: dict, columns: list[str], task: str, out: str) -> str:
   """Variants x settings, colour the share of seeds solving `task`, each cell labelled k/n."""
   variants = list(table)
   shares = np.full((len(variants), len(columns)), np.nan)
-  figure, axis = plt.subplots(figsize=(1.2 * len(columns) + 2.5, 0.35 * len(variants) + 1.8))
+  figure, axis = plots.new_figure(figsize=(1.2 * len(columns) + 2.5, 0.35 * len(variants) + 1.8))
   for i, variant in enumerate(variants):
     for j, setting in enumerate(columns):
       if setting in table[variant]:
@@ -146,7 +143,6 @@ def heatmap(table: dict, columns: list[str], task: str, out: str) -> str:
   figure.tight_layout()
   path = os.path.join(out, f'heatmap_{task}.png')
   figure.savefig(path, dpi=110)
-  plt.close(figure)
   return path
 
 
