@@ -36,11 +36,11 @@ def tiny_model(attention_type='vanilla', attention_execution='fast', **overrides
                              attention_execution=attention_execution)
 
 
-def subprocess_env(**overrides) -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
   """The environment of a test's subprocess: CPU only, one device, compiling fast, importing
-  this checkout; `overrides` add or replace variables."""
+  this checkout."""
   return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ' '.join(fast_compile.XLA_FLAGS),
-          'PYTHONPATH': REPO, **overrides}
+          'PYTHONPATH': REPO}
 
 
 def _copy_examples(split, shuffle_files, seed=None):

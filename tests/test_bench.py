@@ -3,7 +3,6 @@
 No timing is asserted: the CPU only proves that what the benchmark reports is computed right.
 """
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from synth_jax.benchmark import runner
 from tests import fixtures
 from tests.benchmark.flop_formulas import closed_form
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = fixtures.REPO
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from synth_jax import train_state
 from tests import fixtures
 from tests import multihost_process
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = fixtures.REPO
 PROCESS = os.path.join(REPO, 'tests', 'multihost_process.py')
 # The tiny T5 cut to 1+1 layers (width 32) on the copy task, unpacked (one compiled step).
 RUN = ['--gin_file=models/t5_1_1_tiny.gin', '--gin_file=runs/train.gin',

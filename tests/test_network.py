@@ -16,7 +16,7 @@ from synth_jax.attention import kernels
 from tests import fixtures
 from tests.attention import helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = fixtures.REPO
 TINY_GIN = os.path.join(REPO, 'gin', 'models', 't5_1_1_tiny.gin')
 VOCAB = 50
 

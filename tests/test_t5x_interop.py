@@ -27,7 +27,7 @@ from synth_jax import t5x_interop
 from synth_jax.attention import core
 from tests import fixtures
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = fixtures.REPO
 GIN_DIR = os.path.join(REPO, 'gin')
 T5X_GIN_FILES = ('t5x/pretrain_c4_base.gin', 't5x/finetune_glue_base.gin')
 BATCH, LENGTH = 2, 16
