@@ -49,16 +49,18 @@ def keeps(jobs: str, job: str) -> bool:
   return jobs in job
 
 
-def planned_parts(args: str) -> list[tuple[str, str]]:
-  """(part number, job id) of every one-run part `synth-jax diagnose --plan` lists for `args`."""
+def planned_parts(args: str, out: str) -> list[tuple[str, str]]:
+  """(part number, job id) of every one-run part `synth-jax diagnose --plan` lists for `args`
+  (for a grid, `--preset robust` in `args`: every one-group part not yet recorded in `out`)."""
   plan = subprocess.run(
       [sys.executable, '-m', 'synth_jax.diagnostics.run', '--preset', 'full',
-       '--jobs_per_part', '1', '--plan', '--out', '/tmp/unused', *args.split()],
+       '--jobs_per_part', '1', '--plan', '--skip_done', '--out', out, *args.split()],
       capture_output=True, text=True, check=True).stdout
   parts = []
-  for line in plan.splitlines():  # "part N/M: JOB"
+  for line in plan.splitlines():  # "part N/M: JOB", or "part N/M: GROUP (recorded)" of a grid
     number, job = line.split(':', 1)
-    parts.append((number.split()[1].split('/')[0], job.strip()))
+    if not job.endswith(' (recorded)'):
+      parts.append((number.split()[1].split('/')[0], job.strip()))
   return parts
 
 
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
   seen = set()
   for subdir, jobs, arguments in read_requests(args.requests):
     done = recorded(results_dir, subdir)
-    for number, job in planned_parts(arguments):
+    for number, job in planned_parts(arguments, os.path.join(results_dir, subdir)):
       if keeps(jobs, job) and job not in done and (subdir, job) not in seen:
         seen.add((subdir, job))
         print(f'{subdir} {arguments} --part {number}')

@@ -7,7 +7,8 @@
 # QUEUE holds lines `SUBDIR ARGS...` (from tools/make_queue.py, or written by hand), each run as
 # `synth-jax diagnose --preset full --jobs_per_part 1 --skip_done --no-draw --out WORK/SUBDIR
 # ARGS...`. SLOTS processes each take the next line until the queue or BUDGET seconds run out;
-# runs already in RESULTS_DIR/SUBDIR/results.json.gz are skipped; the results come back as
+# runs already in RESULTS_DIR/SUBDIR/results.json.gz (a grid: in each of its cells'
+# results.json.gz, lines with `--preset robust`) are skipped; the results come back as
 # $OUT/diag.tgz. JAX's persistent compilation cache is shared by the processes, so runs that
 # differ only in seed or learning rate (arguments of the compiled program) compile once.
 QUEUE=${1:?usage: tools/queue.sh QUEUE RESULTS_DIR}
@@ -17,9 +18,10 @@ export JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache JAX_PERSISTENT_CACHE_MIN_COMPILE_
 SLOTS=${SLOTS:-12}; BUDGET=${BUDGET:-530}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.92 / $SLOTS, 3))")
 W=/tmp/diagwork; rm -rf $W; mkdir -p $W/logs
-for d in $(awk '{print $1}' $QUEUE | sort -u); do
+for d in $(awk '{print $1}' $QUEUE | sort -u); do  # a grid's SUBDIR holds one per cell
   mkdir -p $W/$d
-  gz=$SRC/$d/results.json.gz; if [ -f $gz ]; then gunzip -c $gz > $W/$d/results.json; fi
+  [ -d $SRC/$d ] && (cd $SRC/$d && find . -name results.json.gz) | while read gz; do
+    mkdir -p $W/$d/$(dirname $gz); gunzip -c $SRC/$d/$gz > $W/$d/${gz%.gz}; done
 done
 cp $QUEUE $W/queue; echo 0 > $W/next; start=$SECONDS; end=$((start+BUDGET))
 R="python3 -m synth_jax.diagnostics.run --preset full --jobs_per_part 1 --skip_done --no-draw"
@@ -36,6 +38,6 @@ for s in $(seq 1 $SLOTS); do slot $s & done; wait
 started=$(cat $W/logs/*.log | grep -c "^queue line .* start")
 echo "queue: started $started of $(wc -l < $W/queue) lines in $((SECONDS-start)) s" \
   | tee $W/summary.txt
-rm -f $W/*/results.json.lock $W/*/results.json.tmp
+find $W -name 'results.json.lock' -o -name 'results.json.tmp' | xargs rm -f
 echo "runs finished: $(grep -h 'final accuracy' $W/logs/*.log | wc -l)" >> $W/summary.txt
 tar czf $OUT/diag.tgz -C $W --exclude=next --exclude=next.lock .; ls -la $OUT; cat $W/summary.txt

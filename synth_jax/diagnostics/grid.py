@@ -168,9 +168,11 @@ def _meta(grid: Grid, setting: Setting, seed: int, execution: str) -> dict:
           'setting': grid.setting_name(setting)}
 
 
-def is_done(out: str, grid: Grid, group: Group, execution: str) -> bool:
-  """Whether every run of `group` is already recorded for all its groups (`--skip_done`)."""
-  return all(results_file.reuse_recorded_run(
+def is_done(out: str, grid: Grid, group: Group, execution: str, read_only: bool = False) -> bool:
+  """Whether every run of `group` is already recorded for all its groups (`--skip_done`);
+  `read_only` checks without a lock or a write (`--plan`)."""
+  check = results_file.is_recorded if read_only else results_file.reuse_recorded_run
+  return all(check(
       results_path(out, grid, setting, seed), _meta(grid, setting, seed, execution),
       group.job.id, group.job.groups, jobs_lib.TAG_ONLY_GROUPS)
              for setting, seed in cells(grid, group))
@@ -192,9 +194,12 @@ def run(grid: Grid, variants: Sequence[str], out: str, argv: Sequence[str],
         draw: bool) -> int:
   """`synth-jax diagnose --preset <grid>`: train the chosen part of the grid, then draw."""
   all_parts = parts(grid, plan(grid, variants))
-  if show_plan:
+  if show_plan:  # with --skip_done, recorded parts say so (tools/make_queue.py leaves them out)
     for i, chosen in enumerate(all_parts, 1):
-      print(f'part {i}/{len(all_parts)}: ' + ', '.join(group.id for group in chosen))
+      recorded = skip_done and all(is_done(out, grid, group, execution, read_only=True)
+                                  for group in chosen)
+      print(f'part {i}/{len(all_parts)}: ' + ', '.join(group.id for group in chosen)
+            + (' (recorded)' if recorded else ''))
     return 0
   if part is not None and not 1 <= part <= len(all_parts):
     raise SystemExit(f'--part {part}: this grid has parts 1..{len(all_parts)}.')

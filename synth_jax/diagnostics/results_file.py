@@ -98,18 +98,32 @@ def reuse_recorded_run(path: str, meta: dict, run_id: str, groups, tag_only) -> 
   then added to the run's record in the file (the one write this makes); any other missing group
   (extrapolation's longer evaluations) means the run must be redone.
   """
+  if load(path) is None:
+    return False
   with locked(path):
     results = read(path, meta)
-    recorded = results['runs'].get(run_id, {}).get('job')
-    if recorded is None:
-      return False
-    missing = set(groups) - set(recorded.get('groups', []))
-    if not missing <= set(tag_only):
+    missing = _missing_groups(results, run_id, groups)
+    if missing is None or not missing <= set(tag_only):
       return False
     if missing:
+      recorded = results['runs'][run_id]['job']
       recorded['groups'] = _joined_groups(recorded.get('groups', []), sorted(missing))
       write(results, path)
     return True
+
+
+def is_recorded(path: str, meta: dict, run_id: str, groups, tag_only) -> bool:
+  """Whether `reuse_recorded_run` would reuse the run; reads only, without a lock (plans)."""
+  if load(path) is None:
+    return False
+  missing = _missing_groups(read(path, meta), run_id, groups)
+  return missing is not None and missing <= set(tag_only)
+
+
+def _missing_groups(results: dict, run_id: str, groups) -> Optional[set]:
+  """The `groups` the recorded run lacks; None when the run is not recorded."""
+  recorded = results['runs'].get(run_id, {}).get('job')
+  return None if recorded is None else set(groups) - set(recorded.get('groups', []))
 
 
 def grid_directories(out: str) -> list[str]:

@@ -282,5 +282,7 @@ def group_accuracy_at(model: model_lib.DecoderLM, variables, task: tasks_lib.Tas
   `train_group` returns them), `[runs]`; raises the model's ValueError if it cannot take
   `length`."""
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.int32))
-  accuracy = jax.vmap(lambda v, key: held_out_accuracy(model, v, task, key, cfg, length))
-  return np.asarray(jax.jit(accuracy)(variables, keys))
+  # One run after another, not vmapped: at 4x the training length a group's logits at once
+  # ([runs, batch, 4 * length, vocab] float32) would take several times one run's memory.
+  accuracy = lambda v_key: held_out_accuracy(model, v_key[0], task, v_key[1], cfg, length)
+  return np.asarray(jax.jit(lambda v, k: jax.lax.map(accuracy, (v, k)))(variables, keys))

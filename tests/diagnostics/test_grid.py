@@ -97,3 +97,8 @@ def test_a_grid_run_writes_one_results_file_per_setting_and_seed(small_grid, tmp
   assert '4 groups of 2 runs (8 runs)' in capsys.readouterr().out  # 2 variants x 2 positions
   assert run.main(argv + ['--skip_done', '--no-draw']) == 0
   assert capsys.readouterr().out.count('already recorded, kept') == 4
+  # The plan marks the recorded groups for tools/make_queue.py; without --skip_done it does not.
+  assert run.main(argv + ['--plan', '--skip_done', '--jobs_per_part', '1']) == 0
+  assert capsys.readouterr().out.count(' (recorded)\n') == 4
+  assert run.main(argv[:-2] + ['--out', str(tmp_path / 'empty'), '--plan', '--skip_done']) == 0
+  assert '(recorded)' not in capsys.readouterr().out
