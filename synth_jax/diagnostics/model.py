@@ -151,8 +151,10 @@ class DecoderLM(nn.Module):
   attention_execution: str = 'fast'
 
   @nn.compact
-  def __call__(self, tokens: Array) -> Array:
-    """Logits `[batch, length, vocab]` float32 (`attention_probabilities` captures the maps)."""
+  def __call__(self, tokens: Array, answer_positions: Optional[Array] = None) -> Array:
+    """Logits `[batch, length, vocab]` float32, or `[batch, n, vocab]` at `answer_positions`
+    `[batch, n]` alone (the vocabulary projection, most of this model's work, where the loss
+    reads it). `attention_probabilities` captures the maps."""
     cfg = self.config
     length = tokens.shape[1]
     dispatch = kernels.dispatch_for(self.attention_execution, 'DecoderLM.attention_execution')
@@ -177,6 +179,8 @@ class DecoderLM(nn.Module):
                                            ).table_bias(length, length, bidirectional=False)
     for i in range(cfg.num_layers):
       h = Block(cfg, dispatch, name=f'layers_{i}')(h, mask, bias)
+    if answer_positions is not None:
+      h = jnp.take_along_axis(h, answer_positions[:, :, None], axis=1)
     h = layers.LayerNorm(name='decoder_norm')(h)
     return layers.DenseGeneral(cfg.vocab_size, kernel_axes=('embed', 'vocab'),
                                output_dtype=jnp.float32, name='logits_dense')(h)

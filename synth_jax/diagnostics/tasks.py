@@ -5,6 +5,9 @@ Each generator is `generate(key, batch_size, length, **options) -> Batch` with
     inputs     [batch, length] int32   the tokens the model reads
     targets    [batch, length] int32   the next token at each position (the answer where asked)
     loss_mask  [batch, length] float32 1 exactly at the answers: loss and accuracy are taken there
+    answer_positions  [batch, n] int32  positions that hold every answer of a row (`n` fixed by
+               the task and length; induction's may include non-answers, which `loss_mask` zeroes):
+               training computes the vocabulary projection there alone
 
 Token ids: 0 is never produced (padding elsewhere in synth-jax), 1 is BLANK (filler, Mamba's
 noise), 2 is MARKER; content tokens are `[3, vocab_size)`. Recall tasks split the content ids into
@@ -65,7 +68,7 @@ def next_token_batch(sequence: Array, answer_positions: Array, answers: Array) -
   targets = sequence[:, 1:].at[rows, answer_positions].set(answers)
   loss_mask = jnp.zeros(targets.shape, jnp.float32).at[rows, answer_positions].set(1.0)
   return {'inputs': sequence[:, :-1].astype(jnp.int32), 'targets': targets.astype(jnp.int32),
-          'loss_mask': loss_mask}
+          'loss_mask': loss_mask, 'answer_positions': answer_positions.astype(jnp.int32)}
 
 
 def associative_recall(key, batch_size: int, length: int, *, vocab_size: int, num_kv_pairs: int,
@@ -151,8 +154,12 @@ def induction(key, batch_size: int, length: int, *, vocab_size: int) -> Batch:
   sequence = jnp.take_along_axis(tokens, jnp.where(index < repeat_starts, index, index - period),
                                  axis=1)
   answers = index[:, :-1] >= repeat_starts  # target t is token t + 1: inside the repeat, not first
+  # At most `longest - 1` answers, all among the last positions.
+  last = max(longest - 1, 1)
+  positions = jnp.broadcast_to(jnp.arange(length - last, length, dtype=jnp.int32),
+                               (batch_size, last))
   return {'inputs': sequence[:, :-1], 'targets': sequence[:, 1:],
-          'loss_mask': answers.astype(jnp.float32)}
+          'loss_mask': answers.astype(jnp.float32), 'answer_positions': positions}
 
 
 def selective_copy(key, batch_size: int, length: int, *, vocab_size: int,

@@ -83,12 +83,22 @@ def optimizer(cfg: TrainConfig, learning_rate=None) -> optax.GradientTransformat
 
 def answer_metrics(logits: jax.Array, batch: tasks_lib.Batch) -> tuple[jax.Array, jax.Array]:
   """(mean cross-entropy, accuracy) over the answers (`loss_mask`) of a batch; logits
-  `[batch, length, vocab]`."""
-  mask = batch['loss_mask']
+  `[batch, n, vocab]` at the batch's `answer_positions` (`answer_logits`)."""
+  mask, targets = at_answers(batch, 'loss_mask'), at_answers(batch, 'targets')
   count = jnp.maximum(jnp.sum(mask), 1.0)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
-  correct = jnp.argmax(logits, axis=-1) == batch['targets']
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = jnp.argmax(logits, axis=-1) == targets
   return jnp.sum(loss * mask) / count, jnp.sum(correct * mask) / count
+
+
+def at_answers(batch: tasks_lib.Batch, key: str) -> jax.Array:
+  """`batch[key]` `[batch, length]` at the batch's `answer_positions`: `[batch, n]`."""
+  return jnp.take_along_axis(batch[key], batch['answer_positions'], axis=1)
+
+
+def answer_logits(model: model_lib.DecoderLM, variables, batch: tasks_lib.Batch) -> jax.Array:
+  """The model's logits `[batch, n, vocab]` at the batch's answer positions alone."""
+  return model.apply(variables, batch['inputs'], batch['answer_positions'])
 
 
 def first_step_at(steps: Sequence[int], accuracies: Sequence[float],
@@ -104,8 +114,9 @@ def held_out_accuracy(model: model_lib.DecoderLM, variables, task: tasks_lib.Tas
   def one(index):
     batch = task.generate(jax.random.fold_in(stream(seed, EVAL_STREAM), index), cfg.batch_size,
                           length)
-    correct = jnp.argmax(model.apply(variables, batch['inputs']), -1) == batch['targets']
-    return jnp.sum(correct * batch['loss_mask']), jnp.sum(batch['loss_mask'])
+    predicted = jnp.argmax(answer_logits(model, variables, batch), -1)
+    mask = at_answers(batch, 'loss_mask')
+    return jnp.sum((predicted == at_answers(batch, 'targets')) * mask), jnp.sum(mask)
   correct, total = jax.lax.map(one, jnp.arange(cfg.eval_examples // cfg.batch_size))
   return jnp.sum(correct) / jnp.maximum(jnp.sum(total), 1.0)
 
@@ -134,7 +145,7 @@ def _chunk_function(model: model_lib.DecoderLM, task: tasks_lib.Task, cfg: Train
       params, opt_state = carry
       batch = task.generate(jax.random.fold_in(data_key, index), cfg.batch_size)
       def loss_fn(p):
-        return answer_metrics(model.apply({'params': p, **fixed}, batch['inputs']), batch)[0]
+        return answer_metrics(answer_logits(model, {'params': p, **fixed}, batch), batch)[0]
       loss, grads = jax.value_and_grad(loss_fn)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), (

@@ -103,3 +103,13 @@ def test_the_query_scale_convention_reaches_the_attention(fold):
   ratio = float(jnp.std(attention['query']['kernel']) / jnp.std(attention['key']['kernel']))
   head_dim = 8
   np.testing.assert_allclose(ratio, head_dim ** -0.5 if fold else 1.0, rtol=0.35)
+
+
+def test_logits_at_answer_positions_equal_the_full_logits_there():
+  lm, variables, tokens = build(conv_kernel=3)
+  positions = jnp.asarray([[11, 0, 5], [3, 4, 10]], jnp.int32)
+  full = np.asarray(jax.jit(lm.apply)(variables, tokens))
+  at = np.asarray(jax.jit(lm.apply)(variables, tokens, positions))
+  assert at.shape == (2, 3, VOCAB)
+  np.testing.assert_allclose(at, np.take_along_axis(full, np.asarray(positions)[:, :, None], 1),
+                             rtol=1e-6, atol=1e-6)

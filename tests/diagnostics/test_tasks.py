@@ -109,3 +109,19 @@ def test_too_short_lengths_and_unknown_tasks_are_clear_errors():
     tasks.Task('mqar', 16, VOCAB, {'num_kv_pairs': 8}).generate(jax.random.key(0), 2)
   with pytest.raises(ValueError, match='unknown task'):
     tasks.Task('copy', 16, VOCAB)
+
+
+@pytest.mark.parametrize('name,options,length', [
+    ('mqar', {'num_kv_pairs': 6}, 48), ('overwrite', {'num_kv_pairs': 4}, 48),
+    ('induction', {}, 48), ('induction', {}, 13), ('induction', {}, 96),
+    ('selective_copy', {'num_tokens': 5}, 40)])
+def test_answer_positions_hold_every_answer_of_each_row_once(name, options, length):
+  batch = numpy_batch(tasks.Task(name, length, VOCAB, options), batch_size=64, length=length)
+  positions, mask = batch['answer_positions'], batch['loss_mask']
+  assert positions.dtype == np.int32 and positions.shape[0] == 64
+  assert ((0 <= positions) & (positions < length)).all()
+  for row_positions, row_mask in zip(positions, mask):
+    assert len(set(row_positions.tolist())) == len(row_positions)  # no answer counted twice
+    assert set(np.flatnonzero(row_mask).tolist()) <= set(row_positions.tolist())
+  if name != 'induction':  # exactly the answers; induction's cover its longest repeat
+    assert (np.take_along_axis(mask, positions, axis=1) == 1).all()

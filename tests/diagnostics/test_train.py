@@ -179,3 +179,17 @@ def test_each_chunk_line_ends_with_the_time_left_of_the_run():
       '[1/2] run step 10/30', '[1/2] run step 20/30', '[1/2] run step 30/30']
   assert re.fullmatch(r'.*  \d+s, ETA \?', lines[0])
   assert re.fullmatch(r'.*  \d+s, ETA \d+s', lines[1]) and lines[2].endswith(', ETA 0s')
+
+
+def test_answer_metrics_equal_a_numpy_reading_of_the_full_logits():
+  lm = tiny_model('vanilla')
+  batch = TASK.generate(jax.random.key(3), 8)
+  variables = nn.unbox(lm.init(jax.random.key(0), batch['inputs']))
+  loss, accuracy = train.answer_metrics(train.answer_logits(lm, variables, batch), batch)
+  full = np.asarray(lm.apply(variables, batch['inputs']), np.float64)
+  mask, targets = np.asarray(batch['loss_mask']), np.asarray(batch['targets'])
+  log_probs = full - np.log(np.exp(full).sum(-1, keepdims=True))
+  picked = np.take_along_axis(log_probs, targets[:, :, None], -1)[:, :, 0]
+  np.testing.assert_allclose(loss, -(picked * mask).sum() / mask.sum(), rtol=1e-5)
+  correct = full.argmax(-1) == targets
+  assert mask.sum() > 8 and accuracy == pytest.approx((correct * mask).sum() / mask.sum())
