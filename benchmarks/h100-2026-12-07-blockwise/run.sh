@@ -37,4 +37,9 @@ r8192b)
 last)  # one call's worth: the 512 rows of the issue's slowest variants, then 8192
   ROWS=5 row A3_after . --types vanilla,hyperbolic,topk --fused cudnn
   ROWS=7 row B3_8192 . --types vanilla,neg_l2,hyperbolic,topk,dense --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+s4)  # third session: before/after of the variants that must not slow, vanilla blockwise, 8192's rest
+  ROWS=5 row A4_after . --types vanilla,random,orthogonal --fused cudnn
+  ROWS=5 row A4_before .old --types vanilla,random,orthogonal --fused cudnn
+  ROWS=3 row A4_blockwise . --types vanilla --fused blockwise
+  ROWS=4 row B4_8192 . --types dense,topk --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 esac
