@@ -23,7 +23,7 @@ def run(task, variant, final, steps_to_90=None, groups=('base',), kv=6, width=64
       'curve': {'steps': [50, 100], 'accuracy': curve}, 'final_accuracy': final,
       'steps_to_90': steps_to_90, 'loss': [2.0, 1.0, 0.5, 0.4],
       'grad_norm': extra.pop('grad_norm', [1.0, 0.5, 0.5, 0.5]),
-      'grad_norm_modules': {}, 'seconds': 12.0, 'chance': 1 / 30,
+      'grad_norm_module_peaks': {}, 'seconds': 12.0, 'chance': 1 / 30,
       'statistics': {'attention': [{'head_diversity': 0.25, 'normalized_entropy': [0.5, 0.7]}],
                      'projections': {'layers_0/attention': {'query_key': {
                          'condition_number': [3.0, 5.0]}}}},
