@@ -61,7 +61,8 @@ class Grid:
     tasks: the tasks trained in every setting ('extrapolation' evaluates its task's runs at the
       preset's longer lengths).
     groups_per_part: groups (each `len(learning_rates) * len(seeds)` runs) per `--part`.
-    overrides: `(name, value)` pairs the command line changed: `steps`, or model fields.
+    overrides: `(name, value)` pairs the command line changed: `steps`, `batch_size` (of the
+      budget), or model fields.
   """
   name: str
   preset: str
@@ -71,14 +72,14 @@ class Grid:
   seeds: tuple = (0, 1, 2)
   tasks: tuple = ('mqar', 'induction', 'extrapolation')
   groups_per_part: int = 0
-  overrides: tuple = ()  # (name, value): `steps` of the budget, or model fields (conv_kernel)
+  overrides: tuple = ()  # (name, value): the budget's steps, batch_size, or model fields
 
   def base(self) -> presets.Preset:
     options = dict(self.overrides)
-    steps = options.pop('steps', None)
+    budget = {k: options.pop(k) for k in ('steps', 'batch_size') if k in options}
     base = presets.get(self.preset, **options)
-    train = base.train if steps is None else dataclasses.replace(base.train, steps=steps)
-    return dataclasses.replace(base, train=train, kv_pairs_sweep=(), width_sweep=())
+    return dataclasses.replace(base, train=dataclasses.replace(base.train, **budget),
+                               kv_pairs_sweep=(), width_sweep=())
 
   def settings(self) -> list[Setting]:
     return [Setting(h, p, r) for h in self.num_heads for p in self.positions

@@ -78,6 +78,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                       help="peak learning rate of every run (default: the preset's).")
   parser.add_argument('--steps', type=int, default=None,
                       help="training steps of every run (default: the preset's).")
+  parser.add_argument('--batch_size', type=int, default=None,
+                      help="training examples per step of every run (default: the preset's; a "
+                           "divisor of its eval_examples, which stay as they are).")
   parser.add_argument('--sweeps', action=argparse.BooleanOptionalAction, default=True,
                       help="MQAR's kv-pair and width sweeps (--no-sweeps: base settings only).")
   parser.add_argument('--jobs_per_part', type=int, default=None,
@@ -114,7 +117,8 @@ def main_grid(args: argparse.Namespace, argv: Sequence[str]) -> int:
   if given:
     raise SystemExit(f'{", ".join(given)}: grid {grid.name} sets that per setting '
                      f'(grid.GRIDS); drop the flag or use --preset {grid.preset}.')
-  overrides = {k: v for k, v in (('steps', args.steps), ('conv_kernel', args.conv_kernel),
+  overrides = {k: v for k, v in (('steps', args.steps), ('batch_size', args.batch_size),
+                                 ('conv_kernel', args.conv_kernel),
                                  ('fold_query_scale', args.fold_query_scale)) if v is not None}
   grid = dataclasses.replace(
       grid, tasks=tuple(task_list(args.tasks, grid.tasks)), overrides=tuple(overrides.items()),
@@ -156,8 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args.seed = args.seed or 0
   preset = presets.get(args.preset, positions=args.positions, conv_kernel=args.conv_kernel,
                        fold_query_scale=args.fold_query_scale)
-  training = {k: v for k, v in (('learning_rate', args.learning_rate), ('steps', args.steps))
-              if v is not None}
+  training = {k: v for k, v in (('learning_rate', args.learning_rate), ('steps', args.steps),
+                                ('batch_size', args.batch_size)) if v is not None}
   preset = dataclasses.replace(
       preset, train=dataclasses.replace(preset.train, **training),
       jobs_per_part=preset.jobs_per_part if args.jobs_per_part is None else args.jobs_per_part,

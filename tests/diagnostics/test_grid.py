@@ -62,6 +62,17 @@ def test_a_group_holds_every_rate_and_seed_of_one_shape():
   assert [job for part in grid.parts(robust, groups) for job in part] == groups
 
 
+def test_budget_overrides_reach_every_setting_and_leave_the_rest():
+  robust = dataclasses.replace(grid.GRIDS['robust'],
+                               overrides=(('batch_size', 128), ('steps', 500), ('conv_kernel', 0)))
+  full = presets.get('full')
+  for setting in robust.settings():
+    one = robust.preset_for(setting)
+    assert (one.train.batch_size, one.train.steps, one.model['conv_kernel']) == (128, 500, 0)
+    assert one.train.learning_rate == setting.learning_rate
+    assert one.train.eval_examples == full.train.eval_examples and one.model['width'] == 128
+
+
 def test_flags_a_grid_sets_itself_are_refused_with_the_fix(tmp_path):
   for flag in (['--seed', '1'], ['--learning_rate', '1e-3'], ['--positions', 'none']):
     with pytest.raises(SystemExit, match='sets that per setting'):
