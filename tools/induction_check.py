@@ -1,4 +1,5 @@
-"""A CPU check of vanilla's induction plateau at a middle scale (RESULTS.md, 2026-12-01).
+"""A CPU check of vanilla's induction plateau at a middle scale
+(docs/history/RESULTS-2026-12-01.md).
 
   python tools/induction_check.py ATTENTION LENGTH VOCAB STEPS POSITIONS RATE
 

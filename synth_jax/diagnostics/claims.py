@@ -161,8 +161,9 @@ def orthogonal_any_length(results) -> Outcome:
 def peak_gradient_norm(run: dict) -> Optional[float]:
   """The largest gradient norm after the first 10% of steps (past warmup's transient): how high
   the run's spikes went. Not divided by the median: once a run has solved its task its median
-  norm collapses, and a ratio then reads the solving as a spike (RESULTS.md: on the tiny preset
-  vanilla's max/median is 53-67 while its largest norm, 1.04-1.20, is near orthogonal's)."""
+  norm collapses, and a ratio then reads the solving as a spike (docs/history/
+  RESULTS-2026-12-01.md: on the tiny preset vanilla's max/median is 53-67 while its largest norm,
+  1.04-1.20, is near orthogonal's)."""
   norms = run.get('grad_norm') or []
   late = norms[len(norms) // 10:]
   return max(late) if late else None

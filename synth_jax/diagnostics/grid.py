@@ -1,6 +1,7 @@
 """Robustness grids: every variant in several reasonable settings, three seeds each, equal steps.
 
-A claim read from one setting can flip in another equally reasonable one (RESULTS.md's history).
+A claim read from one setting can flip in another equally reasonable one
+(docs/history/RESULTS-2026-12-01.md).
 A grid trains every requested variant on its tasks in each setting of
 
     head shapes x position schemes x learning rates      (x the seeds of each)

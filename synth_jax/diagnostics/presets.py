@@ -3,18 +3,17 @@
   tiny  a laptop CPU in minutes (the tests use it): 2 layers, width 64, length 32, 300 steps of
         batch 32 (about 15 s a run on 2 cores, most of it compiling). At that budget vanilla
         solves MQAR and induction; overwrite and selective copy need more than it gives.
-  full  the research sweep for one GPU (Zoology's scale: vocabulary 8192, length 256), split
-        into parts of `jobs_per_part` runs (`synth-jax diagnose --preset full --part N`); MQAR
-        is swept over kv pairs and width. Measured on the H200 (2026-12-01): twelve processes
-        sharing the GPU, each taking the next one-run part (`--jobs_per_part 1 --skip_done
-        --no-draw`), finish about 65 runs in a 9-minute call with JAX's persistent compilation
-        cache shared among them (a run compiling afresh takes about 115 s, one whose program
-        another rate or seed compiled about 65 s; without the cache, about 30 runs a call);
-        RESULTS.md has the scripts. The learning rate, 5e-3, is the best single rate of 1e-3,
-        2e-3 and 5e-3 in a probe of all 13 variants on MQAR and induction with the scale in the
-        logits (2026-12-01): it solves the most runs, and at 1e-3 nothing leaves the loss
-        plateau within the 2000 steps (RESULTS.md has the table; `synth-jax diagnose-compare`
-        makes it).
+  full  the research sweep for one GPU (Zoology's scale: vocabulary 8192, length 256), split into
+        parts of `jobs_per_part` runs (`synth-jax diagnose --preset full --part N`); MQAR is swept
+        over kv pairs and width. Measured on the H200 (2026-12-01): twelve processes sharing the
+        GPU, each taking the next one-run part (`--jobs_per_part 1 --skip_done --no-draw`), finish
+        about 65 runs in a 9-minute call with JAX's persistent compilation cache shared among them
+        (a run compiling afresh takes about 115 s, one whose program another rate or seed compiled
+        about 65 s; without the cache, about 30 runs a call); docs/history/RESULTS-2026-12-01.md has
+        the scripts. The learning rate, 5e-3, is the best single rate of 1e-3, 2e-3 and 5e-3 in a
+        probe of all 13 variants on MQAR and induction with the scale in the logits (2026-12-01): it
+        solves the most runs, and at 1e-3 nothing leaves the loss plateau within the 2000 steps
+        (docs/history/RESULTS-2026-12-01.md has the table; `synth-jax diagnose-compare` makes it).
 
 Both use a short causal convolution before attention (Zoology's hybrid block): with the previous
 token in the residual stream, one attention layer can do recall, so what a variant's attention
