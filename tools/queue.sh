@@ -26,7 +26,8 @@ done
 cp $QUEUE $W/queue; echo 0 > $W/next; start=$SECONDS; end=$((start+BUDGET))
 R="python3 -m synth_jax.diagnostics.run --preset full --jobs_per_part 1 --skip_done --no-draw"
 take() { flock $W/next.lock bash -c "n=\$(cat $W/next); echo \$((n+1)) > $W/next; echo \$n"; }
-# A run takes 65-115 s: a slot starts none with less than MIN_LEFT seconds to go.
+# A run takes 65-115 s, a grid's group 80-305 s (H100, 2026-12-07): a slot starts none with less
+# than MIN_LEFT seconds to go.
 MIN_LEFT=${MIN_LEFT:-120}
 slot() { local id=$1; while [ $((end-SECONDS)) -gt $MIN_LEFT ]; do
     n=$(take); line=$(sed -n "$((n+1))p" $W/queue); [ -n "$line" ] || return

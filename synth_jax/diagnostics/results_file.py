@@ -45,6 +45,11 @@ def load(path: str) -> Optional[dict]:
   return None
 
 
+def exists(path: str) -> bool:
+  """Whether `load(path)` finds a file (`path` or `path + '.gz'`), without reading it."""
+  return os.path.exists(path) or os.path.exists(path + '.gz')
+
+
 def read(path: str, meta: dict) -> dict:
   """The results in `path` (`load`), which must be of `meta`'s configuration, or an empty set."""
   results = load(path)
@@ -98,7 +103,7 @@ def reuse_recorded_run(path: str, meta: dict, run_id: str, groups, tag_only) -> 
   then added to the run's record in the file (the one write this makes); any other missing group
   (extrapolation's longer evaluations) means the run must be redone.
   """
-  if load(path) is None:
+  if not exists(path):
     return False
   with locked(path):
     results = read(path, meta)
@@ -114,7 +119,7 @@ def reuse_recorded_run(path: str, meta: dict, run_id: str, groups, tag_only) -> 
 
 def is_recorded(path: str, meta: dict, run_id: str, groups, tag_only) -> bool:
   """Whether `reuse_recorded_run` would reuse the run; reads only, without a lock (plans)."""
-  if load(path) is None:
+  if not exists(path):
     return False
   missing = _missing_groups(read(path, meta), run_id, groups)
   return missing is not None and missing <= set(tag_only)

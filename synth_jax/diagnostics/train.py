@@ -87,8 +87,14 @@ def answer_metrics(logits: jax.Array, batch: tasks_lib.Batch) -> tuple[jax.Array
   mask, targets = at_answers(batch, 'loss_mask'), at_answers(batch, 'targets')
   count = jnp.maximum(jnp.sum(mask), 1.0)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  correct = jnp.argmax(logits, axis=-1) == targets
-  return jnp.sum(loss * mask) / count, jnp.sum(correct * mask) / count
+  return jnp.sum(loss * mask) / count, correct_answers(logits, batch)[0] / count
+
+
+def correct_answers(logits: jax.Array, batch: tasks_lib.Batch) -> tuple[jax.Array, jax.Array]:
+  """(answers predicted right, answers) of a batch; logits as `answer_metrics` takes them."""
+  mask = at_answers(batch, 'loss_mask')
+  correct = jnp.argmax(logits, axis=-1) == at_answers(batch, 'targets')
+  return jnp.sum(correct * mask), jnp.sum(mask)
 
 
 def at_answers(batch: tasks_lib.Batch, key: str) -> jax.Array:
@@ -114,9 +120,7 @@ def held_out_accuracy(model: model_lib.DecoderLM, variables, task: tasks_lib.Tas
   def one(index):
     batch = task.generate(jax.random.fold_in(stream(seed, EVAL_STREAM), index), cfg.batch_size,
                           length)
-    predicted = jnp.argmax(answer_logits(model, variables, batch), -1)
-    mask = at_answers(batch, 'loss_mask')
-    return jnp.sum((predicted == at_answers(batch, 'targets')) * mask), jnp.sum(mask)
+    return correct_answers(answer_logits(model, variables, batch), batch)
   correct, total = jax.lax.map(one, jnp.arange(cfg.eval_examples // cfg.batch_size))
   return jnp.sum(correct) / jnp.maximum(jnp.sum(total), 1.0)
 
