@@ -75,6 +75,14 @@ class Manager:
     if self._manager is not None:
       self._manager.wait_until_finished()
 
+  def __enter__(self) -> 'Manager':
+    return self
+
+  def __exit__(self, *exc_info):
+    # A save begun while this trainer held MODEL_DIR finishes even when training stops on an
+    # error (a lost lease, a failed step): else its temporary directory is left half written.
+    self.wait()
+
   @_without_spurious_metadata_warning()
   def restore(self, state, shardings, step: Optional[int] = None, strict: bool = False):
     """The checkpoint at `step` (default: the newest readable one), placed like `state` with

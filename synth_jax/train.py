@@ -317,7 +317,8 @@ def _claim_model_dir(scope: contextlib.ExitStack, model_dir: Optional[str], mode
   trainer_lease = None
   if model_dir:  # every host takes part; process 0 holds the file
     trainer_lease = scope.enter_context(lease_lib.Lease(model_dir, timeout_s=lease_timeout_s))
-  manager = checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints)
+  manager = scope.enter_context(
+      checkpoints.Manager(model_dir, period=checkpoint_period, keep=keep_checkpoints))
   if manager.latest_step() is not None:
     run_config.check_same_model(model_dir, model, 'resume')
   return preemption, trainer_lease, manager

@@ -1,4 +1,5 @@
-"""Checkpoints written before the attention redesign (e07cab6) restore into today's models."""
+"""Checkpoints: those written before the attention redesign (e07cab6) restore into today's models;
+a save under way finishes when training stops on an error."""
 import os
 
 import jax
@@ -55,3 +56,17 @@ def test_an_old_checkpoint_resumes_training(tmp_path):
       learning_rate=optimizer_lib.rsqrt_schedule(1.0, 100))
   assert result['step'] == 3
   assert np.isfinite(result['train']['loss'])
+
+
+def test_a_save_under_way_finishes_when_training_stops_on_an_error(tmp_path):
+  """The async write of a started save completes before the error leaves the `with` block."""
+  state = {'weights': jax.numpy.arange(8 * 2**20, dtype=np.float32).reshape(2**13, 2**10)}
+  with pytest.raises(RuntimeError, match='a step failed'):
+    with checkpoints.Manager(str(tmp_path), period=1, keep=None) as manager:
+      assert manager.maybe_save(1, state)
+      raise RuntimeError('a step failed')
+  assert os.listdir(tmp_path / 'checkpoints') == ['1']
+  reread = checkpoints.Manager(str(tmp_path), period=1, keep=None)
+  assert reread.latest_step() == 1
+  restored = reread.restore(state, {'weights': state['weights'].sharding})
+  np.testing.assert_array_equal(restored['weights'], state['weights'])
