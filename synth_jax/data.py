@@ -161,6 +161,7 @@ class Dataset:
     self.seed = seed
     self.pack = pack
     self.unpack_single_example_rows = unpack_single_example_rows and pack
+    self._train_stream = None
 
   def _dataset(self, split: str, shuffle: bool, num_epochs):
     try:
@@ -189,9 +190,17 @@ class Dataset:
     for batch in batches:
       yield {k: v[self.rows] for k, v in batch.items()}
 
+  def _train(self, take: bool = False):
+    """The endless, shuffled train batches. The pipeline takes 0.2-1.5 CPU-s to build, so the one
+    `example_batch` builds is kept for the next `train_batches` (`take`), whose stream must come
+    from a dataset not iterated before: a second iteration of one shuffles differently."""
+    built = self._train_stream or self._dataset('train', shuffle=True, num_epochs=None)
+    self._train_stream = None if take else built
+    return built
+
   def example_batch(self) -> dict[str, np.ndarray]:
     """Zeros with the shapes and dtypes of a train batch (for shape-only initialisation)."""
-    spec = self._dataset('train', shuffle=False, num_epochs=1).element_spec
+    spec = self._train().element_spec
     return {k: np.zeros((self.batch_size, *v.shape[1:]), v.dtype.as_numpy_dtype)
             for k, v in spec.items()}
 
@@ -202,8 +211,7 @@ class Dataset:
     batch of a form (packed / unpacked) after the stream's first batch prints a note: the step
     compiles for it.
     """
-    dataset = self._dataset('train', shuffle=True, num_epochs=None).skip(start_step)
-    batches = dataset.as_numpy_iterator()
+    batches = self._train(take=True).skip(start_step).as_numpy_iterator()
     if self.unpack_single_example_rows:
       batches = _unpacked_where_possible(batches, first_step=start_step + 1)
     return self._mine(batches)

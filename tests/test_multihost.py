@@ -164,31 +164,33 @@ def test_two_processes_train_as_one_through_a_sigterm_a_resume_and_a_killed_peer
     run.processes[1].send_signal(signal.SIGTERM)
     assert run.wait() == [0, 0], run.text()
   first = run.text()
-  expected, lines = one_process(  # steps 1-6, saving step 5 to compare
-      alone, [*FLAGS, '--gin.TRAIN_STEPS=6', '--gin.CHECKPOINT_PERIOD=5'], monkeypatch, capsys)
   assert sorted(run.losses(0)) == [1, 2, 3, 4, 5] and run.losses(1) == run.losses(0), first
-  np.testing.assert_allclose([run.losses(0)[s] for s in range(1, 6)],
-                             [expected[s] for s in range(1, 6)], rtol=1e-5)
   for output in run.output:
     assert f'SIGTERM: saved step 5 to {several / "checkpoints"}; exiting.' in output, first
   assert os.listdir(several / 'checkpoints') == ['5'], first  # one checkpoint, written once
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               params_at(several, 5), params_at(alone, 5))
   assert 'process 0 writes the run config' in run.output[0], first
   assert 'process 1 writes the run config' not in run.output[1], first
-  evaluated = [line for line in reports(lines) if line.startswith('eval  step 3')]
-  assert len(evaluated) == 2 and 'exact_match' in evaluated[1], '\n'.join(lines)
-  assert reports(run.output[0]) == evaluated and reports(run.output[1]) == [], first
+  phase_one = run
 
   # 2. Resumed at step 6 (the loss one process has there); process 1 killed after that step:
-  # process 0 says why and exits within the bound, leaving no lease behind.
+  # process 0 says why and exits within the bound, leaving no lease behind. The same run in
+  # this process (steps 1-6, saving step 5 to compare) is made while the two start.
   with Processes(several, *FLAGS, '--gin.TRAIN_STEPS=100') as run:
+    expected, lines = one_process(
+        alone, [*FLAGS, '--gin.TRAIN_STEPS=6', '--gin.CHECKPOINT_PERIOD=5'], monkeypatch, capsys)
     run.wait_for_step(1, 6)
     run.processes[1].kill()
     killed = time.perf_counter()
     status = run.processes[0].wait(EXIT_BOUND_S + 60)
     exited_s = time.perf_counter() - killed
   second = run.text()
+  np.testing.assert_allclose([phase_one.losses(0)[s] for s in range(1, 6)],
+                             [expected[s] for s in range(1, 6)], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               params_at(several, 5), params_at(alone, 5))
+  evaluated = [line for line in reports(lines) if line.startswith('eval  step 3')]
+  assert len(evaluated) == 2 and 'exact_match' in evaluated[1], '\n'.join(lines)
+  assert reports(phase_one.output[0]) == evaluated and reports(phase_one.output[1]) == [], first
   print(f'process 0 exited {exited_s:.1f} s after process 1 was killed; the test took '
         f'{time.perf_counter() - started:.0f} s')
   np.testing.assert_allclose(run.losses(1)[6], expected[6], rtol=1e-5)
