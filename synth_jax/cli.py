@@ -23,6 +23,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
+from synth_jax import collector
 from synth_jax import gin_flags
 from synth_jax import lease as lease_lib
 from synth_jax import multihost
@@ -140,7 +141,9 @@ def _report_of_several(error: BaseException, command: str, debug: bool) -> int:
 
 def _run(argv: list[str]) -> int:
   if argv and argv[0] in SUBCOMMANDS:
-    return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]) or 0
+    with collector.paused():
+      command = importlib.import_module(SUBCOMMANDS[argv[0]])
+    return command.main(argv[1:]) or 0
   bindings, argv = gin_flags.split(argv)
   args = parser().parse_args(argv)
   if args.command == 'params':
@@ -157,7 +160,9 @@ def _run(argv: list[str]) -> int:
   except lease_lib.LeaseHeldError:
     if joining is None or not joining.process_id:  # processes 1, 2, ...: their process 0 may
       raise  # hold it already; it decides, and tells them (lease.py)
-  quiet_tensorflow.load()
+  with collector.paused():
+    quiet_tensorflow.load()
+    importlib.import_module('synth_jax.train')
   if joining is not None:
     multihost.initialize(joining)
   if args.tfds_data_dir:

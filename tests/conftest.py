@@ -58,6 +58,20 @@ def _release_compiled_programs():
     pass
 
 
+def pytest_configure(config):
+  del config
+  gc.disable()  # collection imports TensorFlow, jax and seqio: see pytest_collection_finish
+
+
+def pytest_collection_finish(session):
+  """What collection imported lives as long as the worker: frozen, the garbage collector stops
+  scanning it again and again (`synth_jax/collector.py`; test_network and test_dispatch ran in
+  82 s instead of 88 s in one process)."""
+  del session
+  gc.freeze()
+  gc.enable()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
   del item, nextitem

@@ -41,10 +41,11 @@ def main(devices: str, argv: list[str]) -> int:
   from tests import fast_compile  # pylint: disable=g-import-not-at-top
   os.environ['XLA_FLAGS'] = ' '.join((f'--xla_force_host_platform_device_count={devices}',
                                       *fast_compile.XLA_FLAGS))
-  from synth_jax import quiet_tensorflow  # pylint: disable=g-import-not-at-top
-  quiet_tensorflow.load()
-  import jax  # pylint: disable=g-import-not-at-top
-  from synth_jax import cli, run_config, train  # pylint: disable=g-import-not-at-top
+  from synth_jax import collector, quiet_tensorflow  # pylint: disable=g-import-not-at-top
+  with collector.paused():
+    quiet_tensorflow.load()
+    import jax  # pylint: disable=g-import-not-at-top
+    from synth_jax import cli, run_config, train  # pylint: disable=g-import-not-at-top
   register_scored_copy_task()
 
   linger_step, _, linger_s = (os.environ.get('LINGER') or '0:0').partition(':')
