@@ -151,6 +151,9 @@ class _StepMetrics:
     """The newest step's metrics, after checking (and passing to `on_step`) every pending one."""
     if not self._pending:
       return self.latest
+    # Done on every device: a replicated array's copy reads one replica, and the others may be
+    # behind it (the 4 CPU devices of the tests; on a TPU a core that lags).
+    jax.block_until_ready(self._pending)
     for step, values in jax.device_get(self._pending):
       self.latest = {k: float(v) for k, v in values.items()}
       if not (np.isfinite(self.latest['loss']) and
