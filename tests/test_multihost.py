@@ -56,7 +56,7 @@ def free_port() -> int:
 
 class Processes:
   """The processes of one run of `tests/multihost_process.py` (a context: on leaving it, those
-  still running are killed), their output collected as it comes."""
+  still running are killed), their output collected as it comes (all of it once left)."""
 
   def __init__(self, model_dir, *flags, count=2, linger=''):
     self.args = [f"--gin.MODEL_DIR='{model_dir}'", *flags,
@@ -67,6 +67,7 @@ class Processes:
     self.count = count
     self.output = [[] for _ in range(count)]
     self.processes = []
+    self.readers = []
 
   def __enter__(self):
     try:
@@ -74,7 +75,8 @@ class Processes:
         self.processes.append(subprocess.Popen(
             [sys.executable, PROCESS, '2', 'train', *RUN, *self.args, f'--process_id={index}'],
             cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        threading.Thread(target=self._collect, args=(index,), daemon=True).start()
+        self.readers.append(threading.Thread(target=self._collect, args=(index,), daemon=True))
+        self.readers[-1].start()
     except BaseException:
       self.close()
       raise
@@ -99,10 +101,13 @@ class Processes:
       time.sleep(0.05)
 
   def close(self):
+    """Kills those still running; returns once every line they printed has been collected."""
     for process in self.processes:
       if process.poll() is None:
         process.kill()
         process.wait()
+    for reader in self.readers:
+      reader.join(timeout=30)
 
   def losses(self, index: int) -> dict[int, float]:
     found = [LOSS.match(line) for line in self.output[index]]
@@ -175,10 +180,13 @@ def test_two_processes_train_as_one_through_a_sigterm_a_resume_and_a_killed_peer
   # 2. Resumed at step 6 (the loss one process has there); process 1 killed after that step:
   # process 0 says why and exits within the bound, leaving no lease behind. The same run in
   # this process (steps 1-6, saving step 5 to compare) is made while the two start.
-  with Processes(several, *FLAGS, '--gin.TRAIN_STEPS=100') as run:
+  # The pair trains on meanwhile: TRAIN_STEPS is far beyond any step it reaches before the kill
+  # (it must still be running then), and before its first periodic save (1000).
+  with Processes(several, *FLAGS, '--gin.TRAIN_STEPS=100000') as run:
     expected, lines = one_process(
         alone, [*FLAGS, '--gin.TRAIN_STEPS=6', '--gin.CHECKPOINT_PERIOD=5'], monkeypatch, capsys)
     run.wait_for_step(1, 6)
+    assert run.processes[0].poll() is None and run.processes[1].poll() is None, run.text()
     run.processes[1].kill()
     killed = time.perf_counter()
     status = run.processes[0].wait(EXIT_BOUND_S + 60)
