@@ -6,8 +6,9 @@ Splits the CPU into DEVICES jax devices (before jax loads), registers `SCORED_CO
 runs `synth_jax.cli.main(ARGUMENTS)` as `synth-jax` would, reporting what the test checks: each
 step's loss at full precision (`process I step S loss L`) and which process writes the run config.
 The coordination comes from the arguments (`--coordinator_address`, ...), as for a user.
-LINGER=S:SECONDS in the environment makes every process wait that long after reporting step S, so
-a signal sent after that report surely arrives while step S is under way.
+LINGER=S:FILE in the environment makes every process wait, after reporting step S, until FILE
+exists (at most 120 s), so a signal the test sends before it writes FILE surely arrives while
+step S is under way, however late the test sends it.
 """
 import os
 import sys
@@ -48,12 +49,14 @@ def main(devices: str, argv: list[str]) -> int:
     from synth_jax import cli, run_config, train  # pylint: disable=g-import-not-at-top
   register_scored_copy_task()
 
-  linger_step, _, linger_s = (os.environ.get('LINGER') or '0:0').partition(':')
+  linger_step, _, linger_file = (os.environ.get('LINGER') or '0:').partition(':')
 
   def report_loss(step, metrics):
     print(f'process {jax.process_index()} step {step} loss {metrics["loss"]!r}', flush=True)
     if step == int(linger_step):
-      time.sleep(float(linger_s))
+      deadline = time.monotonic() + 120
+      while not os.path.exists(linger_file) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
   class ReportingMetrics(train._StepMetrics):  # pylint: disable=protected-access
     def __init__(self, manager, on_step):

@@ -164,9 +164,12 @@ def test_two_processes_train_as_one_through_a_sigterm_a_resume_and_a_killed_peer
   several, alone = tmp_path / 'two_processes', tmp_path / 'one_process'
   # 1. From step 1, evaluating (and decoding, for the task's metric) at step 3; SIGTERM to
   # process 1 while step 4 is under way: both save step 5 and exit.
-  with Processes(several, *FLAGS, '--gin.TRAIN_STEPS=100', linger='4:3') as run:
+  go = tmp_path / 'go'
+  with Processes(several, *FLAGS, '--gin.TRAIN_STEPS=100', linger=f'4:{go}') as run:
     run.wait_for_step(1, 4)
     run.processes[1].send_signal(signal.SIGTERM)
+    time.sleep(1.5)  # jax's preemption notice reaches process 0 through the coordinator
+    go.touch()
     assert run.wait() == [0, 0], run.text()
   first = run.text()
   assert sorted(run.losses(0)) == [1, 2, 3, 4, 5] and run.losses(1) == run.losses(0), first
