@@ -152,8 +152,7 @@ class _StepMetrics:
     if not self._pending:
       return self.latest
     # Done on every device: a replicated array's copy reads one replica, and the others may be
-    # behind it (the 4 CPU devices of the tests; on a TPU a core that lags). Waiting for them
-    # also cut the test suite's CPU time by a sixth (7.4-7.5 min user, was 8.8-9.2).
+    # behind it (the 4 CPU devices of the tests; on a TPU a core that lags).
     jax.block_until_ready(self._pending)
     for step, values in jax.device_get(self._pending):
       self.latest = {k: float(v) for k, v in values.items()}
