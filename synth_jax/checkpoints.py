@@ -78,10 +78,13 @@ class Manager:
   def __enter__(self) -> 'Manager':
     return self
 
-  def __exit__(self, *exc_info):
+  def __exit__(self, exc_type, exc, traceback):
     # A save begun while this trainer held MODEL_DIR finishes even when training stops on an
     # error (a lost lease, a failed step): else its temporary directory is left half written.
-    self.wait()
+    # Not on an error of a run of several processes: finishing a save takes them all, and one
+    # may be gone (a lost peer exits at once, multihost.py).
+    if exc_type is None or jax.process_count() == 1:
+      self.wait()
 
   @_without_spurious_metadata_warning()
   def restore(self, state, shardings, step: Optional[int] = None, strict: bool = False):
