@@ -70,3 +70,18 @@ def test_a_save_under_way_finishes_when_training_stops_on_an_error(tmp_path):
   assert reread.latest_step() == 1
   restored = reread.restore(state, {'weights': state['weights'].sharding})
   np.testing.assert_array_equal(restored['weights'], state['weights'])
+
+
+def test_an_error_of_a_run_of_several_processes_leaves_without_waiting(tmp_path, monkeypatch):
+  """Finishing a save takes every process, and after an error one may be gone (a lost peer)."""
+  manager = checkpoints.Manager(str(tmp_path), period=1, keep=None)
+  waits = []
+  monkeypatch.setattr(manager, 'wait', lambda: waits.append(True))
+  monkeypatch.setattr(checkpoints.jax, 'process_count', lambda: 2)
+  with pytest.raises(RuntimeError, match='a peer is gone'):
+    with manager:
+      raise RuntimeError('a peer is gone')
+  assert not waits
+  with manager:  # no error: the save under way finishes, as for one process
+    pass
+  assert waits == [True]

@@ -13,6 +13,20 @@ from synth_jax import train_state
 from tests import fixtures
 
 
+def test_the_example_batch_and_the_first_stream_share_one_pipeline_build(monkeypatch):
+  """Building the pipeline takes 0.2-1.5 CPU-s; a second stream gets a build of its own (a
+  dataset iterated twice shuffles differently the second time)."""
+  dataset = data.Dataset(fixtures.register_copy_task(), fixtures.LENGTHS, batch_size=4, seed=3)
+  builds = []
+  build = dataset._dataset  # pylint: disable=protected-access
+  monkeypatch.setattr(dataset, '_dataset', lambda *a, **k: builds.append(a) or build(*a, **k))
+  dataset.example_batch()
+  next(dataset.train_batches())
+  assert len(builds) == 1
+  next(dataset.train_batches())
+  assert len(builds) == 2
+
+
 def test_batches_are_packed_feature_converted_and_resume_at_a_step():
   dataset = data.Dataset(fixtures.register_copy_task(), fixtures.LENGTHS, batch_size=4, seed=3)
   example = dataset.example_batch()

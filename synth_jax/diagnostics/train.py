@@ -84,17 +84,20 @@ def optimizer(cfg: TrainConfig, learning_rate=None) -> optax.GradientTransformat
 def answer_metrics(logits: jax.Array, batch: tasks_lib.Batch) -> tuple[jax.Array, jax.Array]:
   """(mean cross-entropy, accuracy) over the answers (`loss_mask`) of a batch; logits
   `[batch, n, vocab]` at the batch's `answer_positions` (`answer_logits`)."""
-  mask, targets = at_answers(batch, 'loss_mask'), at_answers(batch, 'targets')
-  count = jnp.maximum(jnp.sum(mask), 1.0)
+  targets, mask = at_answers(batch, 'targets'), at_answers(batch, 'loss_mask')
+  correct, count = _correct(logits, targets, mask)
+  count = jnp.maximum(count, 1.0)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  return jnp.sum(loss * mask) / count, correct_answers(logits, batch)[0] / count
+  return jnp.sum(loss * mask) / count, correct / count
 
 
 def correct_answers(logits: jax.Array, batch: tasks_lib.Batch) -> tuple[jax.Array, jax.Array]:
   """(answers predicted right, answers) of a batch; logits as `answer_metrics` takes them."""
-  mask = at_answers(batch, 'loss_mask')
-  correct = jnp.argmax(logits, axis=-1) == at_answers(batch, 'targets')
-  return jnp.sum(correct * mask), jnp.sum(mask)
+  return _correct(logits, at_answers(batch, 'targets'), at_answers(batch, 'loss_mask'))
+
+
+def _correct(logits, targets, mask) -> tuple[jax.Array, jax.Array]:
+  return jnp.sum((jnp.argmax(logits, axis=-1) == targets) * mask), jnp.sum(mask)
 
 
 def at_answers(batch: tasks_lib.Batch, key: str) -> jax.Array:
