@@ -11,6 +11,9 @@
 # results.json.gz, lines with `--preset robust`) are skipped; the results come back as
 # $OUT/diag.tgz. JAX's persistent compilation cache is shared by the processes, so runs that
 # differ only in seed or learning rate (arguments of the compiled program) compile once.
+# MPS=1 runs the slots under NVIDIA's Multi-Process Service (their kernels then share the GPU
+# at once instead of taking turns), when its daemon starts and a JAX process runs under it;
+# otherwise the slots run as before. $OUT/diag.tgz's logs/gpu.csv samples the GPU's load.
 QUEUE=${1:?usage: tools/queue.sh QUEUE RESULTS_DIR}
 SRC=${2:?usage: tools/queue.sh QUEUE RESULTS_DIR}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -23,6 +26,16 @@ for d in $(awk '{print $1}' $QUEUE | sort -u); do  # a grid's SUBDIR holds one p
   [ -d $SRC/$d ] && (cd $SRC/$d && find . -name results.json.gz) | while read gz; do
     mkdir -p $W/$d/$(dirname $gz); gunzip -c $SRC/$d/$gz > $W/$d/${gz%.gz}; done
 done
+start_mps() {
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
+  mkdir -p /tmp/mps /tmp/mpslog && nvidia-cuda-mps-control -d && timeout 120 python3 -c \
+    'import jax; print("MPS client ok:", float(jax.numpy.ones(4).sum()), jax.devices())' \
+    >> $W/logs/mps.log 2>&1 && return
+  echo "MPS unusable: running without it" >> $W/logs/mps.log; echo quit | nvidia-cuda-mps-control
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; }
+[ "${MPS:-0}" = 1 ] && start_mps
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 \
+  > $W/logs/gpu.csv 2>&1 & SAMPLER=$!
 cp $QUEUE $W/queue; echo 0 > $W/next; start=$SECONDS; end=$((start+BUDGET))
 R="python3 -m synth_jax.diagnostics.run --preset full --jobs_per_part 1 --skip_done --no-draw"
 take() { flock $W/next.lock bash -c "n=\$(cat $W/next); echo \$((n+1)) > $W/next; echo \$n"; }
@@ -35,7 +48,9 @@ slot() { local id=$1; while [ $((end-SECONDS)) -gt $MIN_LEFT ]; do
     echo "queue line $((n+1)) start $((SECONDS-start)) s" >> $W/logs/slot$id.log
     timeout $((end-SECONDS)) $R --out $W/$out "$@" >> $W/logs/slot$id.log 2>&1
     echo "queue line $((n+1)) end $((SECONDS-start)) s rc $?" >> $W/logs/slot$id.log; done; }
-for s in $(seq 1 $SLOTS); do slot $s & done; wait
+for s in $(seq 1 $SLOTS); do slot $s & done; for s in $(jobs -p); do
+  [ $s = $SAMPLER ] || wait $s; done; kill $SAMPLER
+[ -n "$CUDA_MPS_PIPE_DIRECTORY" ] && echo quit | nvidia-cuda-mps-control
 started=$(cat $W/logs/*.log | grep -c "^queue line .* start")
 echo "queue: started $started of $(wc -l < $W/queue) lines in $((SECONDS-start)) s" \
   | tee $W/summary.txt
