@@ -3,7 +3,8 @@
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 # Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
-# Parts still to run (2026-12-07): prof (a profile of the blockwise path), r8192b, r2048.
+# Parts still to run (2026-12-07): s5 (prof with time by model part, the materialized rows of
+# hyperbolic and topk, r8192b), r2048.
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs ${JOBS:-2}"
@@ -46,6 +47,12 @@ s4)  # third session: before/after of the variants that must not slow, vanilla b
 prof)  # where the blockwise path's time goes (device time by kernel in each row's JSON 'profile')
   ROWS=4 row P_cudnn . --types vanilla --fused cudnn --profile /tmp/prof_cudnn
   ROWS=5 row P_blockwise . --types vanilla,hyperbolic,topk --fused blockwise --profile /tmp/prof_blockwise ;;
+s5)  # fifth session: the profile (time by model part), hyperbolic and topk materialized on the
+  # same machine ('fast'), then 8192's rest
+  ROWS=12 row P_cudnn . --types vanilla --fused cudnn --profile /tmp/prof_cudnn
+  ROWS=40 row P_blockwise . --types vanilla,hyperbolic,topk --fused blockwise --profile /tmp/prof_blockwise
+  ROWS=4 row R_fast . --types hyperbolic,topk --fused fast
+  ROWS=9 row B5_8192 . --types orthogonal,linear,fixed_random,factorized_random,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 r2048)  # every variant at 2048 tokens, batch 32 (the tokens of a step held at 128 x 512)
   ROWS=9 row C_2048a . --types vanilla,neg_l2,dense,hyperbolic,topk,orthogonal,random --fused cudnn --inputs_length 2048 --batch_size 32
   ROWS=9 row C_2048b . --types linear,fixed_random,factorized_random,factorized_dense,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32 ;;

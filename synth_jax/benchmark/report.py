@@ -97,7 +97,11 @@ def profile_table(row) -> str:
   kinds = ', '.join(f'{kind} {ms:.1f}' for kind, ms in profile['by_category'].items())
   lines = [f'{row["attention_type"]}: {profile["total_ms"]:.1f} ms of kernels per step '
            f'({profile["span_ms"]:.1f} ms first to last): {kinds}']
-  lines += [f'{t["ms"]:>9.2f} ms {t["calls"]:>6g} calls  {t["kernel"]}' for t in profile['top']]
+  if profile.get('by_part'):
+    lines.append('by model part: ' + ', '.join(f'{part} {ms:.1f}'
+                                               for part, ms in profile['by_part'].items()))
+  lines += [f'{t["ms"]:>9.2f} ms {t["calls"]:>6g} calls  {t["kernel"]}'
+            + (f'  <- {t["op_name"]}' if t.get('op_name') else '') for t in profile['top']]
   return '\n'.join(lines)
 
 

@@ -8,9 +8,6 @@ out library calls (cuBLAS GEMMs, cuDNN), so it is no FLOP count there.
 """
 import contextlib
 import functools
-import glob
-import gzip
-import json
 import os
 import pathlib
 import statistics
@@ -23,6 +20,7 @@ import numpy as np
 
 from synth_jax.benchmark import batches
 from synth_jax.benchmark import flops as flops_lib
+from synth_jax.benchmark import trace
 
 # Each preset's model is the `T5Config` its `gin/models/` file binds (the one record of the T5
 # sizes), with the macros named here; the feature lengths and batch are those of T5
@@ -174,13 +172,14 @@ def time_steps(compiled, state, batch, rng, steps: int, warmup: int):
 
 
 def profile_steps(compiled, state, batch, rng, profile_dir: str) -> dict:
-  """Traces two more steps into `profile_dir`; their device time by kernel (`summarize_trace`)."""
+  """Traces two more steps into `profile_dir`; their device time by kernel, kind of kernel and
+  model part (`trace.summarize`)."""
   import jax  # pylint: disable=g-import-not-at-top
   with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
     for _ in range(2):
       state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))
-  return summarize_trace(profile_dir, steps=2)
+  return trace.summarize(profile_dir, steps=2, hlo_text=compiled.as_text())
 
 
 def build_step(cfg, attention_execution: str, batch_size: int, inputs_length: int,
@@ -246,7 +245,7 @@ def measure(attention_type: str, preset: str = 'base', batch_size: Optional[int]
   attention_execution: `network.Transformer.attention_execution` of the timed step (None: its
     default).
   profile_dir: also trace two more steps there and add their device time by kernel
-    (`row['profile']`, see `summarize_trace`).
+    (`row['profile']`, see `trace.summarize`).
   logits_matmul_dtype: the `T5Config` field (None: its default).
   model_parallelism: the mesh's 'model' axis (the batch splits over the other devices).
   """
@@ -315,46 +314,3 @@ def record_timings(row: dict, compiled, synced: list, times: list, peak: Optiona
       tokens_per_s=row['tokens_per_step'] / step_time, achieved_tflops=achieved / 1e12,
       mfu=achieved / (peak * 1e12 * num_devices) if peak else None,
       peak_memory_bytes=max(peaks) if peaks else None, out_of_memory=False)
-
-
-KERNEL_CATEGORIES = (  # (category, substrings of a GPU kernel name); the first match wins
-    ('matmul', ('gemm', 'nvjet', 'xmma', 'cutlass', 'cublas')),
-    ('fused attention', ('cudnn', 'fmha', 'flash')),
-    ('scatter', ('scatter',)), ('gather', ('gather',)), ('transpose', ('transpose',)),
-    ('reduce', ('reduce',)),
-)
-
-
-def summarize_trace(profile_dir: str, steps: int, top: int = 30) -> dict:
-  """Device time by kernel and by kind of kernel (ms per step) from the newest perfetto trace.
-
-  Reads the Chrome-trace JSON that `jax.profiler.trace(create_perfetto_trace=True)` writes and
-  sums the events of the device processes ('/device:GPU:0', ...) by kernel name: XLA names a
-  fusion's kernel after the fusion (`wrapped_scatter_1`), libraries keep theirs (`nvjet_...`).
-  Returns `{'total_ms', 'span_ms', 'by_category': {kind: ms}, 'top': [{kernel, ms, calls}]}`,
-  everything per step.
-  """
-  paths = glob.glob(os.path.join(profile_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
-  if not paths:
-    return {}
-  with gzip.open(max(paths, key=os.path.getmtime)) as f:
-    events = json.load(f)['traceEvents']
-  devices = {e['pid'] for e in events if e.get('ph') == 'M' and e.get('name') == 'process_name'
-             and e['args'].get('name', '').startswith('/device:')}
-  kernels = [e for e in events if e.get('ph') == 'X' and e.get('pid') in devices]
-  if not kernels:
-    return {}
-  by_kernel, by_category = {}, {}
-  for e in kernels:
-    ms = e['dur'] / 1e3 / steps
-    entry = by_kernel.setdefault(e['name'], {'kernel': e['name'][:100], 'ms': 0.0, 'calls': 0})
-    entry['ms'] += ms
-    entry['calls'] += 1 / steps
-    name = e['name'].lower()
-    kind = next((k for k, keys in KERNEL_CATEGORIES if any(key in name for key in keys)),
-                'other fusion')
-    by_category[kind] = by_category.get(kind, 0.0) + ms
-  span = max(e['ts'] + e['dur'] for e in kernels) - min(e['ts'] for e in kernels)
-  return {'total_ms': sum(by_category.values()), 'span_ms': span / 1e3 / steps,
-          'by_category': dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
-          'top': sorted(by_kernel.values(), key=lambda t: -t['ms'])[:top]}

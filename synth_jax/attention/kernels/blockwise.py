@@ -191,6 +191,7 @@ class _Call:
                          self.k_join(key, _take(k_other, j)))
 
 
+@jax.named_scope('blockwise_forward')  # profiles attribute kernels to the scope
 def _forward(call: _Call, params, q_float, k_float, value, q_other, k_other, mask_blocks):
   """Output `[nq, b, bq, h, d]` and row log-sum-exp `[nq, b, h, bq]` (inf for rows without keys)."""
   layout = call.layout
@@ -222,6 +223,7 @@ def _forward(call: _Call, params, q_float, k_float, value, q_other, k_other, mas
   return jax.lax.map(query_block, jnp.arange(layout.q_count))
 
 
+@jax.named_scope('blockwise_backward')
 def _backward(call: _Call, residuals, grad):
   """Gradients of params, float query and key features and value, block by block."""
   layout = call.layout
@@ -284,6 +286,7 @@ def _attention(call: _Call):
   return attend
 
 
+@jax.named_scope('row_top_k')
 def row_top_k(scores: Scores, mask: masks.Mask, k: int, below: float,
               block_size: int = DEFAULT_BLOCK) -> tuple[Array, Array]:
   """Each query's k-th largest visible logit and where its ties end, one key block at a time.
