@@ -33,7 +33,8 @@ from synth_jax.attention.kernels import shared_scores
 #   'xla'               'fast' plus query-key forms through `jax.nn.dot_product_attention`'s
 #                       XLA implementation;
 #   'cudnn' / 'auto'    the fastest exact path that fits: query-key forms fused (cuDNN; 'auto'
-#                       lets JAX choose), then the 'fast' rewrites, then blockwise.
+#                       lets JAX choose), then the 'fast' rewrites (shared maps while they are
+#                       no larger than a layer's values), then blockwise.
 EXECUTIONS = ('reference', 'fast', 'blockwise', 'cudnn', 'xla', 'auto')
 
 
@@ -77,8 +78,10 @@ class Dispatch:
       log_q, log_k = module.feature_logs(inputs_q, key_features)
       return linear_scan.linear_attention(log_q, log_k, value, mask, module.chunk_size)
     # One batch-free softmax of a `[heads, q, k]` table: the fastest path for random
-    # synthesizers, but quadratic in length, so 'blockwise' leaves it.
-    if not self.linear_memory and module.shared_logits and (bias is None or bias.shape[0] == 1):
+    # synthesizers, but quadratic in length, so 'blockwise' leaves it, and so do the others
+    # where the table outgrows the layer's values (`shared_map_fits`).
+    if (not self.linear_memory and module.shared_logits and (bias is None or bias.shape[0] == 1)
+        and self.shared_map_fits(module, value)):
       lengths = mask.lengths()
       if lengths is not None:
         logits = module.attention_logits(inputs_q, key_features, mask)
@@ -101,6 +104,16 @@ class Dispatch:
       logits = packed_gather.gather_within_segments(module.score_table(), mask.query_positions)
       return core.mix(core.normalize(logits, mask.dense(), core.dense_bias(bias)), value)
     return None
+
+  def shared_map_fits(self, module: core.Attention, value) -> bool:
+    """Whether the batch-shared `[heads, q, k]` map may be formed: where it is no larger than
+    the layer's values `[batch, k, heads, head_dim]` (k <= batch * head_dim: T5-base at 512
+    tokens and batch 128, not at 8192 and batch 8, where 12 layers' maps and probabilities took
+    70 GiB), or where no other path avoids it (a synthesizer without a query-key form under
+    'fast' or 'xla')."""
+    batch, k_len, _, head_dim = value.shape
+    has_other_path = self.blocked or (module.query_key and self.fused is not None)
+    return not has_other_path or k_len <= batch * head_dim
 
   def blockwise_heads(self, module, inputs_q, key_features, value, mask, bias, dropout=None):
     """The variant's `block_scores` through `blockwise.blockwise_attention`."""

@@ -282,3 +282,31 @@ def test_an_unknown_transformer_execution_names_the_knob():
                                        r"attention execution; use one of 'reference'"):
     jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens, tokens,
                                       enable_dropout=False))
+
+
+@pytest.mark.parametrize('variant, execution, kernel', [
+    ('factorized_random', 'xla', 'flash'),  # its query-key form
+    ('random', 'auto', 'blockwise'),
+    ('fixed_random', 'auto', 'blockwise'),
+    ('random', 'xla', 'shared_scores'),  # no other path under 'xla': the table stays
+])
+def test_a_shared_map_larger_than_the_values_takes_another_path(variant, execution, kernel,
+                                                                 kernels_run):
+  """At one example of head width 2, a 6-key `[heads, q, k]` map outgrows the values
+  (`[1, k, heads, 2]`): the dispatch leaves it where another path exists, with the same values
+  and gradients. (T5-base at 8192 tokens and batch 8 is such a case; the contract cases, batch 3
+  of width 8, are not.)"""
+  mask = masks.Mask.for_self_attention(padded_tokens([5], LENGTH), causal=True)
+  x = helpers.inputs(3, batch=1, length=LENGTH)
+  bias = helpers.random_bias(4, LENGTH, LENGTH)
+  reference = helpers.build(variant, head_dim=2)
+  variables = helpers.init(reference, x)
+  want_out, want_grads = outputs_and_gradients(reference, variables, mask, x, x, bias)
+  kernels_run.clear()
+  module = helpers.build(variant, head_dim=2, dispatch=dataclasses.replace(
+      kernels.dispatch_for(execution), block_size=BLOCK))
+  got_out, got_grads = outputs_and_gradients(module, variables, mask, x, x, bias)
+  assert kernels_run == {kernel}
+  np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5 * max(1, np.abs(want).max()))
