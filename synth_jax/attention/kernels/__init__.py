@@ -34,8 +34,9 @@ from synth_jax.attention.kernels import shared_scores
 #                       XLA implementation;
 #   'cudnn' / 'auto'    the fastest exact path that fits: query-key forms fused (cuDNN; 'auto'
 #                       lets JAX choose), then the 'fast' rewrites (shared maps while they are
-#                       no larger than a layer's values), then blockwise.
+#                       within 4x of a layer's values), then blockwise.
 EXECUTIONS = ('reference', 'fast', 'blockwise', 'cudnn', 'xla', 'auto')
+SHARED_MAP_VALUES = 4  # a shared map's largest size, in the layer's values (`shared_map_fits`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,14 +107,20 @@ class Dispatch:
     return None
 
   def shared_map_fits(self, module: core.Attention, value) -> bool:
-    """Whether the batch-shared `[heads, q, k]` map may be formed: where it is no larger than
-    the layer's values `[batch, k, heads, head_dim]` (k <= batch * head_dim: T5-base at 512
-    tokens and batch 128, not at 8192 and batch 8, where 12 layers' maps and probabilities took
-    70 GiB), or where no other path avoids it (a synthesizer without a query-key form under
-    'fast' or 'xla')."""
+    """Whether the batch-shared `[heads, q, k]` map may be formed: where it is at most
+    `SHARED_MAP_VALUES` times the size of the layer's values `[batch, k, heads, head_dim]`
+    (k <= 4 * batch * head_dim), or where no other path avoids it (a synthesizer without a
+    query-key form under 'fast' or 'xla').
+
+    A layer keeps a dozen tensors of about the values' size for its backward pass (queries,
+    keys, values, output, norms, the MLP's wider hidden), so a map within 4x of it stays a
+    fraction of the layer's memory: T5-base at 512 tokens and batch 128 (k = 512 against 32768)
+    keeps its map, at 8192 and batch 8 (8192 against 2048) it does not, where 12 layers' maps
+    and probabilities asked for 70.5 GiB (BENCHMARKS.md, fourth run).
+    """
     batch, k_len, _, head_dim = value.shape
     has_other_path = self.blocked or (module.query_key and self.fused is not None)
-    return not has_other_path or k_len <= batch * head_dim
+    return not has_other_path or k_len <= SHARED_MAP_VALUES * batch * head_dim
 
   def blockwise_heads(self, module, inputs_q, key_features, value, mask, bias, dropout=None):
     """The variant's `block_scores` through `blockwise.blockwise_attention`."""

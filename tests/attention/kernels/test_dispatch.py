@@ -292,18 +292,18 @@ def test_an_unknown_transformer_execution_names_the_knob():
 ])
 def test_a_shared_map_larger_than_the_values_takes_another_path(variant, execution, kernel,
                                                                  kernels_run):
-  """At one example of head width 2, a 6-key `[heads, q, k]` map outgrows the values
-  (`[1, k, heads, 2]`): the dispatch leaves it where another path exists, with the same values
+  """At one example of head width 1, a 6-key `[heads, q, k]` map is over 4x the values
+  (`[1, k, heads, 1]`): the dispatch leaves it where another path exists, with the same values
   and gradients. (T5-base at 8192 tokens and batch 8 is such a case; the contract cases, batch 3
   of width 8, are not.)"""
   mask = masks.Mask.for_self_attention(padded_tokens([5], LENGTH), causal=True)
   x = helpers.inputs(3, batch=1, length=LENGTH)
   bias = helpers.random_bias(4, LENGTH, LENGTH)
-  reference = helpers.build(variant, head_dim=2)
+  reference = helpers.build(variant, head_dim=1)
   variables = helpers.init(reference, x)
   want_out, want_grads = outputs_and_gradients(reference, variables, mask, x, x, bias)
   kernels_run.clear()
-  module = helpers.build(variant, head_dim=2, dispatch=dataclasses.replace(
+  module = helpers.build(variant, head_dim=1, dispatch=dataclasses.replace(
       kernels.dispatch_for(execution), block_size=BLOCK))
   got_out, got_grads = outputs_and_gradients(module, variables, mask, x, x, bias)
   assert kernels_run == {kernel}
