@@ -28,15 +28,16 @@ for d in $(awk '{print $1}' $QUEUE | sort -u); do  # a grid's SUBDIR holds one p
 done
 start_mps() {
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
-  mkdir -p /tmp/mps /tmp/mpslog && nvidia-cuda-mps-control -d && timeout 120 python3 -c \
+  mkdir -p /tmp/mps /tmp/mpslog && nvidia-cuda-mps-control -d && timeout 60 python3 -c \
     'import jax; print("MPS client ok:", float(jax.numpy.ones(4).sum()), jax.devices())' \
-    >> $W/logs/mps.log 2>&1 && return
+    >> $W/logs/mps.log 2>&1 && MPS_STARTED=1 && return
   echo "MPS unusable: running without it" >> $W/logs/mps.log; echo quit | nvidia-cuda-mps-control
   unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; }
 [ "${MPS:-0}" = 1 ] && start_mps
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 \
   > $W/logs/gpu.csv 2>&1 & SAMPLER=$!
-cp $QUEUE $W/queue; echo 0 > $W/next; start=$SECONDS; end=$((start+BUDGET))
+# BUDGET counts from the script's start (SECONDS is 0 there): unpacking and MPS come out of it.
+cp $QUEUE $W/queue; echo 0 > $W/next; start=$SECONDS; end=$BUDGET
 R="python3 -m synth_jax.diagnostics.run --preset full --jobs_per_part 1 --skip_done --no-draw"
 take() { flock $W/next.lock bash -c "n=\$(cat $W/next); echo \$((n+1)) > $W/next; echo \$n"; }
 # A run takes 65-115 s, a grid's group 80-305 s (H100, 2026-12-07): a slot starts none with less
@@ -49,8 +50,8 @@ slot() { local id=$1; while [ $((end-SECONDS)) -gt $MIN_LEFT ]; do
     timeout $((end-SECONDS)) $R --out $W/$out "$@" >> $W/logs/slot$id.log 2>&1
     echo "queue line $((n+1)) end $((SECONDS-start)) s rc $?" >> $W/logs/slot$id.log; done; }
 for s in $(seq 1 $SLOTS); do slot $s & done; for s in $(jobs -p); do
-  [ $s = $SAMPLER ] || wait $s; done; kill $SAMPLER
-[ -n "$CUDA_MPS_PIPE_DIRECTORY" ] && echo quit | nvidia-cuda-mps-control
+  [ $s = $SAMPLER ] || wait $s; done; kill $SAMPLER 2> /dev/null
+[ -n "$MPS_STARTED" ] && echo quit | nvidia-cuda-mps-control
 started=$(cat $W/logs/*.log | grep -c "^queue line .* start")
 echo "queue: started $started of $(wc -l < $W/queue) lines in $((SECONDS-start)) s" \
   | tee $W/summary.txt

@@ -26,7 +26,8 @@ KERNEL_CATEGORIES = (  # (category, substrings of a GPU kernel name); the first 
 # named 'pre_attention_layer_norm', so norms come before attention; the blockwise kernel's
 # named scopes before the attention module holding them).
 MODEL_PARTS = ('blockwise_forward', 'blockwise_backward', 'row_top_k', 'relpos_bias',
-               'layer_norm', 'logits_dense', 'token_embedder', 'mlp', 'attention')
+               'layer_norm', 'encoder_norm', 'decoder_norm', 'logits_dense', 'token_embedder',
+               'mlp', 'attention')
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]*)"')
 
@@ -64,11 +65,11 @@ def _device_kernels(events: list) -> list:
 
 
 def _op_name(args: dict, names: dict, kernel: str) -> Optional[str]:
-  """The op name of a kernel event: its HLO instruction's metadata, else the event's own `name`
-  argument when that holds more than the module (a GPU trace's kernels carry one: on the H100,
-  2026-12-07, the bench's HLO text named 0.1% of a step's time, the events most of it)."""
+  """The op name of a kernel event: the event's own `name` argument where it holds more than the
+  module (a GPU trace's kernels carry one: on the H100, 2026-12-07, the bench's HLO text named
+  0.1% of a step's time, the events most of it), else its HLO instruction's metadata."""
   own = args.get('name', '')
-  return names.get(args.get('hlo_op', kernel)) or (own if '/' in own else None)
+  return own if '/' in own else names.get(args.get('hlo_op', kernel))
 
 
 def _sorted(totals: dict) -> dict:
@@ -79,7 +80,7 @@ def summarize(profile_dir: str, steps: int, hlo_text: str = '', top: int = 30) -
   """Device time (ms per step) of the newest trace under `profile_dir`, `steps` steps long.
 
   Returns `{'total_ms', 'span_ms', 'by_category': {kind: ms}, 'by_part': {part: ms},
-  'top': [{kernel, ms, calls, op_name}]}`, or {} without a trace or device events (a CPU run).
+  'top': [{kernel, ms, calls, op_name}]}` (`top`: per kernel and op name), or {} without a trace or device events (a CPU run).
   `by_part` and `op_name` need the step's `hlo_text` (else every kernel is 'unattributed').
   """
   paths = glob.glob(os.path.join(profile_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
@@ -94,8 +95,9 @@ def summarize(profile_dir: str, steps: int, hlo_text: str = '', top: int = 30) -
   for e in kernels:
     ms = e['dur'] / 1e3 / steps
     op_name = _op_name(e.get('args', {}), names, e['name'])
-    entry = by_kernel.setdefault(e['name'], {'kernel': e['name'][:100], 'ms': 0.0, 'calls': 0,
-                                             'op_name': (op_name or '')[:300]})
+    # One library kernel (a cuBLAS GEMM) serves many ops: an entry per kernel and op.
+    entry = by_kernel.setdefault((e['name'], op_name), {
+        'kernel': e['name'][:100], 'ms': 0.0, 'calls': 0, 'op_name': (op_name or '')[:300]})
     entry['ms'] += ms
     entry['calls'] += 1 / steps
     kind, part = _category(e['name']), model_part(op_name)

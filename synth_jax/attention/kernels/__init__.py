@@ -82,7 +82,7 @@ class Dispatch:
     # synthesizers, but quadratic in length, so 'blockwise' leaves it, and so do the others
     # where the table outgrows the layer's values (`shared_map_fits`).
     if (not self.linear_memory and module.shared_logits and (bias is None or bias.shape[0] == 1)
-        and self.shared_map_fits(module, value)):
+        and self.shared_map_fits(module, inputs_q.shape[1], value)):
       lengths = mask.lengths()
       if lengths is not None:
         logits = module.attention_logits(inputs_q, key_features, mask)
@@ -106,21 +106,21 @@ class Dispatch:
       return core.mix(core.normalize(logits, mask.dense(), core.dense_bias(bias)), value)
     return None
 
-  def shared_map_fits(self, module: core.Attention, value) -> bool:
-    """Whether the batch-shared `[heads, q, k]` map may be formed: where it is at most
+  def shared_map_fits(self, module: core.Attention, q_len: int, value) -> bool:
+    """Whether the batch-shared `[heads, q_len, k]` map may be formed: where it is at most
     `SHARED_MAP_VALUES` times the size of the layer's values `[batch, k, heads, head_dim]`
-    (k <= 4 * batch * head_dim), or where no other path avoids it (a synthesizer without a
+    (q_len <= 4 * batch * head_dim), or where no other path avoids it (a synthesizer without a
     query-key form under 'fast' or 'xla').
 
     A layer keeps a dozen tensors of about the values' size for its backward pass (queries,
     keys, values, output, norms, the MLP's wider hidden), so a map within 4x of it stays a
-    fraction of the layer's memory: T5-base at 512 tokens and batch 128 (k = 512 against 32768)
+    fraction of the layer's memory: T5-base at 512 tokens and batch 128 (512 against 32768)
     keeps its map, at 8192 and batch 8 (8192 against 2048) it does not, where 12 layers' maps
     and probabilities asked for 70.5 GiB (BENCHMARKS.md, fourth run).
     """
-    batch, k_len, _, head_dim = value.shape
+    batch, _, _, head_dim = value.shape
     has_other_path = self.blocked or (module.query_key and self.fused is not None)
-    return not has_other_path or k_len <= SHARED_MAP_VALUES * batch * head_dim
+    return not has_other_path or q_len <= SHARED_MAP_VALUES * batch * head_dim
 
   def blockwise_heads(self, module, inputs_q, key_features, value, mask, bias, dropout=None):
     """The variant's `block_scores` through `blockwise.blockwise_attention`."""

@@ -310,3 +310,16 @@ def test_a_shared_map_larger_than_the_values_takes_another_path(variant, executi
   np.testing.assert_allclose(got_out, want_out, rtol=1e-5, atol=1e-5)
   for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5 * max(1, np.abs(want).max()))
+
+
+@pytest.mark.parametrize('execution, variant, q_len, fits', [
+    ('auto', 'random', 8, True),  # 8 = 4 x (batch 1 x head width 2): at the bound
+    ('auto', 'random', 9, False),
+    ('xla', 'factorized_random', 9, False),  # its query-key form is the other path
+    ('xla', 'random', 9, True),  # no other path under 'xla'
+    ('fast', 'factorized_random', 9, True),  # nor under 'fast'
+])
+def test_a_shared_map_fits_within_four_times_the_values(execution, variant, q_len, fits):
+  module = helpers.build(variant)
+  value = jnp.zeros((1, q_len, helpers.HEADS, 2))
+  assert kernels.dispatch_for(execution).shared_map_fits(module, q_len, value) == fits
