@@ -1,5 +1,8 @@
 """Writes a GPU profile's kernel events and the compiled HLO of one small jitted gradient to
-$OUT/trace_sample.json, to check how `synth_jax/benchmark/trace.py` maps kernels to op names."""
+$OUT/trace_sample.json, to check how `synth_jax/benchmark/trace.py` maps kernels to op names:
+
+  PYTHONPATH=$PWD python benchmarks/h100-2026-12-07-blockwise/trace_sample.py   # on a GPU
+"""
 import glob
 import gzip
 import json
@@ -7,6 +10,8 @@ import os
 
 import jax
 import jax.numpy as jnp
+
+from synth_jax.benchmark import trace
 
 
 def loss(w, x):
@@ -21,9 +26,6 @@ compiled(w, x).block_until_ready()
 with jax.profiler.trace('/tmp/trace_sample', create_perfetto_trace=True):
   compiled(w, x).block_until_ready()
 path = glob.glob('/tmp/trace_sample/**/perfetto_trace.json.gz', recursive=True)[0]
-events = json.load(gzip.open(path))['traceEvents']
-processes = {e['pid']: e['args'].get('name') for e in events
-             if e.get('ph') == 'M' and e.get('name') == 'process_name'}
-kernels = [e for e in events if e.get('ph') == 'X' and 'device' in str(processes.get(e['pid']))]
+kernels = trace.device_kernels(json.load(gzip.open(path))['traceEvents'])
 with open(os.path.join(os.environ['OUT'], 'trace_sample.json'), 'w') as f:
-  json.dump({'processes': processes, 'kernels': kernels[:40], 'hlo': compiled.as_text()}, f)
+  json.dump({'kernels': kernels[:40], 'hlo': compiled.as_text()}, f)

@@ -58,7 +58,8 @@ def _category(kernel: str) -> str:
               'other fusion')
 
 
-def _device_kernels(events: list) -> list:
+def device_kernels(events: list) -> list:
+  """The kernel events ('X') of a trace's device processes ('/device:GPU:0', ...)."""
   devices = {e['pid'] for e in events if e.get('ph') == 'M' and e.get('name') == 'process_name'
              and e['args'].get('name', '').startswith('/device:')}
   return [e for e in events if e.get('ph') == 'X' and e.get('pid') in devices]
@@ -80,14 +81,15 @@ def summarize(profile_dir: str, steps: int, hlo_text: str = '', top: int = 30) -
   """Device time (ms per step) of the newest trace under `profile_dir`, `steps` steps long.
 
   Returns `{'total_ms', 'span_ms', 'by_category': {kind: ms}, 'by_part': {part: ms},
-  'top': [{kernel, ms, calls, op_name}]}` (`top`: per kernel and op name), or {} without a trace or device events (a CPU run).
-  `by_part` and `op_name` need the step's `hlo_text` (else every kernel is 'unattributed').
+  'top': [{kernel, ms, calls, op_name}]}` (`top`: per kernel and op name), or {} without a
+  trace or device events (a CPU run). A kernel's op name is its event's own, else its
+  instruction's in the step's `hlo_text`; a kernel with neither is 'unattributed'.
   """
   paths = glob.glob(os.path.join(profile_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
   if not paths:
     return {}
   with gzip.open(max(paths, key=os.path.getmtime)) as f:
-    kernels = _device_kernels(json.load(f)['traceEvents'])
+    kernels = device_kernels(json.load(f)['traceEvents'])
   if not kernels:
     return {}
   names = op_names(hlo_text)

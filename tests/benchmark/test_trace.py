@@ -71,7 +71,8 @@ def test_summary_is_empty_without_device_events_or_trace(tmp_path):
 @pytest.mark.parametrize('op_name, part', [
     ('jit(step)/transpose(jvp(Transformer))/encoder/layers_0/pre_attention_layer_norm/mul',
      'backward layer_norm'),
-    ('jit(step)/jvp(Transformer)/encoder/layers_0/attention/query/dot_general', 'forward attention'),
+    ('jit(step)/jvp(Transformer)/encoder/layers_0/attention/query/dot_general',
+     'forward attention'),
     ('jit(step)/jvp(Transformer)/encoder/layers_0/attention/blockwise_forward/while/exp',
      'blockwise_forward'),
     ('jit(step)/jvp(Transformer)/decoder/logits_dense/dot_general', 'forward logits_dense'),
