@@ -2,7 +2,7 @@
 
 logits[b, h, i, j] = q_i . k_j if j is among the `top_k` visible keys of query i with the largest
 q . k, else masked (-inf before the softmax). Selection reads the content score q . k (before the
-relative-position bias); ties go to the lower key index (`jax.lax.top_k`), so the choice is
+relative-position bias); ties go to the lower key index (as in `jax.lax.top_k`), so the choice is
 deterministic. The gradient reaches the kept scores only: routing, not a smooth choice.
 
 Blockwise (`block_scores`), a first pass over key blocks finds each query's k-th largest score
@@ -17,6 +17,7 @@ from synth_jax.attention import core
 from synth_jax.attention import dot_product
 from synth_jax.attention import scores
 from synth_jax.attention.kernels import blockwise
+from synth_jax.attention.kernels import selection
 
 
 class TopKAttention(dot_product.DotProductAttention):
@@ -54,7 +55,7 @@ class TopKAttention(dot_product.DotProductAttention):
     logits = super().attention_logits(inputs_q, key_features, mask)
     visible = jnp.where(mask.dense(), logits, core.NEG_INF)
     k_len = logits.shape[-1]
-    _, chosen = jax.lax.top_k(visible, min(self.top_k, k_len))
+    _, chosen = selection.top_k(visible, min(self.top_k, k_len))
     kept = jnp.put_along_axis(jnp.zeros(logits.shape, bool), chosen, True, axis=-1,
                               inplace=False)
     return jnp.where(kept, logits, core.NEG_INF)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from synth_jax.attention import masks
+from synth_jax.attention.kernels import selection
 from synth_jax.attention.scores import Scores
 
 Array = jax.Array
@@ -314,7 +315,7 @@ def row_top_k(scores: Scores, mask: masks.Mask, k: int, below: float,
       s = jnp.where(_allowed(layout, mask_blocks, i, j), s, below)
       index = jnp.broadcast_to(j * k_block + jnp.arange(k_block, dtype=jnp.int32), s.shape)
       # Carried entries come from earlier blocks: on ties top_k keeps them, the lower indices.
-      values, chosen = jax.lax.top_k(jnp.concatenate([values, s], axis=-1), k)
+      values, chosen = selection.top_k(jnp.concatenate([values, s], axis=-1), k)
       indices = jnp.take_along_axis(jnp.concatenate([indices, index], axis=-1), chosen, axis=-1)
       return values, indices
 

@@ -1,0 +1,66 @@
+"""`jax.lax.top_k` for a small k as k selection passes, with no sort.
+
+Order a row's entries by (value descending, position ascending): `jax.lax.top_k` returns the
+first k entries of that order (ties go to the lower position). Selection pass r finds the r-th:
+the largest entry, in that order, among those after pass r-1's pick,
+
+    pick_r = max { (x_p, -p) : (x_p, -p) < pick_{r-1} },    pick_0 = (+inf, +1),
+
+one variadic reduction that reads the row and writes a `[...]` value and position. XLA hands a
+`top_k` whose row it cannot give to its GPU top-k kernel (inputs of more than 2 dimensions, short
+rows) to a full sort, which reads and writes the row about log2(n) times; k passes of reads cost
+less while k is small (`SELECTION_MAX_K`), on GPU and TPU alike. Rows must hold no NaN (scores
+here are finite or -inf).
+"""
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+# Past this k a sort's ~log2(n) read-write passes over the row cost less than k read passes.
+SELECTION_MAX_K = 16
+
+
+def _larger_first(a, b):
+  """The earlier of two (value, position) entries in the order of `jax.lax.top_k`."""
+  (a_value, a_position), (b_value, b_position) = a, b
+  a_first = (a_value > b_value) | ((a_value == b_value) & (a_position < b_position))
+  return (jax.lax.select(a_first, a_value, b_value),
+          jax.lax.select(a_first, a_position, b_position))
+
+
+def top_k(values: Array, k: int) -> tuple[Array, Array]:
+  """`jax.lax.top_k(values, k)`: `[..., n]` -> (`[..., k]` values, `[..., k]` int32 positions).
+
+  The same values and positions as `jax.lax.top_k`, ties included; k selection passes while
+  k <= SELECTION_MAX_K, else `jax.lax.top_k` itself.
+  """
+  n = values.shape[-1]
+  if not 1 <= k <= n:
+    raise ValueError(f'top_k: k={k} must be within 1..{n}, the length of the row.')
+  if k > SELECTION_MAX_K:
+    return jax.lax.top_k(values, k)
+  # The passes pick positions (a variadic reduction has no derivative rule); the values are
+  # gathered at them, so their gradient reaches the picked entries as `jax.lax.top_k`'s does.
+  positions = _selected_positions(jax.lax.stop_gradient(values), k)
+  return jnp.take_along_axis(values, positions, axis=-1), positions
+
+
+def _selected_positions(values: Array, k: int) -> Array:
+  """`[..., n]` -> `[..., k]` int32: the positions of the k selection passes' picks."""
+  axis = values.ndim - 1
+  n = values.shape[-1]
+  position = jax.lax.broadcasted_iota(jnp.int32, values.shape, axis)
+  lowest = jnp.array(-jnp.inf, values.dtype)
+  last_value = jnp.full(values.shape[:-1], jnp.inf, values.dtype)
+  last_position = jnp.full(values.shape[:-1], -1, jnp.int32)
+  picked_positions = []
+  for _ in range(k):
+    previous_value, previous_position = last_value[..., None], last_position[..., None]
+    after = (values < previous_value) | ((values == previous_value)
+                                         & (position > previous_position))
+    # Entries at or before the last pick compare as (-inf, n): after every remaining entry.
+    last_value, last_position = jax.lax.reduce(
+        (jnp.where(after, values, lowest), jnp.where(after, position, n)),
+        (lowest, jnp.int32(n)), _larger_first, (axis,))
+    picked_positions.append(last_position)
+  return jnp.stack(picked_positions, axis=-1)
