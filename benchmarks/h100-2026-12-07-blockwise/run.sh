@@ -3,8 +3,7 @@
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 # Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
-# Parts still to run (2026-12-07): s5 (prof with time by model part, the materialized rows of
-# hyperbolic and topk, r8192b), r2048.
+# Parts still to run (2026-12-07): r2048; s6 written in the sixth session.
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs ${JOBS:-2}"
@@ -53,6 +52,12 @@ s5)  # fifth session: the profile (time by model part), hyperbolic and topk mate
   ROWS=40 row P_blockwise . --types vanilla,hyperbolic,topk --fused blockwise --profile /tmp/prof_blockwise
   ROWS=4 row R_fast . --types hyperbolic,topk --fused fast
   ROWS=9 row B5_8192 . --types orthogonal,linear,fixed_random,factorized_random,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+s6)  # sixth session: topk's first pass by selection (after) against its sort (.old2: `git archive
+  # 4960b1a synth_jax gin`), vanilla cuDNN as this machine's baseline; then 8192 one row at a time
+  ROWS=6 row T6_after . --types vanilla,topk --fused cudnn
+  ROWS=3 row T6_before .old2 --types topk --fused cudnn
+  F=${F/--jobs 2/--jobs 1}
+  ROWS=5 row B6_8192 . --types orthogonal,factorized_random,linear --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 r2048)  # every variant at 2048 tokens, batch 32 (the tokens of a step held at 128 x 512)
   ROWS=9 row C_2048a . --types vanilla,neg_l2,dense,hyperbolic,topk,orthogonal,random --fused cudnn --inputs_length 2048 --batch_size 32
   ROWS=9 row C_2048b . --types linear,fixed_random,factorized_random,factorized_dense,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32 ;;
