@@ -20,7 +20,7 @@ def tied_rows(seed, shape):
 def test_top_k_equals_lax_top_k_values_and_positions(k, shape):
   values = tied_rows(k + len(shape), shape)
   k = min(k, shape[-1])
-  got_values, got_positions = jax.jit(selection.top_k, static_argnums=1)(values, k)
+  got_values, got_positions = jax.jit(selection.by_selection, static_argnums=1)(values, k)
   want_values, want_positions = jax.lax.top_k(values, k)
   assert got_values.shape == got_positions.shape == shape[:-1] + (k,)
   assert got_positions.dtype == jnp.int32
@@ -30,34 +30,44 @@ def test_top_k_equals_lax_top_k_values_and_positions(k, shape):
 
 def test_a_row_of_only_minus_infinity_keeps_the_lowest_positions():
   values = jnp.full((2, 9), -jnp.inf).at[1, 4].set(0.0)
-  _, positions = selection.top_k(values, 3)
+  _, positions = selection.by_selection(values, 3)
   np.testing.assert_array_equal(np.asarray(positions), [[0, 1, 2], [4, 0, 1]])
 
 
-def test_top_k_past_the_selection_limit_is_lax_top_k():
+def lowered(top_k, k, platform):
+  return jax.jit(lambda x: top_k(x, k)).trace(jnp.zeros((4, 64, 520))).lower(
+      lowering_platforms=(platform,)).as_text()
+
+
+def test_top_k_takes_the_selection_passes_on_nvidia_gpus_alone_and_for_a_small_k():
+  assert 'chlo.top_k' not in lowered(selection.top_k, 8, 'cuda')
+  assert 'stablehlo.reduce' in lowered(selection.top_k, 8, 'cuda')
+  assert 'chlo.top_k' in lowered(selection.top_k, 8, 'cpu')
+  assert 'chlo.top_k' in lowered(selection.top_k, 8, 'tpu')
+  assert 'chlo.top_k' in lowered(selection.top_k, selection.SELECTION_MAX_K + 1, 'cuda')
   values = tied_rows(0, (4, 40))
-  k = selection.SELECTION_MAX_K + 1
-  for got, want in zip(selection.top_k(values, k), jax.lax.top_k(values, k)):
+  for got, want in zip(selection.top_k(values, 8), jax.lax.top_k(values, 8)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_top_k_compiles_to_reductions_without_a_sort_or_top_k_call():
+def test_selection_compiles_to_reductions_without_a_sort_or_top_k_call():
   compiled = lambda top_k: jax.jit(lambda x: top_k(x, 8)).lower(
       jnp.zeros((4, 64, 520))).compile().as_text()
   assert 'custom_call_target="TopK"' in compiled(jax.lax.top_k)  # what the check would see
-  hlo = compiled(selection.top_k)
+  hlo = compiled(selection.by_selection)
   assert ' sort(' not in hlo and 'TopK' not in hlo and ' fusion(' in hlo
 
 
+@pytest.mark.parametrize('top_k', [selection.top_k, selection.by_selection])
 @pytest.mark.parametrize('k', [0, 12])
-def test_top_k_outside_the_row_is_an_error_naming_the_range(k):
+def test_top_k_outside_the_row_is_an_error_naming_the_range(top_k, k):
   with pytest.raises(ValueError, match=r'k=.* within 1\.\.11'):
-    selection.top_k(jnp.zeros((2, 11)), k)
+    top_k(jnp.zeros((2, 11)), k)
 
 
 def test_the_gradient_reaches_the_picked_entries_as_lax_top_k_s_does():
   values = jax.random.normal(jax.random.key(0), (3, 20))
   weights = jnp.arange(1.0, 6.0)
   loss = lambda top_k: lambda x: jnp.sum(top_k(x, 5)[0] * weights)
-  np.testing.assert_array_equal(np.asarray(jax.grad(loss(selection.top_k))(values)),
+  np.testing.assert_array_equal(np.asarray(jax.grad(loss(selection.by_selection))(values)),
                                 np.asarray(jax.grad(loss(jax.lax.top_k))(values)))
