@@ -4,12 +4,20 @@ import numpy as np
 import pytest
 
 from synth_jax.attention import masks
+from synth_jax.attention.kernels import selection
 from tests.attention import helpers
 from tests.attention import reference
 
 
+@pytest.fixture(params=['platform', 'selection passes'])
+def top_k_as_on_gpu(request, monkeypatch):
+  """Each test twice: with this platform's top-k and with the selection passes NVIDIA GPUs run."""
+  if request.param == 'selection passes':
+    monkeypatch.setattr(selection, 'top_k', selection.by_selection)
+
+
 @pytest.mark.parametrize('top_k', [1, 2, 4])
-def test_probabilities_equal_the_numpy_top_k_reference_with_padding(top_k):
+def test_probabilities_equal_the_numpy_top_k_reference_with_padding(top_k, top_k_as_on_gpu):
   module = helpers.build('topk', top_k=top_k)
   x = helpers.inputs(0)
   variables = helpers.init(module, x)
@@ -25,7 +33,7 @@ def test_probabilities_equal_the_numpy_top_k_reference_with_padding(top_k):
   assert np.all(np.sum(got > 0, axis=-1) == top_k)
 
 
-def test_ties_go_to_the_lower_key_index():
+def test_ties_go_to_the_lower_key_index(top_k_as_on_gpu):
   module = helpers.build('topk', top_k=2, num_heads=1, head_dim=helpers.EMBED)
   eye = jnp.eye(helpers.EMBED)
   params = {'query': {'kernel': eye}, 'key': {'kernel': eye},

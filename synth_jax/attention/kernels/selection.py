@@ -10,16 +10,23 @@ one variadic reduction that reads the row and writes a `[...]` value and positio
 `top_k` whose row it cannot give to its GPU top-k kernel (inputs of more than 2 dimensions, short
 rows) to a full sort, which reads and writes the row about log2(n) times; k passes of reads should
 cost less while k is small (`SELECTION_MAX_K`). `top_k` takes the passes on NVIDIA GPUs only:
-XLA's CPU top-k call is faster than them (15.8 against 84.4 ms for k=8 of [2, 8, 512, 520], this
-2-core machine, 2026-12-07), and on TPU they are unmeasured. Rows must hold no NaN (scores here
-are finite or -inf).
+XLA's CPU top-k call is faster than them (15.8 against 84.4 ms for k=8 of [2, 8, 512, 520] on
+the project's 2-core development VM, 2026-12-07), and on TPU they are unmeasured.
+
+Exact for the rows attention gives it, finite or -inf floats, ties included; two differences
+from `jax.lax.top_k` elsewhere: -0.0 and +0.0 tie (float equality, the rule `row_top_k`'s
+threshold test uses too), where `lax.top_k` ranks +0.0 first; and NaN is never picked (a row with
+fewer than k other entries gets position n, one past its end).
 """
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-# Past this k a sort's ~log2(n) read-write passes over the row cost less than k read passes.
+# Past some k a sort's ~log2(n) read-write passes over the row cost less than k read passes;
+# only k=8 at n=520 has been timed (BENCHMARKS.md, fifth run): 16 is a guess within that bound.
 SELECTION_MAX_K = 16
+# The dtypes whose infinities the passes' sentinels need; others go to `jax.lax.top_k`.
+_SELECTABLE = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
 
 def _larger_first(a, b):
@@ -33,12 +40,13 @@ def _larger_first(a, b):
 def top_k(values: Array, k: int) -> tuple[Array, Array]:
   """`jax.lax.top_k(values, k)`: `[..., n]` -> (`[..., k]` values, `[..., k]` int32 positions).
 
-  By selection passes (`by_selection`) on NVIDIA GPUs while k <= SELECTION_MAX_K, else
-  `jax.lax.top_k` itself; the same values, positions and gradients either way.
+  By selection passes (`by_selection`) on NVIDIA GPUs for float rows while k <=
+  SELECTION_MAX_K, else `jax.lax.top_k` itself; the same values, positions and gradients either
+  way (for the rows the module docstring names).
   """
   _check(values, k)
-  if k > SELECTION_MAX_K:
-    return jax.lax.top_k(values, k)
+  if k > SELECTION_MAX_K or values.dtype not in _SELECTABLE:
+    return tuple(jax.lax.top_k(values, k))
   return jax.lax.platform_dependent(values, cuda=lambda v: by_selection(v, k),
                                     default=lambda v: tuple(jax.lax.top_k(v, k)))
 
@@ -46,6 +54,9 @@ def top_k(values: Array, k: int) -> tuple[Array, Array]:
 def by_selection(values: Array, k: int) -> tuple[Array, Array]:
   """`jax.lax.top_k(values, k)` by k selection passes on any backend, ties included."""
   _check(values, k)
+  if values.dtype not in _SELECTABLE:
+    raise ValueError(f'by_selection: {values.dtype} rows; it takes float16, bfloat16, float32 '
+                     'or float64 (selection.top_k sends other dtypes to jax.lax.top_k).')
   # The passes pick positions (a variadic reduction has no derivative rule); the values are
   # gathered at them, so their gradient reaches the picked entries as `jax.lax.top_k`'s does.
   positions = _selected_positions(jax.lax.stop_gradient(values), k)

@@ -15,17 +15,30 @@ def tied_rows(seed, shape):
   return jnp.asarray(values)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize('k', [1, 2, 5, 8, 16])
 @pytest.mark.parametrize('shape', [(11,), (3, 17), (2, 3, 4, 24)])
-def test_top_k_equals_lax_top_k_values_and_positions(k, shape):
-  values = tied_rows(k + len(shape), shape)
+def test_by_selection_equals_lax_top_k_values_and_positions(k, shape, dtype):
+  values = tied_rows(k + len(shape), shape).astype(dtype)
   k = min(k, shape[-1])
   got_values, got_positions = jax.jit(selection.by_selection, static_argnums=1)(values, k)
   want_values, want_positions = jax.lax.top_k(values, k)
   assert got_values.shape == got_positions.shape == shape[:-1] + (k,)
-  assert got_positions.dtype == jnp.int32
-  np.testing.assert_array_equal(np.asarray(got_values), np.asarray(want_values))
+  assert got_positions.dtype == jnp.int32 and got_values.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(got_values, np.float32),
+                                np.asarray(want_values, np.float32))
   np.testing.assert_array_equal(np.asarray(got_positions), np.asarray(want_positions))
+
+
+def test_plus_infinity_entries_are_picked_first_lowest_position_first():
+  values = jnp.array([[1.0, jnp.inf, 2.0, jnp.inf, -jnp.inf], [jnp.inf] * 5])
+  for got, want in zip(selection.by_selection(values, 3), jax.lax.top_k(values, 3)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_signed_zeros_tie_as_the_docstring_says():
+  _, positions = selection.by_selection(jnp.array([-0.0, 0.0, -0.0, 0.0]), 2)
+  np.testing.assert_array_equal(np.asarray(positions), [0, 1])
 
 
 def test_a_row_of_only_minus_infinity_keeps_the_lowest_positions():
@@ -34,20 +47,27 @@ def test_a_row_of_only_minus_infinity_keeps_the_lowest_positions():
   np.testing.assert_array_equal(np.asarray(positions), [[0, 1, 2], [4, 0, 1]])
 
 
-def lowered(top_k, k, platform):
-  return jax.jit(lambda x: top_k(x, k)).trace(jnp.zeros((4, 64, 520))).lower(
+def lowered(top_k, k, platform, dtype=jnp.float32):
+  return jax.jit(lambda x: top_k(x, k)).trace(jnp.zeros((4, 64, 520), dtype)).lower(
       lowering_platforms=(platform,)).as_text()
 
 
-def test_top_k_takes_the_selection_passes_on_nvidia_gpus_alone_and_for_a_small_k():
-  assert 'chlo.top_k' not in lowered(selection.top_k, 8, 'cuda')
+def test_top_k_takes_the_selection_passes_on_nvidia_gpus_alone_for_small_k_and_floats():
+  assert 'chlo.top_k' not in lowered(selection.top_k, selection.SELECTION_MAX_K, 'cuda')
   assert 'stablehlo.reduce' in lowered(selection.top_k, 8, 'cuda')
   assert 'chlo.top_k' in lowered(selection.top_k, 8, 'cpu')
   assert 'chlo.top_k' in lowered(selection.top_k, 8, 'tpu')
   assert 'chlo.top_k' in lowered(selection.top_k, selection.SELECTION_MAX_K + 1, 'cuda')
-  values = tied_rows(0, (4, 40))
-  for got, want in zip(selection.top_k(values, 8), jax.lax.top_k(values, 8)):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert 'chlo.top_k' in lowered(selection.top_k, 8, 'cuda', jnp.int32)
+
+
+def test_integer_rows_go_to_lax_top_k_and_by_selection_refuses_them():
+  values = jnp.array([[3, 1, 3, 2]], jnp.int32)
+  got = jax.jit(selection.top_k, static_argnums=1)(values, 2)
+  assert isinstance(got, tuple)
+  np.testing.assert_array_equal(np.asarray(got[1]), [[0, 2]])
+  with pytest.raises(ValueError, match='int32 rows; it takes float16'):
+    selection.by_selection(values, 2)
 
 
 def test_selection_compiles_to_reductions_without_a_sort_or_top_k_call():
