@@ -235,9 +235,9 @@ def load_params_into(state, shardings, path: str):
   For finetuning: the step, optimizer state and data position start fresh. `path` is a step
   directory written by this trainer, e.g. `gs://bucket/pretrain/checkpoints/100000`.
   """
-  if not path.startswith('gs://') and not os.path.isdir(path):
-    raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path!r} does not exist; point it at a step '
-                          'directory such as MODEL_DIR/checkpoints/<step>.')
+  missing = run_config.missing_initial_checkpoint_message(path, None)
+  if missing:
+    raise CheckpointError(missing)
   item = os.path.join(path, 'default')
   try:
     restored = ocp.StandardCheckpointer().restore(item, _abstract(state, shardings))

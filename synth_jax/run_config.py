@@ -105,6 +105,15 @@ def has_checkpoint(model_dir: Optional[str]) -> bool:
   return any(name.rstrip('/').isdigit() for name in files.listdir(directory))
 
 
+def missing_initial_checkpoint_message(path: str, model_dir: Optional[str]) -> Optional[str]:
+  """The one-line error of a fresh run whose local INITIAL_CHECKPOINT_PATH is not there, else
+  None (a resume of `model_dir` reads its own checkpoint and never the initial one)."""
+  if not path or '://' in path or os.path.isdir(path) or has_checkpoint(model_dir):
+    return None
+  return (f'INITIAL_CHECKPOINT_PATH {path!r} does not exist; point it at a step directory such '
+          'as MODEL_DIR/checkpoints/<step>.')
+
+
 def describe(model) -> dict:
   """The architecture of `model` (a `network.Transformer`) as JSON values: its T5Config."""
   return json.loads(json.dumps(dataclasses.asdict(model.config), default=str))

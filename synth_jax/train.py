@@ -298,11 +298,15 @@ def _run_steps(state, start: int, train_steps: int, dataset: data_lib.Dataset, *
 
 
 def _check_before_claiming(model_dir: Optional[str], model,
-                           task_feature_lengths: Mapping[str, int]):
-  """Refuses, before MODEL_DIR is touched, a MODEL_DIR that cannot hold a run and lengths the
-  model cannot take (a synthesizer's maximum): its initialisation is traced at the run's
-  lengths, abstractly (nothing computed)."""
+                           task_feature_lengths: Mapping[str, int],
+                           initial_checkpoint_path: Optional[str]):
+  """Refuses, before MODEL_DIR is touched, a MODEL_DIR that cannot hold a run, a fresh run's
+  missing INITIAL_CHECKPOINT_PATH, and lengths the model cannot take (a synthesizer's maximum):
+  its initialisation is traced at the run's lengths, abstractly (nothing computed)."""
   run_config.check_model_dir(model_dir)
+  missing = run_config.missing_initial_checkpoint_message(initial_checkpoint_path, model_dir)
+  if missing:
+    raise checkpoints.CheckpointError(missing)
   ones = lambda name: jnp.ones((1, task_feature_lengths[name]), jnp.int32)
   jax.eval_shape(lambda: model.init(
       jax.random.key(0), encoder_input_tokens=ones('inputs'), decoder_input_tokens=ones('targets'),
@@ -397,7 +401,7 @@ def train(*, model_dir: Optional[str], model: network.Transformer = gin.REQUIRED
   `infer_examples` are decoded at the end (not after SIGTERM); `strict_restore`: refuse an
   unreadable checkpoint (else set aside); `lease_timeout_s`: when a lease is stale; `on_step`.
   """
-  _check_before_claiming(model_dir, model, task_feature_lengths)
+  _check_before_claiming(model_dir, model, task_feature_lengths, initial_checkpoint_path)
   with contextlib.ExitStack() as scope:
     preemption, trainer_lease, manager = _claim_model_dir(
         scope, model_dir, model, lease_timeout_s, checkpoint_period, keep_checkpoints)

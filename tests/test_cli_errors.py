@@ -53,6 +53,10 @@ MISTAKES = [
                         "--gin.ATTENTION_TYPE='randm'"],
      "unknown attention type 'randm'", None),
     ('no gin at all', ['train'], 'give a --gin_file', None),
+    ('initial checkpoint not there', ['train', '--gin_file=configs/demo.gin',
+                                      "--gin.MODEL_DIR='{dir}'",
+                                      "--gin.INITIAL_CHECKPOINT_PATH='{dir}/../nope/100'"],
+     "INITIAL_CHECKPOINT_PATH '{dir}/../nope/100' does not exist", None),
 ]
 
 

@@ -192,9 +192,10 @@ def test_when_no_readable_step_is_left_training_starts_afresh_and_eval_says_so(
   assert os.listdir(tmp_path / 'b' / 'checkpoints.corrupt') == ['3']
 
 
-def test_missing_initial_checkpoint_gives_a_clear_error(tmp_path):
+def test_missing_initial_checkpoint_gives_a_clear_error_before_anything_is_written(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match='INITIAL_CHECKPOINT_PATH .* does not exist'):
     run(str(tmp_path / 'new'), 1, initial_checkpoint_path=str(tmp_path / 'nope'))
+  assert not os.path.exists(tmp_path / 'new')
 
 
 def evaluate(model_dir, attention_type='vanilla', **kwargs):
@@ -312,7 +313,8 @@ def test_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
   model_dir = str(tmp_path / 'run')
   run(model_dir, 3)
   capsys.readouterr()
-  result, losses = run(model_dir, 3)
+  # A resume reads its own checkpoint: the INITIAL_CHECKPOINT_PATH it started from may be gone.
+  result, losses = run(model_dir, 3, initial_checkpoint_path=str(tmp_path / 'gone'))
   assert losses == [] and result['step'] == 3
   assert 'is already at step 3 of TRAIN_STEPS=3: nothing to train. Raise TRAIN_STEPS' in (
       capsys.readouterr().out)
