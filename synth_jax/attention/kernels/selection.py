@@ -10,8 +10,9 @@ one variadic reduction that reads the row and writes a `[...]` value and positio
 `top_k` whose row it cannot give to its GPU top-k kernel (inputs of more than 2 dimensions, short
 rows) to a full sort, which reads and writes the row about log2(n) times; k passes of reads should
 cost less while k is small (`SELECTION_MAX_K`). `top_k` takes the passes on NVIDIA GPUs only:
-XLA's CPU top-k call is faster than them (15.8 against 84.4 ms for k=8 of [2, 8, 512, 520] on
-the project's 2-core development VM, 2026-12-07), and on TPU they are unmeasured.
+XLA's CPU top-k call is about 6x faster than them (13.1-13.4 against 78.5-79.7 ms for k=8 of
+[2, 8, 512, 520] on the 2-core development machine, 2026-12-07:
+`benchmarks/selection/selection_time.py`), and on TPU they are unmeasured.
 
 Exact for the rows attention gives it, finite or -inf floats, ties included; two differences
 from `jax.lax.top_k` elsewhere: -0.0 and +0.0 tie (float equality, the rule `row_top_k`'s
