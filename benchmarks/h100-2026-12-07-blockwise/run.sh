@@ -3,7 +3,8 @@
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 # Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
-# Parts still to run (2026-12-07): s7, r2048 (s6 ran in the sixth session: BENCHMARKS.md, fifth run).
+# Parts still to run (2026-12-07): s8 (s7's rows after hyperbolic's before/after), r2048 (s6 ran in
+# the sixth session: BENCHMARKS.md, fifth run).
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs ${JOBS:-2}"
@@ -63,6 +64,19 @@ s7)  # next: 8192's rest one row at a time (s6 reached none of it), then where t
   ROWS=5 row B7_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=5 row B7_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=40 row P7_topk . --types topk --fused cudnn --profile /tmp/prof_topk ;;
+s8)  # seventh session: hyperbolic's logits as one matmul of ball features (after) against the
+  # expanded form (.old3: `git archive 24e9656 synth_jax gin`), blockwise ('cudnn' picks it) and
+  # materialized ('fast'), vanilla cuDNN as this machine's baseline; then 8192 one row at a time.
+  # First the top-k forms of topk's first pass at its T5-base shape (benchmarks/selection/)
+  PYTHONPATH=/tmp/site:$PWD timeout 120 python benchmarks/selection/selection_time.py 5 \
+    128,12,512,520 > $OUT/S8_selection.txt 2>&1; cat $OUT/S8_selection.txt
+  ROWS=6 row H8_after . --types vanilla,hyperbolic --fused cudnn
+  ROWS=3 row H8_before .old3 --types hyperbolic --fused cudnn
+  ROWS=3 row H8_fast_after . --types hyperbolic --fused fast
+  F=${F/--jobs 2/--jobs 1}
+  ROWS=3 row H8_8192 . --types hyperbolic --fused cudnn --inputs_length 8192 --batch_size 8
+  ROWS=5 row B8_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
+  ROWS=5 row B8_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 r2048)  # every variant at 2048 tokens, batch 32 (the tokens of a step held at 128 x 512)
   ROWS=9 row C_2048a . --types vanilla,neg_l2,dense,hyperbolic,topk,orthogonal,random --fused cudnn --inputs_length 2048 --batch_size 32
   ROWS=9 row C_2048b . --types linear,fixed_random,factorized_random,factorized_dense,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32 ;;
