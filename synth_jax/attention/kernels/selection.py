@@ -8,11 +8,14 @@ the largest entry, in that order, among those after pass r-1's pick,
 
 one variadic reduction that reads the row and writes a `[...]` value and position. XLA hands a
 `top_k` whose row it cannot give to its GPU top-k kernel (inputs of more than 2 dimensions, short
-rows) to a full sort, which reads and writes the row about log2(n) times; k passes of reads should
-cost less while k is small (`SELECTION_MAX_K`). `top_k` takes the passes on NVIDIA GPUs only:
-XLA's CPU top-k call is about 6x faster than them (13.1-13.4 against 78.5-79.7 ms for k=8 of
-[2, 8, 512, 520] on the 2-core development machine, 2026-12-07:
-`benchmarks/selection/selection_time.py`), and on TPU they are unmeasured.
+rows) to a full sort, which reads and writes the row about log2(n) times; k passes of reads cost
+less while k is small (`SELECTION_MAX_K`): for k=8 of topk's first-pass rows at T5-base's shape,
+`[128, 12, 512, 520]`, 10.5 ms against the sort's 20.7 ms, and against 26.6 ms for the rows
+flattened to two dimensions and padded to 1024, the form XLA's GPU top-k kernel accepts (H100,
+2026-12-07, `benchmarks/selection/selection_time.py`; BENCHMARKS.md, sixth run). `top_k` takes
+the passes on NVIDIA GPUs only: XLA's CPU top-k call is about 6x faster than them (13.1-13.4
+against 78.5-79.7 ms for k=8 of [2, 8, 512, 520] on the 2-core development machine, 2026-12-07),
+and on TPU they are unmeasured.
 
 Exact for the rows attention gives it, finite or -inf floats, ties included; two differences
 from `jax.lax.top_k` elsewhere: -0.0 and +0.0 tie (float equality, the rule `row_top_k`'s
@@ -24,7 +27,8 @@ import jax.numpy as jnp
 
 Array = jax.Array
 # Past some k a sort's ~log2(n) read-write passes over the row cost less than k read passes;
-# only k=8 at n=520 has been timed (BENCHMARKS.md, fifth run): 16 is a guess within that bound.
+# only k=8 at n=520 has been timed (BENCHMARKS.md, fifth and sixth runs): 16 is a guess within
+# that bound.
 SELECTION_MAX_K = 16
 # The dtypes whose infinities the passes' sentinels need; others go to `jax.lax.top_k`.
 _SELECTABLE = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
