@@ -3,8 +3,8 @@
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 # Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
-# Parts still to run (2026-12-07): s8 (s7's rows after hyperbolic's before/after), r2048 (s6 ran in
-# the sixth session: BENCHMARKS.md, fifth run).
+# Parts still to run (2026-12-07): s7 (s8 ran in the seventh session, BENCHMARKS.md sixth run, and
+# reached none of its 8192 rows but hyperbolic's), r2048.
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs ${JOBS:-2}"
