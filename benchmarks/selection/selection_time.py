@@ -2,7 +2,8 @@
 the shape of topk's blockwise first pass: `jax.lax.top_k` as called, `jax.lax.top_k` of the rows
 flattened to two dimensions and padded to 1024 entries with -inf (the form XLA's GPU top-k kernel
 takes: at most 2 dimensions, rows of at least 1024, k <= 16; padding sits at the end, so the
-tie rule ranks it last), and the selection passes (`selection.by_selection`).
+tie rule ranks it last), the selection passes over the row (`selection.by_selection`) and over
+the entries of the k chunks of 8 with the largest maxima (`selection.by_chunks`).
 
   python benchmarks/selection/selection_time.py [REPEATS] [SHAPE]     e.g. 5 128,12,512,520
 
@@ -35,7 +36,8 @@ def padded_rows(values, k: int):
 
 METHODS = (('jax.lax.top_k', lambda x, k: tuple(jax.lax.top_k(x, k))),
            ('2-D rows, padded', padded_rows),
-           ('selection passes', selection.by_selection))
+           ('selection passes', selection.by_selection),
+           ('chunks, then passes', selection.by_chunks))
 
 
 def milliseconds(top_k, rows, k: int, repeats: int) -> float:
@@ -64,7 +66,7 @@ def main(repeats: int = 5, shape: str = '2,8,512,520'):
   print(f'{jax.devices()[0].device_kind}; k=8 of {list(rows.shape)} float32; median of '
         f'{repeats}')
   for name, top_k in METHODS:
-    print(f'{name:<18} {milliseconds(top_k, rows, 8, repeats):8.1f} ms   '
+    print(f'{name:<20} {milliseconds(top_k, rows, 8, repeats):8.1f} ms   '
           f'exact: {exact(top_k, 8)}')
 
 

@@ -9,11 +9,14 @@ from tests.attention import helpers
 from tests.attention import reference
 
 
-@pytest.fixture(params=['platform', 'selection passes'])
+@pytest.fixture(params=['platform', 'selection passes', 'chunks'])
 def top_k_as_on_gpu(request, monkeypatch):
-  """Each test twice: with this platform's top-k and with the selection passes NVIDIA GPUs run."""
+  """Each test with this platform's top-k, the selection passes and the chunked passes NVIDIA
+  GPUs run (chunks of 2: rows here are short)."""
   if request.param == 'selection passes':
     monkeypatch.setattr(selection, 'top_k', selection.by_selection)
+  if request.param == 'chunks':
+    monkeypatch.setattr(selection, 'top_k', lambda v, k: selection.by_chunks(v, k, chunk=2))
 
 
 @pytest.mark.parametrize('top_k', [1, 2, 4])

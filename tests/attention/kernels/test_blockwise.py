@@ -153,12 +153,15 @@ def test_attention_dropout_equals_the_reference_dropout():
   assert not np.allclose(want[valid], no_dropout[valid], atol=1e-3)
 
 
-@pytest.mark.parametrize('passes', [False, True])  # True: the selection passes NVIDIA GPUs run
+# 'passes', 'chunks': the selection passes over the row, and over chunks (of 2, NVIDIA GPUs: 8)
+@pytest.mark.parametrize('passes', ['platform', 'passes', 'chunks'])
 @pytest.mark.parametrize('k', [1, 3, 7, 9])
 @pytest.mark.parametrize('form', ['padding', 'packed_causal'])
 def test_row_top_k_keeps_the_keys_lax_top_k_keeps_ties_included(k, form, passes, monkeypatch):
-  if passes:
+  if passes == 'passes':
     monkeypatch.setattr(selection, 'top_k', selection.by_selection)
+  if passes == 'chunks':
+    monkeypatch.setattr(selection, 'top_k', lambda v, k: selection.by_chunks(v, k, chunk=2))
   mask = mask_of(form)
   # Integer-valued logits: many exact ties, which the lower key index must win.
   logits = jnp.round(2 * normal(9, BATCH, HEADS, 7, 7))
