@@ -15,9 +15,9 @@ flattened to two dimensions and padded to 1024, the form XLA's GPU top-k kernel 
 2026-12-07, `benchmarks/selection/selection_time.py`; BENCHMARKS.md, sixth run). Passes over the
 whole row are not needed either: the row's top k lie in the k chunks of 8 entries with the largest
 maxima (`by_chunks`), so one reduction (the chunks' maxima) and passes over 8k candidates do; on CPU
-that is 2.2-2.7x faster than the passes over the row (31.1-38.3 against 82.9-84.6 ms for k=8 of [2,
-8, 512, 520], three runs on the 2-core development machine, 2026-12-07, two
-of them in `benchmarks/selection/cpu-2026-12-07-chunks.txt`; on a GPU not yet timed). `top_k` takes `by_chunks`
+that is 2.2-2.7x faster than the passes over the row (31.1-38.3 against 82.9-84.6 ms for k=8 of `[2,
+8, 512, 520]`, three runs on the 2-core development machine, 2026-12-07, two of them in
+`benchmarks/selection/cpu-2026-12-07-chunks.txt`; on a GPU not yet timed). `top_k` takes `by_chunks`
 on NVIDIA GPUs only: XLA's CPU top-k call is faster than either there (17.8-30.8 ms in the same
 runs), and on TPU they are unmeasured.
 
