@@ -7,15 +7,19 @@ u = sqrt(c) |v|, and compared by geodesic distance
     d_c(x, y) = arcosh(1 + r) / sqrt(c),   r = 2c |x - y|^2 / ((1 - c|x|^2) (1 - c|y|^2)),
 
 logits = -d_c(q_i, k_j) / tau_h with a learned per-head temperature tau_h > 0. In the rapidities
-u, w of two points and the angle theta between them (c|x|^2 = tanh^2 u, 1 - c|x|^2 = 1/cosh^2 u),
+u, w of two points, their directions d, e (unit vectors) and c|x|^2 = tanh^2 u,
+1 - c|x|^2 = 1/cosh^2 u,
 
-    r = 2 sinh^2 u cosh^2 w + 2 cosh^2 u sinh^2 w - sinh 2u sinh 2w cos theta,
+    r = 2 sinh^2(u - w) + sinh 2u sinh 2w |d - e|^2 / 2,
 
-one dot product of per-token features `ball_query_features` . `ball_key_features` (head_dim + 2
-wide): the logits are a matmul, an arcosh and a per-head scale 1 / (sqrt(c) tau), and their backward
-pass is the matmul's (no per-pair norms or gaps to reduce). No `[q, k, head_dim]` tensor is
-formed. Everything runs in float32 (features reach 2 cosh^2 6 ~ 8e4); the rounding error of r is
-that of the textbook form, about eps cosh^2 u cosh^2 w (tests/attention/test_hyperbolic.py).
+and both terms expand into one dot product of per-token features, `ball_query_features` .
+`ball_key_features` (head_dim + 5 wide): 2 sinh^2(u - w) from sinh u, cosh u and their products,
+|d - e|^2 from |d|^2 + |e|^2 - 2 d.e with the rounded |d|^2, so that for nearby points the terms
+cancel as they would in the points' own coordinates. The logits are a matmul, an arcosh and a
+per-head scale 1 / (sqrt(c) tau), and their backward pass is the matmul's (no per-pair norms or
+gaps to reduce). No `[q, k, head_dim]` tensor is formed. Everything runs in float32 (features
+reach 2 cosh^2 6 ~ 8e4); near the boundary the error is that of the expanded form
+|x|^2 + |y|^2 - 2 x.y (tests/attention/test_hyperbolic.py), which any matmul form shares.
 Points stay inside the boundary (u <= 6, c|x|^2 <= 1 - 2.5e-5) and arcosh's argument stays
 >= 1 + 1e-7 (its derivative is infinite at 1), so distances and gradients stay finite. On GPUs a
 float32 matmul at JAX's default precision runs in TF32, here as in every float32 logit.
@@ -44,22 +48,32 @@ def rapidity(v, c):
   return jnp.minimum(jnp.sqrt(c)[:, None] * norm, MAX_RAPIDITY), v / norm
 
 
-def ball_query_features(v, c):
-  """`[2 sinh^2 u, 2 cosh^2 u, -2 sinh 2u v/|v|]` `[..., heads, dim + 2]` of exp_0(v)."""
+def _rapidity_terms(v, c):
+  """sinh u, cosh u, sinh 2u (from the same two, so that terms meant to cancel do), v/|v| and
+  |v/|v||^2 as rounded, of `v` `[..., heads, dim]`."""
   u, direction = rapidity(v, c)
-  sinh_sq = jnp.sinh(u) ** 2
-  return jnp.concatenate([2 * sinh_sq, 2 * (1 + sinh_sq), -2 * jnp.sinh(2 * u) * direction], -1)
+  sinh, cosh = jnp.sinh(u), jnp.cosh(u)
+  return sinh, cosh, 2 * sinh * cosh, direction, jnp.sum(direction * direction, -1, keepdims=True)
+
+
+def ball_query_features(v, c):
+  """`[..., heads, dim + 5]` of exp_0(v): `[2 sinh^2 u, 2 cosh^2 u, -4 sinh u cosh u,
+  sinh 2u |d|^2 / 2, sinh 2u / 2, -sinh 2u d]`, d = v/|v|."""
+  sinh, cosh, sinh2, direction, norm_sq = _rapidity_terms(v, c)
+  return jnp.concatenate([2 * sinh * sinh, 2 * cosh * cosh, -4 * sinh * cosh,
+                          sinh2 * norm_sq / 2, sinh2 / 2, -sinh2 * direction], -1)
 
 
 def ball_key_features(v, c):
-  """`[cosh^2 w, sinh^2 w, sinh 2w / 2 v/|v|]` `[..., heads, dim + 2]` of exp_0(v)."""
-  w, direction = rapidity(v, c)
-  sinh_sq = jnp.sinh(w) ** 2
-  return jnp.concatenate([1 + sinh_sq, sinh_sq, 0.5 * jnp.sinh(2 * w) * direction], -1)
+  """`[..., heads, dim + 5]` of exp_0(v): `[cosh^2 w, sinh^2 w, sinh w cosh w, sinh 2w,
+  sinh 2w |d|^2, sinh 2w d]`, d = v/|v|."""
+  sinh, cosh, sinh2, direction, norm_sq = _rapidity_terms(v, c)
+  return jnp.concatenate([cosh * cosh, sinh * sinh, sinh * cosh, sinh2, sinh2 * norm_sq,
+                          sinh2 * direction], -1)
 
 
 def negative_distance(scale, query, key):
-  """-scale_h arcosh(1 + r) `[b, h, q, k]` of features `[b, q|k, h, dim + 2]`; scale `[heads]`."""
+  """-scale_h arcosh(1 + r) `[b, h, q, k]` of features `[b, q|k, h, dim + 5]`; scale `[heads]`."""
   r = jnp.maximum(jnp.einsum('bqhd,bkhd->bhqk', query, key), ARCOSH_MARGIN)
   # arcosh(1 + r) = log1p(r + sqrt(r (r + 2))): no cancellation near r = 0 (nearby points).
   return -scale[None, :, None, None] * jnp.log1p(r + jnp.sqrt(r * (r + 2.0)))
@@ -88,7 +102,7 @@ class HyperbolicAttention(core.Attention):
     return self.projection('key', inputs_kv.shape[-1])(inputs_kv)
 
   def block_scores(self, inputs_q, key_features, mask, block_size):
-    """Each token's ball features (head_dim + 2 wide); -d_c / tau per block."""
+    """Each token's ball features (head_dim + 5 wide); -d_c / tau per block."""
     c = self.positive('curvature', self.init_curvature)
     q = self.projection('query', inputs_q.shape[-1])(inputs_q).astype(jnp.float32)
     temperature = self.positive('temperature', self.init_temperature)

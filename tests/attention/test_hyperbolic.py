@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from synth_jax.attention import hyperbolic
 from tests.attention import helpers
@@ -40,13 +41,22 @@ def test_distance_equals_the_mobius_addition_formula():
   np.testing.assert_allclose(got, mobius_distance(x, y, c), rtol=1e-4, atol=1e-4)
 
 
+def expanded_distances(x, y):
+  """arcosh(1 + 2(|x|^2 + |y|^2 - 2 x.y) / gaps) in float32 from float64 points (c = 1): the
+  matmul form in the points' own coordinates."""
+  x32, y32 = x.astype(np.float32), y.astype(np.float32)
+  dot = np.einsum('bqhd,bkhd->bhqk', x32, y32)
+  x_sq = np.sum(x32 ** 2, -1).transpose(0, 2, 1)[..., None]
+  y_sq = np.sum(y32 ** 2, -1).transpose(0, 2, 1)[..., None, :]
+  r = 2 * np.maximum(x_sq + y_sq - 2 * dot, 0) / ((1 - x_sq) * (1 - y_sq))
+  return np.arccosh(1 + np.maximum(r, 1e-7))
+
+
 def test_distance_is_as_precise_as_the_expanded_form_near_the_boundary():
   """Rapidities up to 4 (c|x|^2 up to 0.9987), pairs from distance ~0.003 to ~8: the feature dot
-  product's float32 error is of the order of arcosh(1 + 2c(|x|^2 + |y|^2 - 2 x.y) / gaps) in
-  float32, the matmul form it replaced. Both lose nearby pairs' digits near the boundary (here
-  0.19 against 0.08 at most, 1.6e-4 against 6.6e-5 on average, 2026-12-07; the replaced code's
-  own rounding gave 0.20 and 1.1e-4):
-  cancellation of terms of size cosh^2 u cosh^2 w, inherent in any matmul form."""
+  product's float32 error is of the order of the expanded matmul form's (any matmul form loses
+  nearby pairs' digits near the boundary: terms of size cosh^2 u cosh^2 w cancel). Measured
+  2026-12-07: 0.19 against 0.08 at most, as the form before 39d6b7a (0.20)."""
   rng = np.random.default_rng(1)
   v = rng.normal(size=(1, 64, 1, 8))
   v *= rng.uniform(0.05, 4.0, size=(1, 64, 1, 1)) / np.linalg.norm(v, axis=-1, keepdims=True)
@@ -54,18 +64,29 @@ def test_distance_is_as_precise_as_the_expanded_form_near_the_boundary():
   c = np.array([1.0])
   got, x, y = ball_distances(v, w, c)
   want = mobius_distance(x, y, c)
-  x32, y32 = x.astype(np.float32), y.astype(np.float32)
-  dot = np.einsum('bqhd,bkhd->bhqk', x32, y32)
-  x_sq = np.sum(x32 ** 2, -1).transpose(0, 2, 1)[..., None]
-  y_sq = np.sum(y32 ** 2, -1).transpose(0, 2, 1)[..., None, :]
-  r = 2 * np.maximum(x_sq + y_sq - 2 * dot, 0) / ((1 - x_sq) * (1 - y_sq))
-  expanded = np.arccosh(1 + np.maximum(r, 1e-7))
-  error, expanded_error = np.abs(got - want), np.abs(expanded - want)
+  error, expanded_error = np.abs(got - want), np.abs(expanded_distances(x, y) - want)
   assert np.max(error) <= 3 * np.max(expanded_error) + 1e-5
   assert np.mean(error) <= 3 * np.mean(expanded_error)
   far = np.ones_like(want, bool)
   far[0, 0, np.arange(64), np.arange(64)] = False
   assert np.max(error[far]) < 1e-5 and np.max(want) > 7
+
+
+@pytest.mark.parametrize('rapidity', [1.0, 3.0, 5.0, 5.9])
+def test_nearby_points_keep_their_distance_at_every_rapidity(rapidity):
+  """Pairs 0.01 apart (in v) at one rapidity, up to c|x|^2 = 1 - 3e-5: the relative error stays
+  within 3x the expanded form's (at 5: 0.030 against 0.014). 39d6b7a's features, with sinh 2u
+  computed apart from sinh u and cosh u and |d|^2 taken as 1, lost every digit at 5.9."""
+  rng = np.random.default_rng(2)
+  v = rng.normal(size=(1, 64, 1, 16))
+  v *= rapidity / np.linalg.norm(v, axis=-1, keepdims=True)
+  w = v + 0.01 * rng.normal(size=v.shape) / 4
+  c = np.array([1.0])
+  got, x, y = ball_distances(v, w, c)
+  pairs = np.arange(64)
+  want = mobius_distance(x, y, c)[0, 0, pairs, pairs]
+  relative = lambda d: np.max(np.abs(d[0, 0, pairs, pairs] - want) / want)
+  assert relative(got) <= 3 * relative(expanded_distances(x, y)) + 1e-3
 
 
 def test_points_far_out_stay_inside_the_ball_with_finite_logits_and_gradients():

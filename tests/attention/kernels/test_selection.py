@@ -56,6 +56,12 @@ def test_by_chunks_picks_as_by_selection_where_they_differ_from_lax_top_k():
   got, want = selection.by_chunks(values, 4, chunk=2), selection.by_selection(values, 4)
   np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
   np.testing.assert_array_equal(np.asarray(got[1]), [[6, 0, 1, 2], [1, 4, 9, 9], [8, 1, 2, 3]])
+  # A chunk of NaN alone must not displace a chunk of -inf (found by review, 2026-12-07).
+  nan_chunks = jnp.array([[jnp.nan] * 8 + [-jnp.inf], [jnp.nan, jnp.nan, -jnp.inf, -jnp.inf] * 2
+                          + [jnp.nan]])
+  got, want = selection.by_chunks(nan_chunks, 2, chunk=2), selection.by_selection(nan_chunks, 2)
+  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+  np.testing.assert_array_equal(np.asarray(got[1]), [[8, 9], [2, 3]])
 
 
 @pytest.mark.parametrize('top_k', [selection.by_selection, selection.by_chunks])
