@@ -42,16 +42,11 @@ def softplus_inverse(y: float) -> float:
   return math.log(math.expm1(y))
 
 
-def rapidity(v, c):
-  """u = min(sqrt(c)|v|, MAX_RAPIDITY) `[..., heads, 1]` and v / |v| of `v` `[..., heads, dim]`."""
-  norm = jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True) + 1e-12)
-  return jnp.minimum(jnp.sqrt(c)[:, None] * norm, MAX_RAPIDITY), v / norm
-
-
 def _rapidity_terms(v, c):
   """sinh u, cosh u, sinh 2u (from the same two, so that terms meant to cancel do), v/|v| and
-  |v/|v||^2 as rounded, of `v` `[..., heads, dim]`."""
-  u, direction = rapidity(v, c)
+  |v/|v||^2 as rounded, of `v` `[..., heads, dim]`, u = min(sqrt(c)|v|, MAX_RAPIDITY)."""
+  norm = jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True) + 1e-12)
+  u, direction = jnp.minimum(jnp.sqrt(c)[:, None] * norm, MAX_RAPIDITY), v / norm
   sinh, cosh = jnp.sinh(u), jnp.cosh(u)
   return sinh, cosh, 2 * sinh * cosh, direction, jnp.sum(direction * direction, -1, keepdims=True)
 

@@ -92,9 +92,10 @@ def by_chunks(values: Array, k: int, chunk: int = CHUNK) -> tuple[Array, Array]:
   rows = jnp.pad(rows, [(0, 0)] * (rows.ndim - 1) + [(0, count * chunk - n)],
                  constant_values=-jnp.inf)
   chunks = rows.reshape(*rows.shape[:-1], count, chunk)
-  maxima = jnp.max(jnp.where(jnp.isnan(chunks), -jnp.inf, chunks), axis=-1)  # NaN: never picked
+  nan = jnp.isnan(chunks)
+  maxima = jnp.max(jnp.where(nan, -jnp.inf, chunks), axis=-1)  # NaN: never picked
   # A chunk of NaN alone ranks after every other (its -inf maximum must not displace real -inf).
-  order = jnp.arange(count, dtype=jnp.int32) + jnp.where(jnp.all(jnp.isnan(chunks), -1), count, 0)
+  order = jnp.arange(count, dtype=jnp.int32) + jnp.where(jnp.all(nan, -1), count, 0)
   chosen = _selected_positions(maxima, k, order, 2 * count) % count  # [..., k] chunk indices
   candidates = jnp.take_along_axis(chunks, chosen[..., None], axis=-2)
   position = chosen[..., None] * chunk + jnp.arange(chunk, dtype=jnp.int32)
