@@ -77,12 +77,13 @@ s8)  # seventh session: hyperbolic's logits as one matmul of ball features (afte
   ROWS=3 row H8_8192 . --types hyperbolic --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=5 row B8_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=5 row B8_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
-s9)  # next: topk's first pass by chunks (after) against passes over the row (.old3, 24e9656),
-  # vanilla cuDNN as the baseline, the top-k forms at T5-base's shape; then 8192's rest
+s9)  # next: topk's first pass by chunks and hyperbolic's present (head_dim + 5 wide) features
+  # (after) against passes over the row and the expanded form (.old3, 24e9656), vanilla cuDNN
+  # as the baseline, the top-k forms at T5-base's shape; then 8192's rest
   PYTHONPATH=/tmp/site:$PWD timeout 120 python benchmarks/selection/selection_time.py 5 \
     128,12,512,520 > $OUT/S9_selection.txt 2>&1; cat $OUT/S9_selection.txt
-  ROWS=6 row T9_after . --types vanilla,topk --fused cudnn
-  ROWS=3 row T9_before .old3 --types topk --fused cudnn
+  ROWS=7 row T9_after . --types vanilla,topk,hyperbolic --fused cudnn
+  ROWS=4 row T9_before .old3 --types topk,hyperbolic --fused cudnn
   F=${F/--jobs 2/--jobs 1}
   ROWS=5 row B9_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=5 row B9_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
