@@ -30,12 +30,15 @@ from synth_jax import multihost
 from synth_jax import preflight
 from synth_jax import quiet_tensorflow
 
-# Commands with their own flags: `main(argv)` of the module, imported only when called.
+# Commands with their own flags: `main(argv)` of the module, imported only when called, after
+# the flags have been parsed by the parser `module:function` builds without jax (so help and
+# flag mistakes answer at once; `main` parses them again).
 SUBCOMMANDS = {
-    'diagnose': 'synth_jax.diagnostics.run',
-    'attention-maps': 'synth_jax.diagnostics.attention_maps',
-    'diagnose-compare': 'synth_jax.diagnostics.compare',
-    'bench': 'synth_jax.bench',
+    'diagnose': ('synth_jax.diagnostics.run', 'synth_jax.diagnostics.flags:diagnose'),
+    'attention-maps': ('synth_jax.diagnostics.attention_maps',
+                       'synth_jax.diagnostics.flags:attention_maps'),
+    'diagnose-compare': ('synth_jax.diagnostics.compare', 'synth_jax.diagnostics.flags:compare'),
+    'bench': ('synth_jax.bench', 'synth_jax.benchmark.flags:parser'),
 }
 
 
@@ -141,8 +144,12 @@ def _report_of_several(error: BaseException, command: str, debug: bool) -> int:
 
 def _run(argv: list[str]) -> int:
   if argv and argv[0] in SUBCOMMANDS:
+    main_module, flags = SUBCOMMANDS[argv[0]]
+    flags_module, build = flags.split(':')
+    getattr(importlib.import_module(flags_module), build)().parse_args(
+        gin_flags.split(argv[1:])[1])
     with collector.paused():
-      command = importlib.import_module(SUBCOMMANDS[argv[0]])
+      command = importlib.import_module(main_module)
     return command.main(argv[1:]) or 0
   bindings, argv = gin_flags.split(argv)
   args = parser().parse_args(argv)

@@ -108,6 +108,9 @@ print('HEAVY', ','.join(heavy))
 
 @pytest.mark.parametrize('args', [['--help'], ['train', '--help'], ['eval', '--help'],
                                   ['infer', '--help'], ['params', '--help'],
+                                  ['diagnose', '--help'], ['diagnose-compare', '--help'],
+                                  ['bench', '--help'], ['attention-maps', '--help'],
+                                  ['diagnose', '--preset', 'nope', '--attention', 'vanilla'],
                                   ['train', '--gin_file=configs/nope.gin'],
                                   ['eval', "--gin.MODEL_DIR='/nonexistent/run'"]])
 def test_help_and_early_answers_import_neither_tensorflow_nor_jax(args):
@@ -117,16 +120,10 @@ def test_help_and_early_answers_import_neither_tensorflow_nor_jax(args):
                           text=True, timeout=60)
   assert time.perf_counter() - started < 20
   assert result.stdout.strip().splitlines()[-1] == 'HEAVY', result.stdout + result.stderr
-
-
-@pytest.mark.parametrize('command', ['diagnose', 'diagnose-compare', 'bench', 'attention-maps'])
-def test_the_help_that_lists_registry_names_imports_jax_alone(command):
-  """Their options list attention names, presets and tasks, which import jax (diagnose --help:
-  1.5 s on 2 idle cores); TensorFlow, seqio and matplotlib load only when work starts."""
-  result = subprocess.run([sys.executable, '-c', PROBE, command, '--help'], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-  assert f'synth-jax {command}' in result.stdout, result.stdout + result.stderr
-  assert result.stdout.strip().splitlines()[-1] == 'HEAVY jax', result.stdout + result.stderr
+  if args[-1] == '--help':
+    assert f'usage: synth-jax {args[0] if len(args) > 1 else ""}' in result.stdout
+  elif args[0] == 'diagnose':
+    assert "argument --preset: invalid choice: 'nope'" in result.stderr
 
 
 def test_each_command_has_its_own_help():

@@ -28,7 +28,6 @@ Writes to `--out`:
     normalized entropy, head similarity; over the examples' valid queries and visible keys), and
     `statistics.projection_spectra` of the checkpoint.
 """
-import argparse
 import json
 import os
 import sys
@@ -46,6 +45,7 @@ from synth_jax import gin_flags
 from synth_jax import quiet_tensorflow
 from synth_jax.attention import capture
 from synth_jax.attention import core
+from synth_jax.diagnostics import flags
 from synth_jax.diagnostics import statistics
 
 # The T5 network's attention modules: (stack, module name) -> the stack's label in file names.
@@ -155,22 +155,6 @@ def draw(path: str, title: str, maps: Sequence[Sequence[np.ndarray]],
   return fig
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='synth-jax attention-maps',
-                                   description=__doc__.split('\n')[0], epilog=gin_flags.HELP,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  gin_flags.add_flags(parser, 'a gin file (repeatable); not needed when MODEL_DIR has config.gin')
-  parser.add_argument('--out', required=True, help='directory for the PNGs and maps.json.')
-  parser.add_argument('--examples', type=int, default=2, help='eval examples to draw.')
-  parser.add_argument('--max_length', type=int, default=64,
-                      help='tokens per feature (inputs, targets) at most.')
-  parser.add_argument('--split', default=None,
-                      help='default: gin train.eval_split, else validation.')
-  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest).')
-  parser.add_argument('--tfds_data_dir', default=None, help='TFDS data directory (C4/GLUE).')
-  return parser
-
-
 def _run_from_gin(max_length: int, split: Optional[str]) -> dict[str, Any]:
   """The gin-bound model and what `synth_jax.train.train` is bound to read: model dir, task,
   feature lengths (cut to `max_length`) and eval split (`split` wins)."""
@@ -221,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """`synth-jax attention-maps` with `argv` the arguments after the command; returns 0."""
   argv = list(sys.argv[1:] if argv is None else argv)
   bindings, argv = gin_flags.split(argv)
-  parser = _parser()
+  parser = flags.attention_maps()
   args = parser.parse_args(argv)
   if not args.gin_file and not gin_flags.names_model_dir(bindings):
     parser.error('give the run\'s --gin.MODEL_DIR (its config.gin is read), or its gin files.')

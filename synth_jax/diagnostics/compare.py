@@ -17,12 +17,12 @@ Usage:
       [--out compare.md]
   synth-jax diagnose-compare GRID_OUT --tasks induction
 """
-import argparse
 import os
 import sys
 from typing import Optional, Sequence
 
 from synth_jax.diagnostics import claims
+from synth_jax.diagnostics import flags
 from synth_jax.diagnostics import report
 from synth_jax.diagnostics import results_file
 
@@ -110,13 +110,7 @@ def markdown(directories: Sequence[str], loaded: Sequence[dict],
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='synth-jax diagnose-compare', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('directories', nargs='+', help='`synth-jax diagnose --out` directories.')
-  parser.add_argument('--tasks', help='comma-separated tasks to keep (default: all).')
-  parser.add_argument('--all_runs', action='store_true',
-                      help='also the runs only one file holds (default: those in two or more).')
-  parser.add_argument('--out', help='write the table here (default: print it).')
+  parser = flags.compare()
   args = parser.parse_args(argv)
   directories, loaded = [], []
   for directory in args.directories:

@@ -24,13 +24,14 @@ import numpy as np
 
 from synth_jax import attention
 from synth_jax import layers
+from synth_jax import names
 from synth_jax.attention import capture
 from synth_jax.attention import kernels
 from synth_jax.attention.core import AxisRule
 
 Array = jax.Array
 
-POSITIONS = ('learned', 'sinusoidal', 'relative', 'none')
+POSITIONS = names.POSITIONS
 
 # Axes this file introduces; diagnostic models run unsharded and train with AdamW, so neither
 # axis is split or factored.

@@ -27,7 +27,7 @@ import time
 from typing import Optional, Sequence
 
 from synth_jax import progress
-from synth_jax.attention import kernels
+from synth_jax.diagnostics import flags
 from synth_jax.diagnostics import grid as grid_lib
 from synth_jax.diagnostics import jobs
 from synth_jax.diagnostics import model as model_lib
@@ -45,50 +45,7 @@ def draw(results: dict, out: str) -> str:
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='synth-jax diagnose', description=__doc__.split('\n')[0])
-  parser.add_argument('--tasks', default=None,
-                      help=f'comma-separated, of: {", ".join(tasks_lib.TASKS)} (default: all; '
-                           "a grid's own tasks for a grid).")
-  parser.add_argument('--attention', required=True,
-                      help='comma-separated registry names, e.g. vanilla,random,random+vanilla.')
-  parser.add_argument('--preset', default='tiny',
-                      choices=sorted(presets.PRESETS) + sorted(grid_lib.GRIDS),
-                      help='a preset (one setting, one seed) or a robustness grid over one '
-                           '(robust: the full preset, robust_tiny: the tiny one; grid.py).')
-  parser.add_argument('--part', type=int, default=None, help='run only part N (1-based).')
-  parser.add_argument('--plan', action='store_true', help='list the parts and exit.')
-  parser.add_argument('--report_only', action='store_true',
-                      help='redraw report.md and the plots from DIR/results.json; train nothing.')
-  parser.add_argument('--out', required=True, help='directory of results.json, report.md, PNGs.')
-  parser.add_argument('--draw', action=argparse.BooleanOptionalAction, default=True,
-                      help='write report.md and the plots when done (--no-draw: many small parts '
-                           'at once leave them to one --report_only at the end).')
-  parser.add_argument('--skip_done', action='store_true',
-                      help='keep runs already in DIR/results.json for the same tables (finish a '
-                      'part cut short); a recorded run also serves a sweep point equal to it.')
-  parser.add_argument('--seed', type=int, default=None, help='the seed of every run (default 0).')
-  parser.add_argument('--positions', default=None, choices=model_lib.POSITIONS,
-                      help="position scheme (default: the preset's).")
-  parser.add_argument('--conv_kernel', type=int, default=None,
-                      help="short convolution taps, 0 for none (default: the preset's).")
-  parser.add_argument('--fold_query_scale', action=argparse.BooleanOptionalAction, default=None,
-                      help="T5's 1/sqrt(head_dim) in the query kernel's init instead of the "
-                           "logits, for dot-product variants (default: the preset's, off).")
-  parser.add_argument('--learning_rate', type=float, default=None,
-                      help="peak learning rate of every run (default: the preset's).")
-  parser.add_argument('--steps', type=int, default=None,
-                      help="training steps of every run (default: the preset's).")
-  parser.add_argument('--batch_size', type=int, default=None,
-                      help="training examples per step of every run (default: the preset's; a "
-                           "divisor of its eval_examples, which stay as they are).")
-  parser.add_argument('--sweeps', action=argparse.BooleanOptionalAction, default=True,
-                      help="MQAR's kv-pair and width sweeps (--no-sweeps: base settings only).")
-  parser.add_argument('--jobs_per_part', type=int, default=None,
-                      help="runs per --part (default: the preset's); for a grid, groups of "
-                           "runs per --part.")
-  parser.add_argument('--attention_execution', default='fast', choices=kernels.EXECUTIONS,
-                      help='how attention runs, as network.Transformer.attention_execution.')
-  return parser.parse_args(argv)
+  return flags.diagnose().parse_args(argv)
 
 
 def task_list(text: Optional[str], default: Sequence[str]) -> list[str]:

@@ -16,6 +16,7 @@ Each kernel has a test that it equals the reference, values and gradients, masks
 import dataclasses
 from typing import Optional
 
+from synth_jax import names
 from synth_jax.attention import core
 from synth_jax.attention import scores
 from synth_jax.attention.kernels import blockwise
@@ -35,7 +36,7 @@ from synth_jax.attention.kernels import shared_scores
 #   'cudnn' / 'auto'    the fastest exact path that fits: query-key forms fused (cuDNN; 'auto'
 #                       lets JAX choose), then the 'fast' rewrites (shared maps while they are
 #                       within 4x of a layer's values), then blockwise.
-EXECUTIONS = ('reference', 'fast', 'blockwise', 'cudnn', 'xla', 'auto')
+EXECUTIONS = names.EXECUTIONS
 SHARED_MAP_VALUES = 4  # a shared map's largest size, in the layer's values (`shared_map_fits`)
 
 
