@@ -25,8 +25,8 @@ def diagnose() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='synth-jax diagnose',
                                    description=_summary('synth_jax.diagnostics.run'))
   parser.add_argument('--tasks', default=None,
-                      help=f'comma-separated, of: {", ".join(names.DIAGNOSTIC_TASKS)} (default: all; '
-                           "a grid's own tasks for a grid).")
+                      help=f'comma-separated, of: {", ".join(names.DIAGNOSTIC_TASKS)} '
+                           "(default: all; a grid's own tasks for a grid).")
   parser.add_argument('--attention', required=True,
                       help='comma-separated registry names, e.g. vanilla,random,random+vanilla.')
   parser.add_argument('--preset', default='tiny',

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from synth_jax import names as flag_names
 from synth_jax.diagnostics import grid
 from synth_jax.diagnostics import presets
 from synth_jax.diagnostics import run
@@ -29,6 +30,7 @@ TEST_GRID = grid.Grid(name='test_grid', preset='small', num_heads=(2,),
 def small_grid(monkeypatch):
   monkeypatch.setitem(presets.PRESETS, 'small', SMALL)
   monkeypatch.setitem(grid.GRIDS, 'test_grid', TEST_GRID)
+  monkeypatch.setattr(flag_names, 'GRIDS', (*flag_names.GRIDS, 'test_grid'))
   return TEST_GRID
 
 
