@@ -3,8 +3,9 @@
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 # Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
-# Parts still to run (2026-12-07): s9 (topk by chunks, then the 8192 rows s7 and s8 did not reach;
-# s8 ran in the seventh session, BENCHMARKS.md sixth run), then s7's topk profile, r2048.
+# Parts still to run (2026-12-07): s9 (topk by chunks and hyperbolic's present form, profiled),
+# s10 (the 8192 rows s7 and s8 did not reach), r2048; s8 ran in the seventh session (BENCHMARKS.md
+# sixth run).
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs ${JOBS:-2}"
@@ -78,15 +79,20 @@ s8)  # seventh session: hyperbolic's logits as one matmul of ball features (afte
   ROWS=5 row B8_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=5 row B8_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 s9)  # next: topk's first pass by chunks and hyperbolic's present (head_dim + 5 wide) features
-  # (after) against passes over the row and the expanded form (.old3, 24e9656), vanilla cuDNN
-  # as the baseline, the top-k forms at T5-base's shape; then 8192's rest
+  # (after, profiled: device time by kernel and op) against passes over the row and the expanded
+  # form (.old3, 24e9656), vanilla cuDNN as the baseline and vanilla blockwise profiled, the top-k
+  # forms at T5-base's shape; then 8192's rest as far as the budget goes (s10 has all of it)
   PYTHONPATH=/tmp/site:$PWD timeout 120 python benchmarks/selection/selection_time.py 5 \
     128,12,512,520 > $OUT/S9_selection.txt 2>&1; cat $OUT/S9_selection.txt
-  ROWS=7 row T9_after . --types vanilla,topk,hyperbolic --fused cudnn
+  ROWS=60 row T9_after . --types vanilla,topk,hyperbolic --fused cudnn --profile /tmp/prof9
   ROWS=4 row T9_before .old3 --types topk,hyperbolic --fused cudnn
+  ROWS=30 row P9_blockwise . --types vanilla --fused blockwise --profile /tmp/prof9b
   F=${F/--jobs 2/--jobs 1}
-  ROWS=5 row B9_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
-  ROWS=5 row B9_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+  ROWS=5 row B9_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+s10)  # the 8192 rows no call has reached (s5's ran out of memory beside queued workers), one worker
+  F=${F/--jobs 2/--jobs 1}
+  ROWS=5 row B10_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
+  ROWS=5 row B10_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 r2048)  # every variant at 2048 tokens, batch 32 (the tokens of a step held at 128 x 512)
   ROWS=9 row C_2048a . --types vanilla,neg_l2,dense,hyperbolic,topk,orthogonal,random --fused cudnn --inputs_length 2048 --batch_size 32
   ROWS=9 row C_2048b . --types linear,fixed_random,factorized_random,factorized_dense,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32 ;;
