@@ -17,7 +17,9 @@ and both terms expand into one dot product of per-token features, `ball_query_fe
 |d - e|^2 from |d|^2 + |e|^2 - 2 d.e with the rounded |d|^2, so that for nearby points the terms
 cancel as they would in the points' own coordinates. The logits are a matmul, an arcosh and a
 per-head scale 1 / (sqrt(c) tau), and their backward pass is the matmul's (no per-pair norms or
-gaps to reduce). No `[q, k, head_dim]` tensor is formed. Everything runs in float32 (features
+gaps to reduce). The features are made per block from the projections (`block_logits`), so
+the blockwise path keeps the bf16 projections for its backward pass, not the features. No
+`[q, k, head_dim]` tensor is formed. Everything past the projections runs in float32 (features
 reach 2 cosh^2 6 ~ 8e4); near the boundary the error is that of the expanded form
 |x|^2 + |y|^2 - 2 x.y (tests/attention/test_hyperbolic.py), which any matmul form shares.
 Points stay inside the boundary (u <= 6, c|x|^2 <= 1 - 2.5e-5) and arcosh's argument stays
@@ -74,6 +76,16 @@ def negative_distance(scale, query, key):
   return -scale[None, :, None, None] * jnp.log1p(r + jnp.sqrt(r * (r + 2.0)))
 
 
+def block_logits(params, query, key):
+  """`Scores.function`: -d_c / tau `[b, h, q, k]` of projected queries and keys
+  `[b, q|k, h, dim]`; params (scale `[heads]`, c `[heads]`). The features are made here, per
+  block: the blockwise path keeps the projections (bf16) for its backward pass, not the float32
+  features (2.2x their bytes at head_dim 64), and recomputes the features of each block."""
+  scale, c = params
+  return negative_distance(scale, ball_query_features(query.astype(jnp.float32), c),
+                           ball_key_features(key.astype(jnp.float32), c))
+
+
 class HyperbolicAttention(core.Attention):
   """`query`, `key` kernels as vanilla's; `curvature`, `temperature` `[heads]` (softplus-param).
 
@@ -97,13 +109,11 @@ class HyperbolicAttention(core.Attention):
     return self.projection('key', inputs_kv.shape[-1])(inputs_kv)
 
   def block_scores(self, inputs_q, key_features, mask, block_size):
-    """Each token's ball features (head_dim + 5 wide); -d_c / tau per block."""
+    """-d_c / tau per block of the projected queries and keys (`block_logits`)."""
     c = self.positive('curvature', self.init_curvature)
-    q = self.projection('query', inputs_q.shape[-1])(inputs_q).astype(jnp.float32)
+    q = self.projection('query', inputs_q.shape[-1])(inputs_q)
     temperature = self.positive('temperature', self.init_temperature)
-    return scores.Scores(negative_distance, 1.0 / (jnp.sqrt(c) * temperature),
-                         ball_query_features(q, c),
-                         ball_key_features(key_features.astype(jnp.float32), c))
+    return scores.Scores(block_logits, (1.0 / (jnp.sqrt(c) * temperature), c), q, key_features)
 
   def attention_logits(self, inputs_q, key_features, mask):
     block = self.block_scores(inputs_q, key_features, mask, block_size=0)

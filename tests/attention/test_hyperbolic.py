@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from synth_jax.attention import hyperbolic
+from synth_jax.attention import kernels
+from synth_jax.attention.kernels import blockwise
 from tests.attention import helpers
 from tests.attention import reference
 
@@ -122,3 +124,24 @@ def test_no_query_key_dimension_tensor_is_formed():
   loss = lambda p: jnp.sum(module.apply({'params': p}, x_q, x_kv) ** 2)
   shapes = helpers.traced_shapes(jax.make_jaxpr(jax.grad(loss))(variables['params']))
   assert not any(len(s) == 5 for s in shapes)
+
+
+def test_the_blockwise_path_keeps_the_projections_not_the_float32_features(monkeypatch):
+  """What `blockwise.py` saves for its backward pass is the `Scores`' queries and keys: the
+  bf16 projections (head_dim wide), whose features each block recomputes."""
+  seen = []
+  attend = blockwise.blockwise_attention
+  monkeypatch.setattr(blockwise, 'blockwise_attention',
+                      lambda block, *args: seen.append(block) or attend(block, *args))
+  module = helpers.build('hyperbolic', dtype=jnp.bfloat16,
+                         dispatch=kernels.dispatch_for('blockwise'))
+  x = helpers.inputs(3)
+  variables = helpers.init(module, x)
+  seen.clear()
+  got = module.apply(variables, x, x)
+  (block,) = seen
+  for features in (block.query, block.key):
+    assert features.shape == (2, 6, helpers.HEADS, helpers.HEAD_DIM)
+    assert features.dtype == jnp.bfloat16
+  want = helpers.build('hyperbolic', dtype=jnp.bfloat16).apply(variables, x, x)
+  np.testing.assert_allclose(np.float32(got), np.float32(want), atol=2e-2)
