@@ -3,9 +3,8 @@
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 # Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
-# Parts still to run (2026-12-07): s9 (topk by chunks and hyperbolic's present form, profiled),
-# s10 (the 8192 rows s7 and s8 did not reach), r2048; s8 ran in the seventh session (BENCHMARKS.md
-# sixth run).
+# Parts still to run (2026-12-07): s10 (the 8192 rows s7 to s9 did not reach), p10 (profiles by
+# op), r2048; s9 ran in the ninth session (BENCHMARKS.md seventh run).
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs ${JOBS:-2}"
@@ -93,6 +92,11 @@ s10)  # the 8192 rows no call has reached (s5's ran out of memory beside queued 
   F=${F/--jobs 2/--jobs 1}
   ROWS=5 row B10_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=5 row B10_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+p10)  # where topk's, hyperbolic's and vanilla blockwise's time goes, by op: s9's profiles named no
+  # op (its kernels ran inside CUDA graphs, XLA's command buffers, whose kernels the trace does
+  # not annotate: the guess this part tests by turning them off for the profiled rows)
+  ROWS=60 row P10 . --types vanilla,topk,hyperbolic --fused blockwise --profile /tmp/prof10 \
+    --xla_flags=--xla_gpu_enable_command_buffer= ;;
 r2048)  # every variant at 2048 tokens, batch 32 (the tokens of a step held at 128 x 512)
   ROWS=9 row C_2048a . --types vanilla,neg_l2,dense,hyperbolic,topk,orthogonal,random --fused cudnn --inputs_length 2048 --batch_size 32
   ROWS=9 row C_2048b . --types linear,fixed_random,factorized_random,factorized_dense,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32 ;;
