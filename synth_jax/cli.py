@@ -40,6 +40,7 @@ SUBCOMMANDS = {
     'diagnose-compare': ('synth_jax.diagnostics.compare', 'synth_jax.diagnostics.flags:compare'),
     'bench': ('synth_jax.bench', 'synth_jax.benchmark.flags:parser'),
 }
+GIN_SUBCOMMANDS = ('attention-maps',)  # those that take --gin.NAME=VALUE flags
 
 
 # The commands this module runs, with their one-line help.
@@ -146,8 +147,8 @@ def _run(argv: list[str]) -> int:
   if argv and argv[0] in SUBCOMMANDS:
     main_module, flags = SUBCOMMANDS[argv[0]]
     flags_module, build = flags.split(':')
-    getattr(importlib.import_module(flags_module), build)().parse_args(
-        gin_flags.split(argv[1:])[1])
+    arguments = gin_flags.split(argv[1:])[1] if argv[0] in GIN_SUBCOMMANDS else argv[1:]
+    getattr(importlib.import_module(flags_module), build)().parse_args(arguments)
     with collector.paused():
       command = importlib.import_module(main_module)
     return command.main(argv[1:]) or 0

@@ -39,3 +39,4 @@ def test_the_light_parsers_accept_every_name_and_refuse_others(capsys):
 def test_bench_types_default_to_every_registry_type():
   assert driver.parse_args([]).types == list(driver.DEFAULT_TYPES)
   assert driver.parse_args(['--types', 'vanilla, random']).types == ['vanilla', 'random']
+  assert driver.parse_args(['--types', '']).types == []  # an empty list, not every type

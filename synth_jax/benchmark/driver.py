@@ -40,8 +40,8 @@ DEFAULT_TYPES = tuple(attention.names()) + ('random+vanilla',)
 def parse_args(argv=None) -> argparse.Namespace:
   parser = flags.parser()
   args = parser.parse_args(argv)
-  args.types = [t.strip() for t in (args.types or ','.join(DEFAULT_TYPES)).split(',')
-                if t.strip()]
+  given = ','.join(DEFAULT_TYPES) if args.types is None else args.types
+  args.types = [t.strip() for t in given.split(',') if t.strip()]
   for name in args.types:
     registry.members(name)  # unknown names fail here, with the list of valid ones
   if args.xla_flags and not args.isolate:
