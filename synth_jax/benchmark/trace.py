@@ -30,15 +30,19 @@ MODEL_PARTS = ('blockwise_forward', 'blockwise_backward', 'row_top_k', 'relpos_b
                'mlp', 'attention')
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]*)"')
+_KERNEL_NAME = re.compile(r'[^A-Za-z0-9_]')  # what a kernel's name has in place of these
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
-  """{HLO instruction name: its `op_name` metadata} of an HLO module's text."""
+  """{HLO instruction name: its `op_name` metadata} of an HLO module's text, each name also as
+  XLA's GPU backend names the instruction's kernel (`input_reduce_fusion.96` launches
+  `input_reduce_fusion_96`), for events that name no instruction."""
   names = {}
   for line in hlo_text.splitlines():
     match = _INSTRUCTION.match(line)
     if match:
       names.setdefault(match.group(1), match.group(2))
+      names.setdefault(_KERNEL_NAME.sub('_', match.group(1)), match.group(2))
   return names
 
 
@@ -67,10 +71,13 @@ def device_kernels(events: list) -> list:
 
 def _op_name(args: dict, names: dict, kernel: str) -> Optional[str]:
   """The op name of a kernel event: the event's own `name` argument where it holds more than the
-  module (a GPU trace's kernels carry one: on the H100, 2026-12-07, the bench's HLO text named
-  0.1% of a step's time, the events most of it), else its HLO instruction's metadata."""
+  module (a GPU trace's kernels carry one in a small program), else the metadata of its HLO
+  instruction (`hlo_op`), else that of the instruction its kernel is named after (the bench's
+  step on the H100, 2026-12-07, ran kernels whose events named neither op nor instruction)."""
   own = args.get('name', '')
-  return own if '/' in own else names.get(args.get('hlo_op', kernel))
+  if '/' in own:
+    return own
+  return names.get(args.get('hlo_op', '')) or names.get(kernel)
 
 
 def _sorted(totals: dict) -> dict:

@@ -23,7 +23,7 @@ def _write_trace(directory, events, device='/device:GPU:0'):
 
 
 def _kernel(name, hlo_op, ts, dur, pid=1, op_name=None):
-  args = {'hlo_op': hlo_op, **({'name': op_name} if op_name else {})}
+  args = {**({'hlo_op': hlo_op} if hlo_op else {}), **({'name': op_name} if op_name else {})}
   return {'ph': 'X', 'pid': pid, 'name': name, 'ts': ts, 'dur': dur, 'args': args}
 
 
@@ -31,6 +31,7 @@ HLO = '''
 HloModule jit_step
 ENTRY %main {
   %fusion.3 = f32[4]{0} fusion(f32[4]{0} %p), kind=kLoop, calls=%fc, metadata={op_name="jit(step)/transpose(jvp(Transformer))/encoder/layers_0/attention/blockwise_backward/while/body/exp" source_file="x.py" source_line=1}
+  %input_reduce_fusion.96 = f32[4]{0} fusion(f32[4]{0} %fusion.3), kind=kInput, calls=%fr, metadata={op_name="jit(step)/jvp(Transformer)/encoder/layers_0/attention/row_top_k/reduce_max"}
   ROOT %custom-call.1 = f32[4,4]{1,0} custom-call(f32[4]{0} %fusion.3), custom_call_target="__cublas$gemm", metadata={op_name="jit(step)/jvp(Transformer)/decoder/layers_1/mlp/wi/dot_general"}
 }
 '''
@@ -47,15 +48,19 @@ def test_summary_sums_device_kernels_by_kind_and_model_part(tmp_path):
       _kernel('loop_add_fusion', 'fusion.7', ts=8000, dur=2000,
               op_name='jit(step)/transpose(jvp(Transformer))/decoder/layers_0/mlp/add'),
       _kernel('loop_copy_fusion', 'fusion.8', ts=10000, dur=2000, op_name='jit(step)'),
+      # No instruction named: the kernel's name is its instruction's, as XLA's GPU backend
+      # writes it (dots as underscores).
+      _kernel('input_reduce_fusion_96', None, ts=12000, dur=2000),
       _kernel('host_work', 'fusion.3', ts=0, dur=99000, pid=2),  # host events are left out
   ])
   summary = trace.summarize(str(tmp_path), steps=2, hlo_text=HLO)
-  assert summary['total_ms'] == pytest.approx(6.0)  # 12 ms of kernels over 2 steps
-  assert summary['span_ms'] == pytest.approx(6.0)  # first start 0, last end 12 ms
+  assert summary['total_ms'] == pytest.approx(7.0)  # 14 ms of kernels over 2 steps
+  assert summary['span_ms'] == pytest.approx(7.0)  # first start 0, last end 14 ms
   assert summary['by_category'] == pytest.approx(
-      {'other fusion': 4.0, 'matmul': 1.0, 'reduce': 1.0})
+      {'other fusion': 4.0, 'matmul': 1.0, 'reduce': 2.0})
   assert summary['by_part'] == pytest.approx(
-      {'blockwise_backward': 2.0, 'forward mlp': 1.0, 'unattributed': 2.0, 'backward mlp': 1.0})
+      {'blockwise_backward': 2.0, 'forward mlp': 1.0, 'unattributed': 2.0, 'backward mlp': 1.0,
+       'forward row_top_k': 1.0})
   first = summary['top'][0]
   assert (first['kernel'], first['ms'], first['calls']) == ('loop_exp_fusion', 2.0, 1.0)
   assert first['op_name'].endswith('blockwise_backward/while/body/exp')
