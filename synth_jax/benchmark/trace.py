@@ -73,7 +73,7 @@ def _op_name(args: dict, names: dict, kernel: str) -> Optional[str]:
   """The op name of a kernel event: the event's own `name` argument where it holds more than the
   module (a GPU trace's kernels carry one in a small program), else the metadata of its HLO
   instruction (`hlo_op`), else that of the instruction its kernel is named after (the bench's
-  step on the H100, 2026-12-07, ran kernels whose events named neither op nor instruction)."""
+  step on the H100, 2026-12-07, ran kernels whose events led to no op name otherwise)."""
   own = args.get('name', '')
   if '/' in own:
     return own
