@@ -88,8 +88,9 @@ s9)  # next: topk's first pass by chunks and hyperbolic's present (head_dim + 5 
   ROWS=30 row P9_blockwise . --types vanilla --fused blockwise --profile /tmp/prof9b
   F=${F/--jobs 2/--jobs 1}
   ROWS=5 row B9_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8 ;;
-s10)  # the 8192 rows no call has reached (s5's ran out of memory beside queued workers), one worker
-  F=${F/--jobs 2/--jobs 1}
+s10)  # the 8192 rows no call has reached. s5's ran out of memory beside queued workers holding the
+  # random synthesizers' 38.6 GB maps; none of these six has a quadratic parameter, so two workers
+  # (one compiling while the other times) fit, and the six rows fit one call
   ROWS=5 row B10_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=5 row B10_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 p10)  # where topk's, hyperbolic's and vanilla blockwise's time goes, by op: s9's profiles named no
