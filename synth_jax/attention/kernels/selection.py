@@ -10,16 +10,17 @@ one variadic reduction that reads the row and writes a `[...]` value and positio
 `top_k` whose row it cannot give to its GPU top-k kernel (inputs of more than 2 dimensions, short
 rows) to a full sort, which reads and writes the row about log2(n) times; k passes of reads cost
 less while k is small (`SELECTION_MAX_K`): for k=8 of topk's first-pass rows at T5-base's shape,
-`[128, 12, 512, 520]`, 10.5 ms against the sort's 20.7 ms, and against 26.6 ms for the rows
-flattened to two dimensions and padded to 1024, the form XLA's GPU top-k kernel accepts (H100,
-2026-12-07, `benchmarks/selection/selection_time.py`; BENCHMARKS.md, sixth run). Passes over the
-whole row are not needed either: the row's top k lie in the k chunks of 8 entries with the largest
-maxima (`by_chunks`), so one reduction (the chunks' maxima) and passes over 8k candidates do; on CPU
-that is 2.2-2.7x faster than the passes over the row (31.1-38.3 against 82.9-84.6 ms for k=8 of `[2,
-8, 512, 520]`, three runs on the 2-core development machine, 2026-12-07, two of them in
-`benchmarks/selection/cpu-2026-12-07-chunks.txt`; on a GPU not yet timed). `top_k` takes `by_chunks`
-on NVIDIA GPUs only: XLA's CPU top-k call is faster than either there (17.8-30.8 ms in the same
-runs), and on TPU they are unmeasured.
+`[128, 12, 512, 520]`, 10.9 ms against the sort's 20.8 ms, and against 26.7 ms for the rows
+flattened to two dimensions and padded to 1024, the form XLA's GPU top-k kernel accepts. Passes
+over the whole row are not needed either: the row's top k lie in the k chunks of 8 entries with
+the largest maxima (`by_chunks`), so one reduction (the chunks' maxima) and passes over 8k
+candidates do: 5.8 ms for the same rows (H100, 2026-12-07, `python
+benchmarks/selection/selection_time.py 5 128,12,512,520`; BENCHMARKS.md, seventh run). On CPU
+`by_chunks` is 2.2-2.7x faster than the passes over the row (31.1-38.3 against 82.9-84.6 ms for
+k=8 of `[2, 8, 512, 520]`, the 2-core development machine, 2026-12-07,
+`benchmarks/selection/cpu-2026-12-07-chunks.txt`), but XLA's CPU top-k call is faster than either
+there (17.8-30.8 ms in the same runs), so `top_k` takes `by_chunks` on NVIDIA GPUs only; on TPU
+they are unmeasured.
 
 Exact for the rows attention gives it, finite or -inf floats, ties included; two differences
 from `jax.lax.top_k` elsewhere: -0.0 and +0.0 tie (float equality, the rule `row_top_k`'s
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 # Past some k a sort's ~log2(n) read-write passes over the row cost less than k read passes;
-# only k=8 at n=520 has been timed (BENCHMARKS.md, fifth and sixth runs): 16 is a guess within
+# only k=8 at n=520 has been timed (BENCHMARKS.md, seventh run): 16 is a guess within
 # that bound.
 SELECTION_MAX_K = 16
 # Entries per chunk of `by_chunks`.
