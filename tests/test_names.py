@@ -1,4 +1,6 @@
 """`synth_jax/names.py`: each tuple is the key list of the table it stands for."""
+import pytest
+
 from synth_jax import names
 from synth_jax.attention import kernels
 from synth_jax.benchmark import driver
@@ -27,12 +29,9 @@ def test_the_light_parsers_accept_every_name_and_refuse_others(capsys):
     assert args.attention_execution == execution
   for refused in (['--preset', 'robust2'], ['--positions', 'rope'],
                   ['--attention_execution', 'flash']):
-    try:
+    with pytest.raises(SystemExit) as exit_:
       flags.diagnose().parse_args(['--attention', 'vanilla', '--out', 'x', *refused])
-    except SystemExit as exit_:
-      assert exit_.code == 2
-    else:
-      raise AssertionError(f'{refused} was accepted')
+    assert exit_.value.code == 2
   assert 'invalid choice' in capsys.readouterr().err
 
 

@@ -35,14 +35,11 @@ def merge_file(added_path: str, target: str) -> tuple[int, int]:
         recorded = json.load(f)
         json.dump(recorded, out)
       before = len(recorded['runs'])
-      known = recorded['commands']
-    else:
-      known = []
     try:
       merged = results_file.update(path, added['meta'], runs=added['runs'])
     except SystemExit as mismatch:  # its message names the temporary copy
       raise SystemExit(f'{target}: {mismatch}') from None
-    merged['commands'] = known + [c for c in added['commands'] if c not in known]
+    merged['commands'] += [c for c in added['commands'] if c not in merged['commands']]
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with gzip.open(target + '.tmp', 'wt') as f:
       json.dump(merged, f, indent=1)

@@ -65,3 +65,25 @@ def test_results_of_another_configuration_are_refused_and_the_file_kept(tmp_path
     merge_results.merge(archive(tmp_path, {'mqar/topk': record(['base'], 0.9)}, other),
                         str(folder))
   assert target.read_bytes() == before
+
+
+def test_a_write_cut_short_leaves_the_recorded_file_whole(tmp_path, monkeypatch):
+  folder = tmp_path / 'results'
+  target = recorded(folder, {'mqar/vanilla': record(['base'], 0.95)})
+  before = target.read_bytes()
+  real_open = gzip.open
+
+  class Interrupted(Exception):
+    pass
+
+  def failing_open(path, mode='rb', **kwargs):
+    opened = real_open(path, mode, **kwargs)
+    if 'w' in mode:
+      def write(_):
+        raise Interrupted  # as a Ctrl-C or a full disk in the middle of the file
+      opened.write = write
+    return opened
+  monkeypatch.setattr(merge_results.gzip, 'open', failing_open)
+  with pytest.raises(Interrupted):
+    merge_results.merge(archive(tmp_path, {'mqar/topk': record(['base'], 0.9)}), str(folder))
+  assert target.read_bytes() == before
