@@ -91,7 +91,7 @@ s9)  # next: topk's first pass by chunks and hyperbolic's present (head_dim + 5 
 s10)  # the 8192 rows no call has reached. s5's ran out of memory beside queued workers holding the
   # random synthesizers' 38.6 GB maps; none of these six has a quadratic parameter, so two workers
   # (one compiling while the other times) fit, and the six rows fit one call
-  ROWS=5 row B10_8192a . --types factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
+  ROWS=6 row B10_8192a . --types vanilla,factorized_random,orthogonal,linear --fused cudnn --inputs_length 8192 --batch_size 8
   ROWS=5 row B10_8192b . --types frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 p10)  # where topk's, hyperbolic's and vanilla blockwise's time goes, by op: s9's profiles named no
   # op (its kernels ran inside CUDA graphs, XLA's command buffers, whose kernels the trace does
@@ -101,4 +101,11 @@ p10)  # where topk's, hyperbolic's and vanilla blockwise's time goes, by op: s9'
 r2048)  # every variant at 2048 tokens, batch 32 (the tokens of a step held at 128 x 512)
   ROWS=9 row C_2048a . --types vanilla,neg_l2,dense,hyperbolic,topk,orthogonal,random --fused cudnn --inputs_length 2048 --batch_size 32
   ROWS=9 row C_2048b . --types linear,fixed_random,factorized_random,factorized_dense,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32 ;;
+s11)  # every variant at 2048 (batch 32: the tokens of a step held at 128 x 512) with four workers
+  # (at 2048 no train state is large: the random synthesizers' maps are 2.4 GB), then at 8192 the
+  # two rows no call has reached on the present code: factorized_dense, and topk by chunks
+  JOBS=4; F=${F/--jobs 2/--jobs 4}
+  ROWS=16 row C11_2048 . --types vanilla,neg_l2,dense,hyperbolic,topk,orthogonal,random,linear,fixed_random,factorized_random,factorized_dense,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32
+  F=${F/--jobs 4/--jobs 1}
+  ROWS=4 row B11_8192 . --types factorized_dense,topk --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 esac
