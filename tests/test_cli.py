@@ -85,14 +85,12 @@ def test_params_command_prints_the_table(capsys):
   assert 'vanilla' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize('attention_type', ['cosine', 'neg_l2', 'hyperbolic', 'rotary', 'topk',
-                                            'frozen_gaussian', 'linear', 'cosine+random'])
-def test_the_demo_trains_a_few_steps_with_each_similarity_space(attention_type, tmp_path, capsys):
+def test_the_demo_trains_a_few_steps_with_a_mixture_of_similarity_spaces(tmp_path, capsys):
   """`configs/demo.gin` (pydoc corpus, byte vocabulary, cut to 1+1 layers) with one
-  ATTENTION_TYPE override."""
+  ATTENTION_TYPE override; each similarity space alone learns in tests/test_train.py."""
   status = cli.main([
       'train', '--gin_file=configs/demo.gin', f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
-      f"--gin.ATTENTION_TYPE='{attention_type}'", '--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=4',
+      "--gin.ATTENTION_TYPE='cosine+random'", '--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=4',
       "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", '--gin.EVAL_PERIOD=0',
       '--gin.synth_jax.train.train.infer_examples=0', '--gin.synth_jax.train.train.log_period=1',
       *fixtures.ONE_LAYER_FLAGS])

@@ -18,6 +18,8 @@ from tests import fixtures
 
 TYPES = ('vanilla', 'dense', 'random', 'fixed_random', 'factorized_dense', 'factorized_random',
          'orthogonal', 'random+vanilla')
+SIMILARITY_SPACES = ('cosine', 'neg_l2', 'hyperbolic', 'rotary', 'topk', 'frozen_gaussian', 'linear',
+                     'cosine+random')
 
 
 def run(model_dir, steps, attention_type='vanilla', **kwargs):
@@ -67,7 +69,7 @@ def test_sharded_step_on_2x2_mesh_equals_one_device():
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, 'model')
 
 
-@pytest.mark.parametrize('attention_type', TYPES)
+@pytest.mark.parametrize('attention_type', TYPES + SIMILARITY_SPACES)
 def test_loss_decreases_for_every_attention_type(attention_type):
   model = fixtures.tiny_model(attention_type)
   batch = synthetic_batch()

@@ -17,11 +17,12 @@ from synth_jax.benchmark import runner
 from tests.benchmark.flop_formulas import closed_form
 
 
-def step_counts(attention_type, preset='tiny', pack=True, attention_execution='fast'):
+def step_counts(attention_type, preset='tiny', pack=True, attention_execution='fast',
+                logits_matmul_dtype=None):
   """(model FLOPs, FLOPs of the step as executed) of the preset, traced from shapes only."""
   shapes = runner.PRESETS[preset]
   cfg = runner.model_config(preset, attention_type, shapes['inputs_length'],
-                            shapes['targets_length'])
+                            shapes['targets_length'], logits_matmul_dtype)
   model = network.Transformer(cfg, attention_execution=attention_execution)
   batch = batches.synthetic_batch(shapes['batch_size'], shapes['inputs_length'],
                                   shapes['targets_length'], cfg.vocab_size, pack)
@@ -140,10 +141,6 @@ def test_jitted_functions_keep_their_callers_scope():
 
 def test_the_bfloat16_logits_matmul_counts_three_forward_products_like_float32():
   """Its custom gradient traces no dead primal product (the logits matmul counts 3x forward)."""
-  from synth_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
-  counts = {}
-  for dtype in ('float32', 'bfloat16'):
-    row = runner.measure('vanilla', 'tiny', batch_size=4, steps=1, warmup=0, peak_tflops=1.0,
-                         logits_matmul_dtype=dtype)
-    counts[dtype] = row['model_flops_per_step']
-  assert counts['bfloat16'] == counts['float32']
+  counts = {dtype: step_counts('vanilla', logits_matmul_dtype=dtype)[0]['training']
+            for dtype in ('float32', 'bfloat16')}
+  assert counts['bfloat16'] == counts['float32'] == closed_form('vanilla', 'tiny')
