@@ -18,8 +18,8 @@ from tests import fixtures
 
 TYPES = ('vanilla', 'dense', 'random', 'fixed_random', 'factorized_dense', 'factorized_random',
          'orthogonal', 'random+vanilla')
-SIMILARITY_SPACES = ('cosine', 'neg_l2', 'hyperbolic', 'rotary', 'topk', 'frozen_gaussian', 'linear',
-                     'cosine+random')
+SIMILARITY_SPACES = ('cosine', 'neg_l2', 'hyperbolic', 'rotary', 'topk', 'frozen_gaussian',
+                     'linear', 'cosine+random')
 
 
 def run(model_dir, steps, attention_type='vanilla', **kwargs):
