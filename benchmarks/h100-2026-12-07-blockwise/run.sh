@@ -3,7 +3,7 @@
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 # Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
-# Parts still to run (2026-12-07): s12a, s12b (the rest of 2048, two rows of 8192), p10 (profiles
+# Parts still to run (2026-12-07): s12a, s12b (the rest of 2048, three rows of 8192), p10 (profiles
 # by op); s9, s10 and s11 ran (BENCHMARKS.md seventh to ninth runs).
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -113,8 +113,8 @@ s11)  # every variant at 2048 (batch 32: the tokens of a step held at 128 x 512)
   ROWS=4 row B11_8192 . --types factorized_dense,topk --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 s12a)  # the 2048 rows s11 did not reach, two workers
   ROWS=7 row C12_2048a . --types orthogonal,random,linear,factorized_dense,factorized_random --fused cudnn --inputs_length 2048 --batch_size 32 ;;
-s12b)  # the rest of 2048, then the two 8192 rows no call has reached on the present code
+s12b)  # the rest of 2048, then the three 8192 rows no call has reached on the present code
   ROWS=6 row C12_2048b . --types fixed_random,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32
   F=${F/--jobs 2/--jobs 1}
-  ROWS=4 row B12_8192 . --types factorized_dense,topk --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+  ROWS=5 row B12_8192 . --types factorized_dense,topk,hyperbolic --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 esac
