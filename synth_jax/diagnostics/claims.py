@@ -8,6 +8,7 @@ Thresholds: a run *solves* a task at held-out answer accuracy >= SOLVED and *fai
 FAILED; in between it is neither.
 """
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 from synth_jax.attention import registry
@@ -73,26 +74,39 @@ def _quote(pairs) -> str:
                    for name, value in pairs)
 
 
-def fails_where_vanilla_solves(results, claim: str, tasks, chosen: Callable[[str], bool],
-                               what: str) -> Outcome:
-  """Every chosen variant fails each task on which vanilla succeeds; refuted if one solves one."""
-  test = (f'{"/".join(tasks)} accuracy: {what} < {FAILED} on each task with vanilla >= {SOLVED} '
-          f'(refuted if one >= {SOLVED})')
+def is_query_key(variant: str) -> bool:
+  """Content-based attention: one query-key variant (vanilla, rotary, cosine, neg_l2, ...)."""
+  facts = _facts(variant)
+  return facts is not None and not facts.is_mixture and facts.family == registry.QUERY_KEY
+
+
+def fails_where_query_key_solves(results, claim: str, tasks, chosen: Callable[[str], bool],
+                                 what: str) -> Outcome:
+  """Every chosen variant fails each task that some query-key attention solves in the same
+  setting and seed (the task is learnable there); refuted if a chosen variant solves one.
+
+  The reference is the best query-key run, not vanilla's alone: where vanilla's plateau outlasts
+  the step budget (induction in the robust grid) another content-based attention can still show
+  that the task is learnable, and the claim is about content-based attention, not one form."""
+  test = (f'{"/".join(tasks)} accuracy: {what} < {FAILED} on each task some query-key attention '
+          f'solves (>= {SOLVED}; refuted if one of them >= {SOLVED})')
   evidence, solved, failed_all, compared = [], False, True, False
   for task in tasks:
     runs = base_runs(results, task)
     members = {v: r['final_accuracy'] for v, r in runs.items() if chosen(v)}
-    if 'vanilla' not in runs or not members:
+    references = {v: r['final_accuracy'] for v, r in runs.items() if is_query_key(v)}
+    if not references or not members:
       continue
-    vanilla = runs['vanilla']['final_accuracy']
-    evidence.append(f'{task}: ' + _quote([('vanilla', vanilla), *members.items()]))
+    best = max(references, key=references.get)
+    evidence.append(f'{task}: ' + _quote([(f'best query-key {best}', references[best]),
+                                          *members.items()]))
     solved |= any(a >= SOLVED for a in members.values())
-    if vanilla >= SOLVED:
+    if references[best] >= SOLVED:
       compared = True
       failed_all &= all(a < FAILED for a in members.values())
   if not evidence:
-    return Outcome(claim, test, f'not run (needs vanilla and {what} on {"/".join(tasks)})',
-                   INCONCLUSIVE)
+    return Outcome(claim, test, f'not run (needs a query-key variant and {what} on '
+                   f'{"/".join(tasks)})', INCONCLUSIVE)
   outcome = REFUTED if solved else CONFIRMED if compared and failed_all else INCONCLUSIVE
   return Outcome(claim, test, '; '.join(evidence), outcome)
 
@@ -222,14 +236,13 @@ def orthogonal_decorrelates(results) -> Outcome:
 
 def evaluate(results: dict) -> list[Outcome]:
   """Every claim, decided from `results` (the `results.json` structure)."""
+  synthesizer_fails = functools.partial(fails_where_query_key_solves, results,
+                                        chosen=is_synthesizer, what='every synthesizer')
   return [
-      fails_where_vanilla_solves(results, 'Synthesizers cannot do in-context associative recall',
-                                 ('mqar',), is_synthesizer, 'every synthesizer'),
-      fails_where_vanilla_solves(results, 'Synthesizers cannot copy a sequence seen in context',
-                                 ('induction', 'selective_copy'), is_synthesizer,
-                                 'every synthesizer'),
-      fails_where_vanilla_solves(results, 'Synthesizers cannot resolve a reference from context',
-                                 ('overwrite',), is_synthesizer, 'every synthesizer'),
+      synthesizer_fails('Synthesizers cannot do in-context associative recall', ('mqar',)),
+      synthesizer_fails('Synthesizers cannot copy a sequence seen in context',
+                        ('induction', 'selective_copy')),
+      synthesizer_fails('Synthesizers cannot resolve a reference from context', ('overwrite',)),
       synthesizers_fail_longer(results),
       solves_each(results, 'Mixtures with vanilla recover in-context recall', RECALL_TASKS,
                   is_recovering_mixture, 'every synthesizer+vanilla mixture'),

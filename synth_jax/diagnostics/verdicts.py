@@ -9,8 +9,9 @@ give (else inconclusive), and over the settings the claim
     holds                   confirmed in at least HOLDS (80%) of the settings,
     fails                   refuted in at least HOLDS of the settings,
     depends on the setting  otherwise; the report names the settings on each side,
-    undecided               inconclusive in every setting (e.g. vanilla solves the task nowhere,
-                            so "fails where vanilla solves" has nothing to compare),
+    undecided               inconclusive in every setting (e.g. no query-key attention solves
+                            the task anywhere, so "fails where it is learnable" has nothing to
+                            compare),
     not tested              the grid has none of the runs it needs.
 
 `write(out)` draws `OUT/grid.md` and one heatmap per task (variants x settings, the share of

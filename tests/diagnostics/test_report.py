@@ -111,6 +111,24 @@ def test_claims_follow_the_numbers_not_expectations(results):
   assert missing.outcome == claims.INCONCLUSIVE and 'not run' in missing.evidence
 
 
+def test_a_synthesizer_claim_takes_the_best_query_key_run_as_its_reference(results):
+  copy_claim = 'Synthesizers cannot copy a sequence seen in context'
+  assert outcome_of(results, copy_claim).outcome == claims.CONFIRMED
+  plateau = copy.deepcopy(results)  # vanilla still on its plateau: nothing shows it learnable
+  plateau['runs']['induction/vanilla']['final_accuracy'] = 0.02
+  assert outcome_of(plateau, copy_claim).outcome == claims.INCONCLUSIVE
+  plateau['runs']['induction/rotary'] = run('induction', 'rotary', 0.99, 200)
+  learnable = outcome_of(plateau, copy_claim)
+  assert learnable.outcome == claims.CONFIRMED
+  assert learnable.evidence == 'induction: best query-key rotary 0.99, random 0.02'
+  # A mixture is no reference: random+vanilla solving leaves it undecided.
+  del plateau['runs']['induction/rotary']
+  plateau['runs']['induction/random+vanilla'] = run('induction', 'random+vanilla', 0.99, 200)
+  assert outcome_of(plateau, copy_claim).outcome == claims.INCONCLUSIVE
+  assert not claims.is_query_key('random+vanilla') and not claims.is_query_key('linear')
+  assert claims.is_query_key('orthogonal') and not claims.is_query_key('no_such_attention')
+
+
 def test_claims_table_is_in_the_report(results, tmp_path):
   text = open(report.write(results, str(tmp_path))).read()
   rows = [line for line in text.splitlines() if line.startswith('| Synthesizers')]
