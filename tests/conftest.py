@@ -75,11 +75,24 @@ def pytest_collection_finish(session):
   gc.enable()
 
 
+# The slow end-to-end tests (marked `slow`: real processes, the CLI end to end, training to a
+# threshold) run where this is '1', as `.ci/run` sets it, or under any `-m` expression; a plain
+# `pytest` on a laptop skips them, saying how to run them.
+RUN_SLOW_TESTS = 'SYNTH_JAX_SLOW_TESTS'
+
+
 def pytest_collection_modifyitems(config, items):
   """The slow end-to-end tests first (a stable sort): a 35 s test started last would run on one
-  worker while the other idles; started first, the short tests fill the other worker around it."""
-  del config
+  worker while the other idles; started first, the short tests fill the other worker around it.
+  Skipped unless asked for (`RUN_SLOW_TESTS`)."""
   items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+  if os.environ.get(RUN_SLOW_TESTS) == '1' or config.getoption('markexpr'):
+    return
+  skip = pytest.mark.skip(reason=f'slow end-to-end test: {RUN_SLOW_TESTS}=1 pytest runs it, '
+                                 'as .ci/run does')
+  for item in items:
+    if item.get_closest_marker('slow') is not None:
+      item.add_marker(skip)
 
 
 @pytest.hookimpl(trylast=True)

@@ -61,6 +61,7 @@ def test_missing_gin_file_is_a_clear_error(capsys):
   assert '--gin_file=configs/nope.gin: not found' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_command_runs_a_tiny_model_end_to_end(tmp_path, capsys):
   fixtures.register_copy_task()
   model_dir = str(tmp_path / 'run')
@@ -85,6 +86,7 @@ def test_params_command_prints_the_table(capsys):
   assert 'vanilla' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_demo_trains_a_few_steps_with_a_mixture_of_similarity_spaces(tmp_path, capsys):
   """`configs/demo.gin` (pydoc corpus, byte vocabulary, cut to 1+1 layers) with one
   ATTENTION_TYPE override; each similarity space alone learns in tests/test_train.py."""
@@ -99,6 +101,7 @@ def test_the_demo_trains_a_few_steps_with_a_mixture_of_similarity_spaces(tmp_pat
   assert 'step 2/2' in out and 'loss nan' not in out
 
 
+@pytest.mark.slow
 def test_diagnose_writes_results_report_and_plots_with_cannot_run_for_a_synthesizer(
     tmp_path, monkeypatch, capsys):
   """The tiny preset cut to 50 steps; MQAR is also the tiny extrapolation task (one run)."""

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import gin
 import optax
@@ -22,8 +23,12 @@ def clean_gin():
   gin.clear_config()
 
 
-def train_dense_run(model_dir):
+@pytest.fixture(scope='module')
+def trained_dense_run(tmp_path_factory):
+  """A dense run trained 2 steps through the CLI, once for the module; copy it before use."""
+  model_dir = str(tmp_path_factory.mktemp('dense') / 'run')
   fixtures.register_copy_task()
+  gin.clear_config()
   assert cli.main([
       'train', '--gin_file=models/t5_1_1_tiny.gin', '--gin_file=runs/train.gin',
       f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{fixtures.COPY_TASK}'",
@@ -33,11 +38,19 @@ def train_dense_run(model_dir):
       '--gin.synth_jax.network.T5Config.max_decoder_length=16',
       '--gin.synth_jax.train.train.eval_steps=1']) == 0
   gin.clear_config()
+  return model_dir
 
 
-def test_eval_and_infer_need_only_the_model_dir_and_a_model_change_is_refused(tmp_path, capsys):
+@pytest.fixture
+def dense_run(trained_dense_run, tmp_path):
+  """This test's own copy of the trained dense run."""
   model_dir = str(tmp_path / 'run')
-  train_dense_run(model_dir)
+  shutil.copytree(trained_dense_run, model_dir)
+  return model_dir
+
+
+def test_eval_and_infer_need_only_the_model_dir_and_a_model_change_is_refused(dense_run, capsys):
+  model_dir = dense_run
   capsys.readouterr()
   assert cli.main(['eval', f"--gin.MODEL_DIR='{model_dir}'"]) == 0
   out = capsys.readouterr().out
@@ -57,11 +70,10 @@ def test_eval_and_infer_need_only_the_model_dir_and_a_model_change_is_refused(tm
   assert 'cannot evaluate' in message
 
 
-def test_a_restore_of_another_model_names_the_parameters_and_the_saved_attention(tmp_path,
+def test_a_restore_of_another_model_names_the_parameters_and_the_saved_attention(dense_run,
                                                                                    capsys):
   """Without model.json (runs of older versions), the restore itself tells the models apart."""
-  model_dir = str(tmp_path / 'run')
-  train_dense_run(model_dir)
+  model_dir = dense_run
   os.remove(os.path.join(model_dir, run_config.MODEL_FILE))
   assert cli.main(['eval', f"--gin.MODEL_DIR='{model_dir}'",
                    "--gin.ATTENTION_TYPE='vanilla'"]) == 2
@@ -91,9 +103,8 @@ def test_an_initial_checkpoint_of_another_attention_is_named_in_a_few_lines(tmp_
   assert len(message.splitlines()) <= 10
 
 
-def test_a_resume_reads_the_saved_config_and_flags_still_win(tmp_path, capsys):
-  model_dir = str(tmp_path / 'run')
-  train_dense_run(model_dir)
+def test_a_resume_reads_the_saved_config_and_flags_still_win(dense_run, capsys):
+  model_dir = dense_run
   capsys.readouterr()
   assert cli.main(['train', f"--gin.MODEL_DIR='{model_dir}'", '--gin.TRAIN_STEPS=3',
                    '--gin.synth_jax.train.train.log_period=1']) == 0

@@ -102,16 +102,28 @@ def test_train_step_leaves_frozen_variables_bit_identical_without_optimizer_stat
   assert not frozen_paths & param_paths
 
 
-def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
-  _, uninterrupted = run(str(tmp_path / 'a'), 6)
-  _, first = run(str(tmp_path / 'b'), 4)  # "killed" after step 4; last checkpoint: step 3 and 4
-  assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints')) == ['3', '4']
+@pytest.fixture(scope='module')
+def six_steps(tmp_path_factory):
+  """`(model_dir, losses)` of a vanilla run of 6 steps (checkpoints at steps 3 and 6), trained
+  once for the module; `copy_of` gives a test its own copy."""
+  model_dir = tmp_path_factory.mktemp('six_steps') / 'run'
+  _, losses = run(str(model_dir), 6)
+  return model_dir, losses
+
+
+def copy_of(six_steps, model_dir):
+  shutil.copytree(six_steps[0], model_dir)
+  return model_dir
+
+
+def test_killed_run_resumes_with_the_same_loss_sequence(six_steps, tmp_path):
+  killed = copy_of(six_steps, tmp_path / 'b')
+  assert sorted(os.listdir(killed / 'checkpoints')) == ['3', '6']
   # Simulate a kill between checkpoints: drop the final save so resume starts at step 3.
-  shutil.rmtree(tmp_path / 'b' / 'checkpoints' / '4')
-  _, resumed = run(str(tmp_path / 'b'), 6)
+  shutil.rmtree(killed / 'checkpoints' / '6')
+  _, resumed = run(str(killed), 6)
   assert [s for s, _ in resumed] == [4, 5, 6]
-  assert first[:3] == uninterrupted[:3]
-  assert resumed == uninterrupted[3:]
+  assert resumed == six_steps[1][3:]
 
 
 def truncate_the_array_files(step_dir) -> dict[str, int]:
@@ -135,9 +147,8 @@ QUIET_FAILED_READS = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisable
 
 @QUIET_FAILED_READS
 def test_an_unreadable_latest_step_is_set_aside_and_train_and_eval_use_the_step_before(
-    tmp_path, capsys, caplog):
-  trained = tmp_path / 'a'
-  run(str(trained), 6)  # steps 3 and 6
+    six_steps, tmp_path, capsys, caplog):
+  trained = copy_of(six_steps, tmp_path / 'a')  # steps 3 and 6
   truncated = truncate_the_array_files(trained / 'checkpoints' / '6')
   shutil.copytree(trained, tmp_path / 'b')
   capsys.readouterr()
@@ -173,10 +184,9 @@ def test_an_unreadable_latest_step_is_set_aside_and_train_and_eval_use_the_step_
 
 @QUIET_FAILED_READS
 def test_when_no_readable_step_is_left_training_starts_afresh_and_eval_says_so(
-    tmp_path, capsys):
-  trained = tmp_path / 'a'
-  run(str(trained), 3)
-  for root, _, files in os.walk(trained / 'checkpoints' / '3'):
+    six_steps, tmp_path, capsys):
+  trained = copy_of(six_steps, tmp_path / 'a')
+  for root, _, files in os.walk(trained / 'checkpoints'):
     for name in files:
       if name.endswith('.json') or 'manifest' in name or name == '_METADATA':
         continue
@@ -187,11 +197,11 @@ def test_when_no_readable_step_is_left_training_starts_afresh_and_eval_says_so(
   _, losses = run(str(trained), 4)
   assert '; no earlier step is left: training starts afresh\n' in capsys.readouterr().out
   assert [s for s, _ in losses] == [1, 2, 3, 4]
-  assert os.listdir(trained / 'checkpoints.corrupt') == ['3']
+  assert sorted(os.listdir(trained / 'checkpoints.corrupt')) == ['3', '6']
   with pytest.raises(checkpoints.CheckpointError, match='eval needs a checkpoint'):
     evaluate(str(tmp_path / 'b'))
   assert '; no earlier step is left\n' in capsys.readouterr().out
-  assert os.listdir(tmp_path / 'b' / 'checkpoints.corrupt') == ['3']
+  assert sorted(os.listdir(tmp_path / 'b' / 'checkpoints.corrupt')) == ['3', '6']
 
 
 def test_missing_initial_checkpoint_gives_a_clear_error_before_anything_is_written(tmp_path):
@@ -311,14 +321,13 @@ def test_indivisible_sharded_dimension_names_the_parameter_and_the_fix():
                        jax.random.key(0))
 
 
-def test_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
-  model_dir = str(tmp_path / 'run')
-  run(model_dir, 3)
+def test_a_finished_run_says_so_and_trains_nothing(six_steps, tmp_path, capsys):
+  model_dir = str(copy_of(six_steps, tmp_path / 'run'))
   capsys.readouterr()
   # A resume reads its own checkpoint: the INITIAL_CHECKPOINT_PATH it started from may be gone.
-  result, losses = run(model_dir, 3, initial_checkpoint_path=str(tmp_path / 'gone'))
-  assert losses == [] and result['step'] == 3
-  assert 'is already at step 3 of TRAIN_STEPS=3: nothing to train. Raise TRAIN_STEPS' in (
+  result, losses = run(model_dir, 6, initial_checkpoint_path=str(tmp_path / 'gone'))
+  assert losses == [] and result['step'] == 6
+  assert 'is already at step 6 of TRAIN_STEPS=6: nothing to train. Raise TRAIN_STEPS' in (
       capsys.readouterr().out)
 
 

@@ -46,6 +46,7 @@ def clean_gin():
   gin.clear_config()
 
 
+@pytest.mark.slow
 def test_attention_maps_draws_every_layer_and_stack_of_a_trained_checkpoint(trained_run, tmp_path):
   out = str(tmp_path / 'maps')
   status = attention_maps.main([f"--gin.MODEL_DIR='{trained_run}'",  # its config.gin is read
