@@ -41,7 +41,8 @@ def test_a_plain_run_skips_the_slow_tests_and_says_how_to_run_them(monkeypatch):
   assert markers == {'fast': [], 'slow': ['slow', 'skip']}
 
 
-@pytest.mark.parametrize('environment, markexpr', [('1', ''), (None, 'slow'), (None, 'not slow')])
+@pytest.mark.parametrize('environment, markexpr',
+                         [('1', ''), (None, 'slow'), (None, 'not slow')])
 def test_the_environment_or_a_marker_expression_runs_them(monkeypatch, environment, markexpr):
   monkeypatch.delenv(conftest.RUN_SLOW_TESTS, raising=False)
   if environment:

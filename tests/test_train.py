@@ -205,7 +205,8 @@ def test_when_no_readable_step_is_left_training_starts_afresh_and_eval_says_so(
 
 
 def test_missing_initial_checkpoint_gives_a_clear_error_before_anything_is_written(tmp_path):
-  with pytest.raises(checkpoints.CheckpointError, match='INITIAL_CHECKPOINT_PATH .* does not exist'):
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='INITIAL_CHECKPOINT_PATH .* does not exist'):
     run(str(tmp_path / 'new'), 1, initial_checkpoint_path=str(tmp_path / 'nope'))
   assert not os.path.exists(tmp_path / 'new')
 
