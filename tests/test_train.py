@@ -105,19 +105,20 @@ def test_train_step_leaves_frozen_variables_bit_identical_without_optimizer_stat
 @pytest.fixture(scope='module')
 def six_steps(tmp_path_factory):
   """`(model_dir, losses)` of a vanilla run of 6 steps (checkpoints at steps 3 and 6), trained
-  once for the module; `copy_of` gives a test its own copy."""
+  once for the module; tests change only their own copy (`six_step_run`)."""
   model_dir = tmp_path_factory.mktemp('six_steps') / 'run'
   _, losses = run(str(model_dir), 6)
   return model_dir, losses
 
 
-def copy_of(six_steps, model_dir):
-  shutil.copytree(six_steps[0], model_dir)
-  return model_dir
+@pytest.fixture
+def six_step_run(six_steps, tmp_path):
+  """This test's own copy of the 6-step run, at `tmp_path / 'a'`."""
+  return shutil.copytree(six_steps[0], tmp_path / 'a')
 
 
-def test_killed_run_resumes_with_the_same_loss_sequence(six_steps, tmp_path):
-  killed = copy_of(six_steps, tmp_path / 'b')
+def test_killed_run_resumes_with_the_same_loss_sequence(six_steps, six_step_run):
+  killed = six_step_run
   assert sorted(os.listdir(killed / 'checkpoints')) == ['3', '6']
   # Simulate a kill between checkpoints: drop the final save so resume starts at step 3.
   shutil.rmtree(killed / 'checkpoints' / '6')
@@ -147,8 +148,8 @@ QUIET_FAILED_READS = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisable
 
 @QUIET_FAILED_READS
 def test_an_unreadable_latest_step_is_set_aside_and_train_and_eval_use_the_step_before(
-    six_steps, tmp_path, capsys, caplog):
-  trained = copy_of(six_steps, tmp_path / 'a')  # steps 3 and 6
+    six_step_run, tmp_path, capsys, caplog):
+  trained = six_step_run  # steps 3 and 6
   truncated = truncate_the_array_files(trained / 'checkpoints' / '6')
   shutil.copytree(trained, tmp_path / 'b')
   capsys.readouterr()
@@ -184,8 +185,8 @@ def test_an_unreadable_latest_step_is_set_aside_and_train_and_eval_use_the_step_
 
 @QUIET_FAILED_READS
 def test_when_no_readable_step_is_left_training_starts_afresh_and_eval_says_so(
-    six_steps, tmp_path, capsys):
-  trained = copy_of(six_steps, tmp_path / 'a')
+    six_step_run, tmp_path, capsys):
+  trained = six_step_run
   for root, _, files in os.walk(trained / 'checkpoints'):
     for name in files:
       if name.endswith('.json') or 'manifest' in name or name == '_METADATA':
@@ -322,8 +323,8 @@ def test_indivisible_sharded_dimension_names_the_parameter_and_the_fix():
                        jax.random.key(0))
 
 
-def test_a_finished_run_says_so_and_trains_nothing(six_steps, tmp_path, capsys):
-  model_dir = str(copy_of(six_steps, tmp_path / 'run'))
+def test_a_finished_run_says_so_and_trains_nothing(six_step_run, tmp_path, capsys):
+  model_dir = str(six_step_run)
   capsys.readouterr()
   # A resume reads its own checkpoint: the INITIAL_CHECKPOINT_PATH it started from may be gone.
   result, losses = run(model_dir, 6, initial_checkpoint_path=str(tmp_path / 'gone'))
