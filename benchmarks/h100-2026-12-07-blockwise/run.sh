@@ -3,8 +3,9 @@
 # host-side set-up of the next row); the old tree (.old: `git archive e8ab1d3 synth_jax gin`)
 # gives "before". Usage: run.sh PART, PART one of: 512, long, all (what matters most, one call).
 # Parts r512, r8192a, r8192b: the rows the first session could not reach (JOBS=3 overlaps more set-up).
-# Parts still to run (2026-12-07): s12a, s12b (the rest of 2048, three rows of 8192), p10 (profiles
-# by op); s9, s10 and s11 ran (BENCHMARKS.md seventh to ninth runs).
+# Parts still to run (2026-12-08): s13a (three rows of 8192), s13b (the rest of 2048; s12a/s12b
+# split the same rows the other way), p10 (profiles by op); s9, s10 and s11 ran (BENCHMARKS.md
+# seventh to ninth runs).
 # 2026-12-07 it ran once, on an H100, as `BUDGET=230 run.sh all` (BENCHMARKS.md, issue 23).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 F="--no-pack --logits_matmul_dtype bfloat16 --steps 3 --warmup 1 --jobs ${JOBS:-2}"
@@ -117,4 +118,9 @@ s12b)  # the rest of 2048, then the three 8192 rows no call has reached on the p
   ROWS=6 row C12_2048b . --types fixed_random,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32
   F=${F/--jobs 2/--jobs 1}
   ROWS=5 row B12_8192 . --types factorized_dense,topk,hyperbolic --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+s13a)  # twelfth session: the three 8192 rows no call has reached on the present code, two workers
+  # (none has a quadratic parameter: s10's six fitted two at a time)
+  ROWS=5 row B13_8192 . --types factorized_dense,topk,hyperbolic --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+s13b)  # the nine 2048 rows s11 did not reach, two workers, vanilla again as this machine's baseline
+  ROWS=12 row C13_2048 . --types vanilla,orthogonal,random,linear,factorized_dense,factorized_random,fixed_random,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32 ;;
 esac
