@@ -119,8 +119,8 @@ s12b)  # the rest of 2048, then the three 8192 rows no call has reached on the p
   F=${F/--jobs 2/--jobs 1}
   ROWS=5 row B12_8192 . --types factorized_dense,topk,hyperbolic --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 s13a)  # twelfth session: the three 8192 rows no call has reached on the present code, two workers
-  # (none has a quadratic parameter: s10's six fitted two at a time)
-  ROWS=5 row B13_8192 . --types factorized_dense,topk,hyperbolic --fused cudnn --inputs_length 8192 --batch_size 8 ;;
+  # (none has a quadratic parameter: s10's six fitted two at a time), vanilla as the baseline
+  ROWS=6 row B13_8192 . --types vanilla,factorized_dense,topk,hyperbolic --fused cudnn --inputs_length 8192 --batch_size 8 ;;
 s13b)  # the nine 2048 rows s11 did not reach, two workers, vanilla again as this machine's baseline
   ROWS=12 row C13_2048 . --types vanilla,orthogonal,random,linear,factorized_dense,factorized_random,fixed_random,frozen_gaussian,cosine,rotary --fused cudnn --inputs_length 2048 --batch_size 32 ;;
 esac
