@@ -13,7 +13,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAG_SETS = ('', '--xla_backend_optimization_level=0',
-             '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false')
+             '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false',
+             '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+             ' --xla_cpu_parallel_codegen_split_count=1')
 PATHS = (('vanilla', 'fast'), ('hyperbolic', 'blockwise'), ('random', 'fast'),
          ('topk', 'blockwise'))
 
