@@ -29,6 +29,20 @@ def init(module, x_q, x_kv=None, seed=0):
   return nn.unbox(module.init(jax.random.key(seed), x_q, x_kv))
 
 
+def noise_variables(module, x_q, x_kv=None, seed=0):
+  """Variables of `init`'s shapes filled with Gaussian noise of std 1/sqrt(fan_in), unboxed.
+
+  For properties that hold for any parameter values (a path equals another): only shapes are
+  traced, which skips the eager compilation of every initializer and of the forward pass that
+  `init` runs op by op. Real initialization is covered by the tests that call `init`.
+  """
+  x_kv = x_q if x_kv is None else x_kv
+  abstract = nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(seed), x_q, x_kv)))
+  rng = np.random.default_rng(seed)
+  fill = lambda x: jnp.asarray(rng.normal(size=x.shape) / np.sqrt(x.shape[0]), x.dtype)
+  return jax.tree.map(fill, abstract)
+
+
 def random_bias(seed, q_len, k_len, heads=HEADS):
   return 0.5 * jax.random.normal(jax.random.key(seed), (1, heads, q_len, k_len), jnp.float32)
 

@@ -110,7 +110,7 @@ def test_gradients_are_finite_and_reach_every_trainable_parameter(name):
     out = module.apply({**variables, 'params': params}, x, x, mask, bias)
     return jnp.sum(out ** 2)
 
-  grads = jax.grad(loss)(variables['params'])
+  grads = jax.jit(jax.grad(loss))(variables['params'])
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     assert np.all(np.isfinite(g)), path
     assert np.any(np.abs(g) > 0), f'no gradient reaches {jax.tree_util.keystr(path)}'

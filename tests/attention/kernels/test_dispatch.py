@@ -135,7 +135,7 @@ def reference_case(variant, form):
   """
   mask, x_q, x_kv, bias = case(form)
   reference = helpers.build(variant)
-  variables = helpers.init(reference, x_q, x_kv)
+  variables = helpers.noise_variables(reference, x_q, x_kv)
   return (mask, x_q, x_kv, bias, variables,
           *outputs_and_gradients(reference, variables, mask, x_q, x_kv, bias))
 
@@ -213,7 +213,7 @@ def score_shapes(variant, execution, primitive=None):
   """Shapes of the values (of `primitive`, else all) of a training step's jaxpr, causal padding."""
   mask, x, _, bias = case('padding_causal')
   module = helpers.build(variant, dispatch=kernels.dispatch_for(execution))
-  variables = helpers.init(module, x)
+  variables = helpers.noise_variables(module, x)
   loss = lambda params: jnp.sum(module.apply({**variables, 'params': params}, x, x, mask,
                                              bias) ** 2)
   jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(variables['params'])
@@ -248,7 +248,7 @@ def test_fast_paths_in_bfloat16_stay_close_to_the_float32_reference(variant, for
                                                                      kernels_run):
   """neg_l2's extra key column is split in two bfloat16 parts, so it keeps float32's precision."""
   mask, x, _, bias = case(form, seed=13)
-  variables = helpers.init(helpers.build(variant), x)
+  variables = helpers.noise_variables(helpers.build(variant), x)
   want = helpers.build(variant).apply(variables, x, x, mask, bias)
   got = helpers.build(variant, dtype=jnp.bfloat16,
                       dispatch=kernels.dispatch_for(execution)).apply(variables, x, x, mask, bias)
@@ -300,7 +300,7 @@ def test_a_shared_map_larger_than_the_values_takes_another_path(variant, executi
   x = helpers.inputs(3, batch=1, length=LENGTH)
   bias = helpers.random_bias(4, LENGTH, LENGTH)
   reference = helpers.build(variant, head_dim=1)
-  variables = helpers.init(reference, x)
+  variables = helpers.noise_variables(reference, x)
   want_out, want_grads = outputs_and_gradients(reference, variables, mask, x, x, bias)
   kernels_run.clear()
   module = helpers.build(variant, head_dim=1, dispatch=dataclasses.replace(

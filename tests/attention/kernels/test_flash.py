@@ -82,7 +82,7 @@ def assert_equals_the_core(mask, query, key, value, bias, scale):
                              rtol=1e-5, atol=1e-5)
   cotangent = jax.random.normal(jax.random.key(9), out.shape) * valid[:, :, None, None]
   argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
-  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=argnums)(
+  grads = [jax.jit(jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=argnums))(
       query, key, value, bias) for f in (run, reference)]
   for got, want in zip(*grads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -45,7 +45,7 @@ def assert_gradients_equal(lengths, length, causal, logits, bias, value, seed):
   mask = self_attention_mask(lengths, length, causal)
   valid = np.asarray(mask.query_valid)
   cotangent = jax.random.normal(jax.random.key(seed), value.shape) * valid[:, :, None, None]
-  grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(
+  grads = [jax.jit(jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2)))(
       logits, bias, value) for f in (shared(lengths, causal), per_example(mask))]
   for got, want in zip(*grads):
     assert np.all(np.isfinite(got))
