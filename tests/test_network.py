@@ -1,5 +1,4 @@
 """T5 network: T5X parameter tree, masks (padding, packing), decode cache, gin wiring."""
-import dataclasses
 import functools
 import os
 
