@@ -1,7 +1,10 @@
-"""The tests' one tiny T5 (config and model) and a tiny in-memory seqio copy task."""
+"""The tests' one tiny T5 (config and model), noise-filled variables and a tiny in-memory seqio
+copy task."""
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from synth_jax import network
@@ -28,6 +31,18 @@ def tiny_config(attention_type='vanilla', dropout_rate=0.0, max_length=16, **ove
                  max_encoder_length=max_length, max_decoder_length=max_length)
   options.update(overrides)
   return network.T5Config(**options)
+
+
+def noise_like(shapes, rng: np.random.Generator):
+  """Arrays of `shapes` (a tree of `jax.ShapeDtypeStruct`s, e.g. `jax.eval_shape` of an `init`)
+  filled with Gaussian noise of std 1/sqrt(fan_in), drawn from `rng`.
+
+  For properties that hold for any parameter values (one path equals another, masking, decode
+  == full forward): only shapes are traced, which skips the eager compilation of every
+  initializer; real initialization is covered by the tests that call `init`.
+  """
+  fill = lambda x: jnp.asarray(rng.normal(size=x.shape) / np.sqrt(x.shape[0]), x.dtype)
+  return jax.tree.map(fill, shapes)
 
 
 def tiny_model(attention_type='vanilla', attention_execution='fast', **overrides):

@@ -40,16 +40,9 @@ def abstract_variables(model, enc, dec_in, dec_tgt):
 
 
 def noise_variables(model, enc, dec_in, dec_tgt, seed=0):
-  """`model`'s variables filled with Gaussian noise of std 1/sqrt(fan_in).
-
-  For properties that hold for any parameter values (masking, decode == full forward). Only
-  shapes are traced, so this skips the eager compilation of every initializer, which dominates
-  CPU test time; real initialization is covered by the tests that call `init`.
-  """
+  """`model`'s variables of `init`'s shapes, filled with noise (`fixtures.noise_like`)."""
   abstract = abstract_variables(model, enc, dec_in, dec_tgt)
-  rng = np.random.default_rng(seed)
-  fill = lambda x: jnp.asarray(rng.normal(size=x.shape) / np.sqrt(x.shape[0]), x.dtype)
-  return jax.tree.map(fill, nn.unbox(abstract))
+  return fixtures.noise_like(nn.unbox(abstract), np.random.default_rng(seed))
 
 
 def leaf_paths(tree):

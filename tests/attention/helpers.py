@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synth_jax import attention
+from tests import fixtures
 
 EMBED, HEADS, HEAD_DIM, MAX_LEN = 16, 2, 8, 8
 MIXTURES = ('random+vanilla', 'dense+vanilla', 'random+dense', 'factorized_random+orthogonal',
@@ -30,17 +31,11 @@ def init(module, x_q, x_kv=None, seed=0):
 
 
 def noise_variables(module, x_q, x_kv=None, seed=0):
-  """Variables of `init`'s shapes filled with Gaussian noise of std 1/sqrt(fan_in), unboxed.
-
-  For properties that hold for any parameter values (a path equals another): only shapes are
-  traced, which skips the eager compilation of every initializer and of the forward pass that
-  `init` runs op by op. Real initialization is covered by the tests that call `init`.
-  """
+  """Unboxed variables of `init`'s shapes, filled with noise (`fixtures.noise_like`): no
+  initializer and no forward pass run op by op, as `init` runs them."""
   x_kv = x_q if x_kv is None else x_kv
   abstract = nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(seed), x_q, x_kv)))
-  rng = np.random.default_rng(seed)
-  fill = lambda x: jnp.asarray(rng.normal(size=x.shape) / np.sqrt(x.shape[0]), x.dtype)
-  return jax.tree.map(fill, abstract)
+  return fixtures.noise_like(abstract, np.random.default_rng(seed))
 
 
 def random_bias(seed, q_len, k_len, heads=HEADS):

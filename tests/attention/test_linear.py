@@ -208,8 +208,7 @@ def test_packed_network_loss_and_gradients_equal_on_the_fast_and_reference_paths
   # Any values do (shapes only: real initialization is the test above's).
   shapes = jax.eval_shape(lambda: nn.unbox(models[0].init(
       jax.random.key(0), enc, dec_in, tgt, enable_dropout=False, **packing)))
-  variables = jax.tree.map(
-      lambda x: jnp.asarray(rng.normal(size=x.shape) / np.sqrt(x.shape[0]), x.dtype), shapes)
+  variables = fixtures.noise_like(shapes, rng)
 
   def loss(params, model):
     logits = model.apply({**variables, 'params': params}, enc, dec_in, tgt, enable_dropout=False,
